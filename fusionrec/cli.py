@@ -1,0 +1,336 @@
+"""The ``fusionrec`` command line: thin wrappers that parse flags, build settings and call the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fusionrec import __version__
+from fusionrec.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="fusionrec: streaming, real-time fused recommendations for shops, on Kafka.\n\n"
+    "Every setting is an environment variable FUSIONREC_<NAME> (see `fusionrec config`); the global flags below "
+    "override the most common ones.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("fusionrec")
+
+_overrides: dict[str, Any] = {}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fusionrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    bootstrap_servers: Optional[str] = typer.Option(  # noqa: UP007 - typer needs Optional
+        None, "--bootstrap-servers", "-b", help="Kafka host:port list [env FUSIONREC_KAFKA_BOOTSTRAP_SERVERS]."
+    ),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL [env FUSIONREC_REDIS_URL]."),  # noqa: UP007
+    state_dir: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--state-dir", help="PID files, logs, embedded data [env FUSIONREC_STATE_DIR]."
+    ),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),  # noqa: UP007
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """fusionrec command line."""
+    for key, value in (("kafka_bootstrap_servers", bootstrap_servers), ("redis_url", redis_url),
+                       ("state_dir", state_dir), ("log_level", log_level.upper() if log_level else None)):
+        if value is not None:
+            _overrides[key] = value
+
+
+def settings() -> Settings:
+    """Settings from the environment and the global flags; exits with the reasons when they are invalid."""
+    try:
+        loaded = load_settings(**_overrides)
+    except SettingsError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=loaded.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    logging.getLogger().setLevel(loaded.log_level)
+    return loaded
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+# --- embedded stack ----------------------------------------------------------------------------------------------
+def _print_services(services) -> None:
+    for svc in services:
+        colour = {"running": typer.colors.GREEN, "external": typer.colors.CYAN}.get(svc.state, typer.colors.YELLOW)
+        pid = f" pid {svc.pid}" if svc.pid else ""
+        extra = f"  ({svc.detail})" if svc.detail else ""
+        logf = f"  log {svc.log_file}" if svc.log_file else ""
+        typer.echo(f"{svc.name:<7} {typer.style(f'{svc.state:<8}', fg=colour)} {svc.address}{pid}{extra}{logf}")
+
+
+@app.command()
+def up(
+    storage: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Broker storage: memory or s3 (durable across broker restarts) [env FUSIONREC_BROKER_STORAGE]."
+    ),
+    topics: bool = typer.Option(True, help="Also create fusionrec's topics."),
+) -> None:
+    """Start the embedded broker (Tansu) and Redis where none is reachable; wait until both are healthy.
+
+    Idempotent: services already running (ours or not) are left as they are. Only loopback addresses are started.
+    """
+    from fusionrec.stack import Stack, StackError
+
+    if storage:
+        _overrides["broker_storage"] = storage
+    conf = settings()
+    try:
+        services = Stack(conf).up()
+    except StackError as exc:
+        raise fail(str(exc)) from None
+    _print_services(services)
+    if topics:
+        _topics(conf, quiet=True)
+
+
+@app.command()
+def down() -> None:
+    """Stop the services `fusionrec up` started (by PID); leave everything else alone."""
+    from fusionrec.stack import Stack
+
+    stopped = Stack(settings()).down()
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
+
+
+@app.command()
+def status() -> None:
+    """Show each service: running (started by fusionrec), external (reachable, someone else's) or down."""
+    from fusionrec.stack import Stack
+
+    services = Stack(settings()).status()
+    _print_services(services)
+    if any(svc.state == "down" for svc in services):
+        raise typer.Exit(3)
+
+
+# --- topics ------------------------------------------------------------------------------------------------------
+def _topics(conf: Settings, *, create: bool = True, quiet: bool = False) -> None:
+    from confluent_kafka import KafkaException
+
+    from fusionrec.topics import describe_topics, ensure_topics
+
+    try:
+        states = ensure_topics(conf) if create else describe_topics(conf)
+    except KafkaException as exc:
+        raise fail(f"cannot reach the brokers at {conf.kafka_bootstrap_servers}: {exc}") from None
+    for state in states:
+        if quiet and not state.created and not state.problems:
+            continue
+        mark = "created" if state.created else ("exists" if state.exists else "missing")
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(state.config.items()))
+        typer.echo(f"{state.spec.name:<28} {mark:<8} partitions={state.partitions or '-':<4} {cfg}  "
+                   f"# {state.spec.purpose}")
+        for problem in state.problems:
+            typer.secho(f"  warning: {problem}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def topics(describe: bool = typer.Option(False, "--describe", help="Only describe; create nothing.")) -> None:
+    """Create (if missing) and describe fusionrec's topics: events, dead-letter, recommendations, snapshots."""
+    _topics(settings(), create=not describe)
+
+
+# --- replay ------------------------------------------------------------------------------------------------------
+@app.command()
+def replay(
+    path: Path = typer.Argument(..., help="Behaviour file (.csv, .dat, .gz): Taobao, MovieLens, or any CSV."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="taobao, movielens, csv or auto (sniffed)."),
+    column_map: str = typer.Option(
+        "", "--map", help="csv only: contract field=column pairs, e.g. "
+        "'user_id=visitorid,item_id=itemid,type=event,ts=timestamp'."
+    ),
+    type_map: str = typer.Option("", "--type-map", help="csv only: file value=event type, e.g. 'addtocart=add_to_cart'."),
+    ts_unit: str = typer.Option("s", "--ts-unit", help="csv only: timestamp unit, s or ms."),
+    rate: Optional[float] = typer.Option(None, help="Send at this many events per second."),  # noqa: UP007
+    speed: Optional[float] = typer.Option(None, help="Time compression: 60 plays an hour of data in a minute."),  # noqa: UP007
+    limit: Optional[int] = typer.Option(None, help="Send only the first N events (in time order)."),  # noqa: UP007
+    timestamps: str = typer.Option(
+        "wallclock", help="wallclock: stamp events when sent (live-like); original: keep the file's times."
+    ),
+    topic: Optional[str] = typer.Option(None, help="Target topic [default: FUSIONREC_TOPIC_EVENTS]."),  # noqa: UP007
+    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
+) -> None:
+    """Stream a real dataset into the events topic in timestamp order, with stable event ids.
+
+    Replaying the same file twice produces the same event ids, so downstream deduplication makes it idempotent.
+    """
+    if rate is not None and speed is not None:
+        raise fail("give --rate or --speed, not both", 2)
+    conf = settings()
+    result = _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, timestamps, topic, progress)
+    if result.failed or result.undelivered:
+        raise typer.Exit(1)
+
+
+def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, timestamps, topic, progress):
+    from tqdm import tqdm
+
+    from producers.datasets import CsvMapping, read_dataset
+    from producers.producer import EventProducer
+    from producers.replay import replay_events
+
+    try:
+        mapping = CsvMapping.parse(column_map, type_map, ts_unit) if column_map else None
+        dataset = read_dataset(path, fmt, mapping=mapping, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    span = dataset.span_ms / 1000
+    typer.echo(f"read {dataset.rows_read:,} rows of {path} ({dataset.format}): {len(dataset.events):,} events to send, "
+               f"{len(dataset.bad_rows):,} unreadable rows; data spans {span:,.0f} s"
+               f"{'' if dataset.was_sorted else '; sorted by timestamp'}")
+    for bad in dataset.bad_rows[:5]:
+        typer.secho(f"  line {bad.line}: {bad.reason}: {bad.text!r}", fg=typer.colors.YELLOW, err=True)
+    if not dataset.events:
+        raise fail("nothing to send", 1)
+    producer = EventProducer(conf, topic=topic, validate=False)
+    bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="replay", disable=None if progress else True,
+               smoothing=0.1)
+    try:
+        result = replay_events(dataset.events, producer, rate=rate, speed=speed, timestamps=timestamps,
+                               progress=bar.update)
+    finally:
+        bar.close()
+    colour = typer.colors.GREEN if not (result.failed or result.undelivered) else typer.colors.RED
+    typer.secho(f"sent {result.sent:,} events to {producer.topic} in {result.seconds:.2f} s ({result.rate:,.0f} ev/s): "
+                f"{result.delivered:,} acknowledged, {result.failed:,} failed, {result.undelivered:,} undelivered",
+                fg=colour)
+    return result
+
+
+# --- consume -----------------------------------------------------------------------------------------------------
+@app.command()
+def consume(
+    topic: Optional[str] = typer.Option(None, help="Topic to read [default: the events topic]."),  # noqa: UP007
+    max_messages: Optional[int] = typer.Option(None, "--max", help="Stop after this many records."),  # noqa: UP007
+    idle: float = typer.Option(5.0, help="Stop when nothing arrives for this many seconds."),
+    show: int = typer.Option(3, help="Print the first N records."),
+) -> None:
+    """Read a topic from the beginning (no consumer group), validate every event and print a summary."""
+    _consume(settings(), topic, max_messages, idle, show)
+
+
+def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: float, show: int):
+    from confluent_kafka import KafkaException
+    from tqdm import tqdm
+
+    from consumers.reader import read_topic, summarize_events
+
+    topic = topic or conf.topic_events
+    shown = []
+
+    def records():
+        for record in read_topic(conf, topic, max_messages=max_messages, idle_timeout=idle):
+            if len(shown) < show:
+                shown.append(record)
+            yield record
+
+    bar = tqdm(total=max_messages, unit="ev", unit_scale=True, desc="consume", disable=None)
+    try:
+        summary = summarize_events(records(), on_record=lambda: bar.update(1))
+    except KafkaException as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bar.close()
+    for partition, offset, key, value in shown:
+        typer.echo(f"  p{partition}@{offset} key={key!r} {value[:160]!r}")
+    typer.echo(f"read {summary.records:,} records from {topic} in {summary.seconds:.2f} s ({summary.rate:,.0f} rec/s): "
+               f"{summary.valid:,} valid, {summary.invalid:,} invalid, {summary.duplicates:,} duplicate event ids, "
+               f"{len(summary.users):,} users, {len(summary.items):,} items")
+    if summary.by_type:
+        typer.echo("  by type: " + ", ".join(f"{t}={n:,}" for t, n in summary.by_type.most_common()))
+        typer.echo("  by partition: " + ", ".join(f"{p}={n:,}" for p, n in sorted(summary.by_partition.items())))
+    return summary
+
+
+# --- config ------------------------------------------------------------------------------------------------------
+@app.command()
+def config(
+    env: bool = typer.Option(False, "--env", help="List every FUSIONREC_* variable with its description instead."),
+) -> None:
+    """Print the effective settings (secrets masked) or, with --env, every variable and what it does."""
+    if env:
+        for name, info in Settings.model_fields.items():
+            typer.echo(f"FUSIONREC_{name.upper()}\n    {info.description}")
+        return
+    for name, value in settings().redacted().items():
+        typer.echo(f"{name} = {value}")
+
+
+# --- demo --------------------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    path: Path = typer.Argument(
+        Path("../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz"), help="Dataset to replay."
+    ),
+    rate: Optional[float] = typer.Option(None, help="Replay rate in events/s (default: as fast as it goes)."),  # noqa: UP007
+    limit: Optional[int] = typer.Option(None, help="Replay only the first N events."),  # noqa: UP007
+    keep_running: bool = typer.Option(False, help="Leave the embedded stack running afterwards."),
+) -> None:
+    """The whole pipeline on the embedded stack: start it, create topics, replay the data, read it back, stop.
+
+    Today the pipeline is replay → events topic → a consumer that validates and counts every event.
+    """
+    from fusionrec.stack import Stack, StackError
+
+    conf = settings()
+    stack = Stack(conf)
+    started = time.perf_counter()
+    typer.secho("1/4 starting the embedded stack", bold=True)
+    try:
+        services = stack.up()
+    except StackError as exc:
+        raise fail(str(exc)) from None
+    _print_services(services)
+    ours = any(svc.state == "running" for svc in services)
+    try:
+        typer.secho("2/4 creating topics", bold=True)
+        _topics(conf)
+        typer.secho(f"3/4 replaying {path}", bold=True)
+        result = _replay(conf, path, "auto", "", "", "s", rate, None, limit, "wallclock", None, True)
+        typer.secho("4/4 reading the events topic back", bold=True)
+        summary = _consume(conf, None, None, 5.0, 3)
+        # Events from earlier runs stay in the topic (the broker keeps them while it runs): report this run's ids.
+        ok = result.delivered == result.sent and summary.invalid == 0
+        typer.secho(
+            f"\ndemo {'OK' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s: "
+            f"{result.delivered:,} events produced and acknowledged; the topic holds {summary.valid:,} valid events "
+            f"({len(summary.event_ids):,} distinct ids) from {len(summary.users):,} users",
+            fg=typer.colors.GREEN if ok else typer.colors.RED, bold=True,
+        )
+    finally:
+        if ours and not keep_running:
+            stopped = stack.down()
+            typer.echo(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,119 @@
+"""Topic names, layouts and their creation: one place that knows every topic fusionrec uses.
+
+Partition counts are fixed at creation (Tansu cannot add partitions, and adding them on Kafka would move users
+between partitions), so :func:`ensure_topics` reports an existing topic whose layout differs instead of
+changing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from fusionrec.settings import Settings
+
+__all__ = ["TopicSpec", "TopicState", "topic_specs", "ensure_topics", "describe_topics"]
+
+log = logging.getLogger("fusionrec.topics")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    role: str
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+
+@dataclass
+class TopicState:
+    spec: TopicSpec
+    exists: bool
+    partitions: int | None
+    created: bool = False
+    config: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic fusionrec reads or writes, with its intended layout."""
+    return [
+        TopicSpec("events", settings.topic_events, settings.events_partitions,
+                  {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+                  "the shop's events (contract v1), keyed by user_id"),
+        TopicSpec("dead_letter", settings.topic_dead_letter, settings.dead_letter_partitions,
+                  {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
+                  "rejected events: original bytes, reasons, source topic/partition/offset"),
+        TopicSpec("recommendations", settings.topic_recommendations, settings.recommendations_partitions,
+                  {"cleanup.policy": "compact"},
+                  "latest fused list per user (compacted, keyed by user_id)"),
+        TopicSpec("snapshots", settings.topic_snapshots, 1,
+                  {"cleanup.policy": "compact"},
+                  "internal: model snapshots (compacted, keyed by model)"),
+    ]
+
+
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.admin_config())
+
+
+def describe_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 10.0) -> list[TopicState]:
+    """The current state of each topic in ``specs`` (default: all of fusionrec's)."""
+    specs = specs if specs is not None else topic_specs(settings)
+    admin = _admin(settings)
+    metadata = admin.list_topics(timeout=timeout)
+    states = []
+    for spec in specs:
+        meta = metadata.topics.get(spec.name)
+        if meta is None or meta.error is not None:
+            states.append(TopicState(spec, exists=False, partitions=None))
+            continue
+        state = TopicState(spec, exists=True, partitions=len(meta.partitions))
+        if state.partitions != spec.partitions:
+            state.problems.append(
+                f"has {state.partitions} partitions, settings ask for {spec.partitions} "
+                "(partition counts are fixed at creation; recreate the topic to change it)"
+            )
+        states.append(state)
+    existing = [s for s in states if s.exists]
+    if existing:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.spec.name) for s in existing]
+        try:
+            futures = admin.describe_configs(resources, request_timeout=timeout)
+            for state, future in zip(existing, futures.values(), strict=True):
+                entries = future.result(timeout=timeout)
+                state.config = {k: v.value for k, v in entries.items() if k in state.spec.config}
+                for key, want in state.spec.config.items():
+                    if key in state.config and state.config[key] != want:
+                        state.problems.append(f"{key}={state.config[key]}, expected {want}")
+        except KafkaException as exc:  # describe is informative only
+            log.warning("could not describe topic configs: %s", exc)
+    return states
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 15.0) -> list[TopicState]:
+    """Create the topics that do not exist yet; leave existing ones as they are. Idempotent."""
+    specs = specs if specs is not None else topic_specs(settings)
+    states = describe_topics(settings, specs, timeout)
+    missing = [s.spec for s in states if not s.exists]
+    if missing:
+        admin = _admin(settings)
+        new = [NewTopic(spec.name, spec.partitions, settings.kafka_replication_factor, config=dict(spec.config))
+               for spec in missing]
+        for name, future in admin.create_topics(new, request_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+                log.info("created topic %s", name)
+            except KafkaException as exc:
+                if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                    continue
+                raise
+        created = {spec.name for spec in missing}
+        states = describe_topics(settings, specs, timeout)
+        for state in states:
+            state.created = state.spec.name in created
+    return states

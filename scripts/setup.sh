@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything fusionrec needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - Debian packages: redis-server (the embedded stack starts one when none is reachable), python3-venv;
+#   - a virtual environment in .venv with fusionrec and its pinned dependencies (torch's CPU wheel).
+# Re-running it is cheap: the Python install is skipped while pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+log() { printf '[setup] %s\n' "$*"; }
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+"$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+        log "missing Debian packages: ${need_apt[*]}; install them as root (apt-get install ${need_apt[*]})"; exit 1
+    fi
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    log "installing Debian packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+"$PYTHON" - <<'PY' || { log "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
+import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+stamp="$VENV/.fusionrec-installed"
+want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "environment up to date ($VENV)"; exit 0
+fi
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+log "installing torch 2.13.0 (CPU build unless a CUDA wheel is configured) and fusionrec[dev] into $VENV"
+# torch first and pinned, so nothing later pulls a newer build with gigabytes of CUDA packages.
+"${pip[@]}" install 'torch==2.13.0' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"${pip[@]}" install -e '.[dev]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+echo "$want" > "$stamp"
+log "done: $("$VENV/bin/fusionrec" --version)"
