@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "get_settings", "redact_url"]
+__all__ = ["Settings", "SettingsError", "get_settings", "load_settings", "redact_url"]
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -187,6 +187,10 @@ class Settings(BaseSettings):
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError("kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms")
         return self
+
+    def __repr_args__(self):
+        """repr()/str() show the redacted values, so a logged Settings never leaks a URL's password."""
+        yield from self.redacted().items()
 
     # --- derived values --------------------------------------------------------------------------------------
     @property

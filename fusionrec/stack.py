@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 
 from fusionrec.settings import Settings
 
-__all__ = ["Stack", "ServiceStatus", "StackError", "free_port", "tansu_binary"]
+__all__ = ["Stack", "ServiceStatus", "StackError", "free_port", "process_start_time", "tansu_binary"]
 
 log = logging.getLogger("fusionrec.stack")
 
@@ -80,20 +79,26 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _proc_start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is gone or a zombie."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     if fields[0] == "Z":
-        return None
+        # A zombie leader may still have threads tearing down (holding the listening socket): gone only when
+        # the whole thread group is.
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return None
+        except OSError:
+            return None
     return int(fields[19])
 
 
 def _pid_alive(pid: int, started: int | None) -> bool:
     """True when ``pid`` is the live process we started (same kernel start time: guards against PID reuse)."""
-    now = _proc_start_time(pid)
+    now = process_start_time(pid)
     return now is not None and (started is None or now == started)
 
 
@@ -131,14 +136,19 @@ class Stack:
         log_file = log_dir / f"{name}.log"
         with open(log_file, "ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(  # noqa: S603 - argv built from settings, no shell
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True, close_fds=True,
-            )
-        record = _Record(name, proc.pid, argv, address, str(log_file), time.time(), _proc_start_time(proc.pid))
+        # posix_spawn, not Popen: the service outlives this process, and a dropped Popen object would complain.
+        pid = os.posix_spawnp(
+            argv[0], argv, {**os.environ, **(env or {})},
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log_file), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        record = _Record(name, pid, argv, address, str(log_file), time.time(), process_start_time(pid))
         self._record_path(name).write_text(json.dumps(asdict(record)))
-        log.info("started %s (pid %d) at %s; log %s", name, proc.pid, address, log_file)
+        log.info("started %s (pid %d) at %s; log %s", name, pid, address, log_file)
         return record
 
     def _wait(self, name: str, record: _Record | None, check) -> None:

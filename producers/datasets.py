@@ -112,10 +112,9 @@ class Dataset:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = path.open("rb")
-    head = raw.read(2)
-    raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    stream = gzip.open(path, "rb") if gzipped else path.open("rb")
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
 
 

@@ -1,0 +1,103 @@
+"""The fusionrec CLI as a user runs it: separate processes, real broker and Redis, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusionrec.stack import process_start_time
+from tests.conftest import TAOBAO_SLICE, isolated_env
+
+FUSIONREC = [sys.executable, "-m", "fusionrec.cli"]
+
+
+def run(args, env, timeout=120, check=True):
+    proc = subprocess.run(FUSIONREC + args, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fusionrec {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def pids_of(env) -> list[int]:
+    run_dir = Path(env["FUSIONREC_STATE_DIR"]) / "run"
+    return [json.loads(p.read_text())["pid"] for p in run_dir.glob("*.json")] if run_dir.exists() else []
+
+
+def gone(pid: int) -> bool:
+    return process_start_time(pid) is None
+
+
+def test_up_status_down_twice_leaves_no_process(tmp_path):
+    env = isolated_env(tmp_path)
+    for _ in range(2):
+        up = run(["up"], env)
+        assert up.stdout.count("running") == 2, up.stdout
+        started = pids_of(env)
+        assert len(started) == 2
+        again = run(["up"], env)  # idempotent: same processes
+        assert pids_of(env) == started and again.stdout.count("running") == 2
+        status = run(["status"], env)
+        assert re.search(r"broker\s+running", status.stdout) and re.search(r"redis\s+running", status.stdout)
+        down = run(["down"], env)
+        assert "stopped: broker, redis" in down.stdout
+        assert all(gone(pid) for pid in started)
+        after = run(["status"], env, check=False)
+        assert after.returncode == 3 and after.stdout.count("down") == 2
+    assert "nothing to stop" in run(["down"], env).stdout
+
+
+@pytest.fixture
+def running(tmp_path):
+    env = isolated_env(tmp_path)
+    run(["up"], env)
+    yield env
+    run(["down"], env)
+
+
+def test_replay_full_slice_at_20k_per_second_delivers_every_event(running):
+    if not TAOBAO_SLICE.exists():
+        pytest.fail(f"shared Taobao slice not found at {TAOBAO_SLICE}")
+    out = run(["replay", str(TAOBAO_SLICE), "--rate", "20000"], running, timeout=300)
+    assert "110,300 events to send, 0 unreadable rows" in out.stdout
+    assert "110,300 acknowledged, 0 failed, 0 undelivered" in out.stdout
+    seconds = float(re.search(r"in ([\d.]+) s", out.stdout.split("sent ")[1]).group(1))
+    assert seconds >= 110_300 / 20_000 * 0.95  # the rate limit held
+    back = run(["consume", "--idle", "3", "--show", "0"], running)
+    assert "read 110,300 records" in back.stdout and "110,300 valid, 0 invalid, 0 duplicate" in back.stdout
+
+
+def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
+    if not TAOBAO_SLICE.exists():
+        pytest.fail(f"shared Taobao slice not found at {TAOBAO_SLICE}")
+    env = isolated_env(tmp_path)
+    out = run(["demo", str(TAOBAO_SLICE), "--limit", "3000"], env, timeout=300)
+    assert "demo OK" in out.stdout and "3,000 events produced and acknowledged" in out.stdout
+    assert "stopped the embedded stack" in out.stdout
+    assert pids_of(env) == []
+
+
+def test_bad_input_gets_a_clear_error(tmp_path):
+    env = isolated_env(tmp_path)
+    missing = run(["replay", str(tmp_path / "nope.csv")], env, check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad_env = run(["config"], env | {"FUSIONREC_EVENTS_PARTITIONS": "zero"}, check=False)
+    assert bad_env.returncode == 2 and "FUSIONREC_EVENTS_PARTITIONS" in bad_env.stderr
+    both = run(["replay", "x", "--rate", "1", "--speed", "1"], env, check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_help_and_config_explain_themselves(tmp_path):
+    env = isolated_env(tmp_path, FUSIONREC_KAFKA_SASL_PASSWORD="s3cret-pw")
+    top = run(["--help"], env).stdout
+    for command in ("up", "down", "status", "topics", "replay", "consume", "config", "demo"):
+        assert re.search(rf"\b{command}\b", top)
+    assert "--rate" in run(["replay", "--help"], env).stdout
+    shown = run(["config"], env).stdout
+    assert "kafka_sasl_password = ***" in shown and "s3cret-pw" not in shown
+    documented = run(["config", "--env"], env).stdout
+    assert "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS" in documented and "FUSIONREC_REDIS_URL" in documented
