@@ -10,6 +10,7 @@ in the dead-letter record) and a message for people.
 
 from __future__ import annotations
 
+import base64
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidEvent",
     "Reason",
     "Validation",
+    "dead_letter_record",
     "validate",
 ]
 
@@ -256,3 +258,34 @@ def ensure_valid(event: Event, *, now_ms: int | None = None) -> Event:
     if not result.ok:
         raise InvalidEvent(result.reasons)
     return event
+
+
+def dead_letter_record(
+    raw: bytes | None,
+    reasons: list[Reason],
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None = None,
+    now_ms: int | None = None,
+) -> bytes:
+    """The dead-letter value for a rejected message: the reasons, where it came from, and the original bytes.
+
+    The original value and key are kept byte for byte (base64), so nothing is lost and a fixed consumer can
+    replay them; ``original_text`` repeats the value as text when it is valid UTF-8, for people reading the topic.
+    """
+    record: dict[str, Any] = {
+        "v": CONTRACT_VERSION,
+        "reasons": [r.as_dict() for r in reasons],
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "rejected_at": int(time.time() * 1000) if now_ms is None else now_ms,
+        "original_b64": base64.b64encode(bytes(raw)).decode() if raw is not None else None,
+        "key_b64": base64.b64encode(bytes(key)).decode() if key is not None else None,
+    }
+    if raw is not None and len(raw) <= 4096:
+        try:
+            record["original_text"] = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return orjson.dumps(record)

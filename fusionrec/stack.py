@@ -151,8 +151,9 @@ class Stack:
         log.info("started %s (pid %d) at %s; log %s", name, pid, address, log_file)
         return record
 
-    def _wait(self, name: str, record: _Record | None, check) -> None:
-        deadline = time.monotonic() + self.health_timeout
+    def _wait(self, name: str, record: _Record | None, check, timeout: float | None = None) -> None:
+        timeout = self.health_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         last_error = ""
         while time.monotonic() < deadline:
             if record is not None and not _pid_alive(record.pid, record.proc_start):
@@ -164,7 +165,7 @@ class Stack:
                 last_error = str(exc)
             time.sleep(0.1)
         where = f"; see {record.log_file}" if record else ""
-        raise StackError(f"{name} did not become healthy within {self.health_timeout:.0f}s{where} {last_error}")
+        raise StackError(f"{name} did not become healthy within {timeout:.0f}s{where} {last_error}")
 
     # --- services --------------------------------------------------------------------------------------------
     @property
@@ -225,6 +226,10 @@ class Stack:
         address = f"{host}:{port}"
         record = self._alive("broker")
         if record is None and _port_open(host, port):
+            try:
+                self._wait("broker", None, self._broker_healthy, timeout=min(10.0, self.health_timeout))
+            except StackError:
+                raise StackError(f"something listens on {address} but does not answer as a Kafka broker") from None
             return ServiceStatus("broker", "external", address, detail="already reachable; not started by fusionrec")
         if record is None:
             if host not in _LOOPBACK:

@@ -44,3 +44,11 @@ def test_remote_broker_is_never_started(tmp_path):
     settings = load_settings(state_dir=tmp_path, kafka_bootstrap_servers="kafka.example.invalid:9092")
     with pytest.raises(StackError, match="only listens on loopback"):
         Stack(settings, health_timeout=2).up()
+
+
+def test_a_port_taken_by_something_else_is_reported(stack, tmp_path):
+    redis_port = stack.settings.redis_url.rsplit(":", 1)[1].split("/")[0]
+    settings = stack.settings.model_copy(update={"state_dir": tmp_path,
+                                                 "kafka_bootstrap_servers": f"127.0.0.1:{redis_port}"})
+    with pytest.raises(StackError, match="does not answer as a Kafka broker"):
+        Stack(settings, health_timeout=3).up()

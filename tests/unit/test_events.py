@@ -117,3 +117,19 @@ def test_valid_events_round_trip_through_json(event_id, user, item, etype, ts, p
     result = validate(event.to_json(), now_ms=NOW)
     assert result.reasons == []
     assert result.event == event
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.none(), st.binary(max_size=20) | st.none())
+def test_dead_letter_record_keeps_the_original_bytes(raw, key):
+    import base64
+
+    from fusionrec.events import dead_letter_record
+
+    reasons = validate(raw, now_ms=NOW).reasons or [Reason("x", "", "y")]
+    record = orjson.loads(dead_letter_record(raw, reasons, topic="t", partition=2, offset=9, key=key, now_ms=NOW))
+    assert record["source"] == {"topic": "t", "partition": 2, "offset": 9}
+    assert record["reasons"] == [r.as_dict() for r in reasons] and record["rejected_at"] == NOW
+    restored = None if record["original_b64"] is None else base64.b64decode(record["original_b64"])
+    assert restored == raw
+    assert (None if record["key_b64"] is None else base64.b64decode(record["key_b64"])) == key
