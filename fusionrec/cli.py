@@ -265,6 +265,34 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
     return summary
 
 
+# --- worker ------------------------------------------------------------------------------------------------------
+@app.command()
+def worker(
+    metrics_port: Optional[int] = typer.Option(  # noqa: UP007
+        None, help="Serve Prometheus metrics on this port (0: off) [env FUSIONREC_METRICS_PORT]."
+    ),
+) -> None:
+    """Run the stream worker: consume events, keep profiles and online models current (Faust).
+
+    Workers with the same FUSIONREC_WORKER_GROUP split the events topic's partitions between them. Stop with
+    Ctrl-C or SIGTERM: state is snapshotted before exit.
+    """
+    import faust
+
+    from streams.app import create_worker
+    from streams.metrics import WorkerMetrics, serve_metrics
+
+    if metrics_port is not None:
+        _overrides["metrics_port"] = metrics_port
+    conf = settings()
+    serve_metrics(conf.metrics_port, conf.metrics_bind)
+    built = create_worker(conf, WorkerMetrics())
+    level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[conf.log_level]
+    log.info("worker %s: events %s, group %s, metrics on %s:%s", __version__, conf.topic_events, conf.worker_group,
+             conf.metrics_bind, conf.metrics_port)
+    faust.Worker(built.app, loglevel=level, quiet=True).execute_from_commandline()
+
+
 # --- config ------------------------------------------------------------------------------------------------------
 @app.command()
 def config(

@@ -112,6 +112,34 @@ class Settings(BaseSettings):
     )
     redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss:// connections.")
 
+    redis_prefix: str = Field("fr:", min_length=1, max_length=64,
+                              description="Prefix of every Redis key fusionrec writes (one namespace per deployment).")
+
+    # --- Profiles and deduplication --------------------------------------------------------------------------
+    profile_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="A profile expires this long after its last event.")
+    profile_recent_items: int = Field(20, ge=1, le=1000, description="Recent items kept per profile.")
+    profile_bought_items: int = Field(50, ge=1, le=10_000, description="Bought items kept per profile (filtering).")
+    profile_categories: int = Field(10, ge=1, le=1000, description="Category affinities kept per profile.")
+    dedup_window_s: int = Field(
+        3600, ge=60,
+        description="How long an applied event_id is remembered: a duplicate arriving later than this after the "
+        "original's bucket was last written is applied again (redeliveries at the same offset are always caught).",
+    )
+    dedup_bucket_s: int = Field(60, ge=1, le=86_400, description="Width of one dedup bucket, by event time.")
+
+    # --- Stream worker ---------------------------------------------------------------------------------------
+    worker_group: str = Field("fusionrec-worker", description="Faust app id, which is the consumer group id.")
+    worker_max_batch: int = Field(5000, ge=1, le=100_000, description="Most records fetched and processed at once.")
+    worker_web_port: int = Field(6066, ge=0, le=65535, description="Port of Faust's web server (health, stats).")
+    worker_web_bind: str = Field("127.0.0.1", description="Address Faust's web server binds to.")
+    snapshot_interval_s: float = Field(
+        10.0, gt=0, description="How often each partition's model state is snapshotted to Redis (offsets are "
+        "committed up to the snapshot, so this bounds the replay after a crash).",
+    )
+    model_max_idle_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Models evict users and items idle longer than this (event time).",
+    )
+
     # --- Events ----------------------------------------------------------------------------------------------
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576, description="Events larger than this are rejected.")
     max_future_skew_ms: int = Field(

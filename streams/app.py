@@ -1,0 +1,136 @@
+"""The stream worker: the Faust app, built in this one module, and its thin agent, timer and rebalance hooks.
+
+The agent receives whole partition batches (:mod:`streams.batching`) and hands each to
+:class:`~streams.processor.BatchProcessor` on a single dedicated thread, which owns all model state: the event
+loop stays free for Faust (timers, rebalances, the web server), and batches, snapshots and rebalance hand-overs
+never run at the same time. Offsets are committed only up to what the last snapshot of each partition covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import faust
+import redis
+from faust.types import TP
+
+from fusionrec.profiles import ProfileStore
+from fusionrec.settings import Settings
+from streams.batching import BatchingApp, BatchSchema, RecordBatch
+from streams.metrics import WorkerMetrics
+from streams.processor import BatchProcessor
+from streams.state import SnapshotStore
+
+__all__ = ["Worker", "create_worker", "faust_credentials"]
+
+log = logging.getLogger("fusionrec.worker")
+
+
+def faust_credentials(settings: Settings) -> dict:
+    """Faust's ``broker_credentials`` for the configured Kafka security settings."""
+    kwargs = settings.aiokafka_kwargs()
+    context = kwargs.get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return {"broker_credentials": faust.SASLCredentials(
+            username=kwargs["sasl_plain_username"], password=kwargs["sasl_plain_password"],
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=context)}
+    if context is not None:
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    return {}
+
+
+def profile_store(settings: Settings, client: redis.Redis) -> ProfileStore:
+    return ProfileStore(
+        client, prefix=settings.redis_prefix, profile_ttl_s=settings.profile_ttl_s,
+        dedup_window_s=settings.dedup_window_s, dedup_bucket_s=settings.dedup_bucket_s,
+        limits=(settings.profile_recent_items, settings.profile_bought_items, settings.profile_categories),
+    )
+
+
+@dataclass
+class Worker:
+    """The Faust app with the objects its agent works with."""
+
+    app: BatchingApp
+    processor: BatchProcessor
+    executor: ThreadPoolExecutor
+    settings: Settings
+
+
+def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
+    """Build the Faust app, its topics, agent, snapshot timer and rebalance hooks from ``settings``."""
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    servers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(","))
+    app = BatchingApp(
+        settings.worker_group,
+        batched_topics={settings.topic_events},
+        fetch_max_wait_ms=max(settings.kafka_fetch_wait_max_ms, 100),
+        broker=servers,
+        broker_client_id=f"{settings.kafka_client_id}-worker",
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
+        broker_request_timeout=max(30.0, settings.kafka_session_timeout_ms / 1000 + 5),
+        broker_max_poll_records=settings.worker_max_batch,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_linger=settings.kafka_linger_ms / 1000,
+        producer_compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        store="memory://",
+        web_enabled=False,
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_bind,
+        web_host=settings.worker_web_bind,
+        datadir=str(settings.state_dir / "faust"),
+        **faust_credentials(settings),
+    )
+    events = app.topic(settings.topic_events, schema=BatchSchema(), internal=False)
+    dead_letters = app.topic(settings.topic_dead_letter, key_serializer="raw", value_serializer="raw",
+                             internal=False)
+
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
+    processor = BatchProcessor(settings, profile_store(settings, client),
+                               SnapshotStore(client, settings, settings.topic_events), metrics)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-state")
+    worker = Worker(app, processor, executor, settings)
+
+    async def on_state_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def allow_commits(snapshotted: dict[int, int]) -> None:
+        for partition, offset in snapshotted.items():
+            if offset >= 0:
+                app.consumer.limit_commit(TP(settings.topic_events, partition), offset + 1)
+
+    @app.agent(events, name="fusionrec-events")
+    async def process_events(stream):
+        batch: RecordBatch
+        async for batch in stream:
+            outcome = await on_state_thread(processor.process, batch)
+            if outcome.dead_letters:
+                pending = [await dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
+                await asyncio.gather(*pending)  # delivered before this batch can be acknowledged
+
+    @app.timer(settings.snapshot_interval_s)
+    async def snapshot_partitions():
+        allow_commits(await on_state_thread(processor.snapshot))
+
+    @app.on_partitions_revoked.connect
+    async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
+        partitions = [tp.partition for tp in revoked if tp.topic == settings.topic_events]
+        if partitions:
+            allow_commits(await on_state_thread(processor.snapshot, partitions))
+            await on_state_thread(processor.drop, partitions)
+            log.info("handed over partitions %s", partitions)
+
+    @app.on_before_shutdown.connect
+    async def final_snapshot(app, **kwargs):  # noqa: ARG001
+        allow_commits(await on_state_thread(processor.snapshot))
+        log.info("final snapshot written")
+
+    return worker

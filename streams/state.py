@@ -1,0 +1,153 @@
+"""Per-partition model state: the online recommenders of one events partition, with the offset they reflect.
+
+Model state is kept per partition, not per worker: a partition's users (events are keyed by user) always land on
+the same partition, so user-side state moves with the partition when the group rebalances, and one worker or
+five produce the same models. Item-side state (popularity, co-visitation, item factors) is merged across
+partitions by the readers (the ranker sums counts and averages item factors).
+
+Models that learn in mini-batches (those with a ``batch_size``, e.g. the CF model's vectorised SGD) would end up
+in a state that depends on how fetches happened to cut the stream, so a crash and replay, or just different
+timing, would give different models. They are fed in fixed blocks of ``batch_size`` events counted per
+partition instead; the partial block waits in ``pending`` (and in the snapshot). Every other model learns each
+batch at once. So a partition's models are a function of its event sequence alone.
+
+Snapshots go to Redis under ``P snap:{topic}:{partition}`` as one hash: ``offset`` (the last offset learned), one
+field per model, and one ``pending:{model}`` field per block-fed model. The snapshot is the source of truth for "what the models have learned"; offsets are committed
+to Kafka only up to it, so after a crash a worker restores the snapshot and re-reads at most one snapshot interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+
+from fusionrec.events import Event, validate_dict
+from fusionrec.settings import Settings
+from models import SOURCES, Recommender
+
+__all__ = ["PartitionState", "SnapshotStore", "build_models"]
+
+log = logging.getLogger("fusionrec.state")
+
+#: Offsets between two eviction passes (per partition, so eviction is a function of the stream, not of timing).
+EVICT_EVERY = 50_000
+
+
+def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
+    """A fresh set of every registered recommender, seeded by partition so runs are reproducible."""
+    idle_ms = settings.model_max_idle_s * 1000
+    out: dict[str, Recommender] = {}
+    for name, cls in SOURCES.items():
+        params = {"max_idle_ms": idle_ms}
+        if name == "cf":
+            params["seed"] = 1000 + partition
+        out[name] = cls(**params)
+    return out
+
+
+@dataclass
+class PartitionState:
+    """The models of one partition and the offset of the last event they learned (-1: none)."""
+
+    partition: int
+    models: dict[str, Recommender]
+    offset: int = -1
+    dirty: bool = False
+    evicted: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, list[Event]] = field(default_factory=dict)
+
+    def learn(self, events: list[tuple[Event, int]], last_offset: int) -> None:
+        """Feed ``(event, offset)`` pairs (in order) to every model and advance the offset to ``last_offset``.
+
+        Eviction runs each time the stream crosses a multiple of ``EVICT_EVERY`` offsets, between the events on
+        either side, so it too depends only on the event sequence.
+        """
+        before = self.offset
+        start = 0
+        for index, (_event, offset) in enumerate(events):
+            if offset // EVICT_EVERY > self.offset // EVICT_EVERY:
+                self._feed([e for e, _ in events[start:index]])
+                start = index
+                self._evict()
+            self.offset = max(self.offset, offset)
+        self._feed([e for e, _ in events[start:]])
+        if last_offset > self.offset:
+            self.offset = last_offset
+        self.dirty = self.dirty or self.offset != before
+
+    def _feed(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for name, model in self.models.items():
+            block = getattr(model, "batch_size", None)
+            if not block:
+                model.learn_many(events)
+                continue
+            waiting = self.pending.setdefault(name, [])
+            waiting.extend(events)
+            ready = len(waiting) - len(waiting) % block
+            if ready:
+                model.learn_many(waiting[:ready])
+                del waiting[:ready]
+
+    def _evict(self) -> None:
+        for name, model in self.models.items():
+            dropped = model.evict(model.clock_ms)
+            if dropped:
+                self.evicted[name] = self.evicted.get(name, 0) + dropped
+
+
+class SnapshotStore:
+    """Writes and reads :class:`PartitionState` snapshots in Redis."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, topic: str):
+        self.client = client
+        self.settings = settings
+        self.topic = topic
+
+    def key(self, partition: int) -> str:
+        return f"{self.settings.redis_prefix}snap:{self.topic}:{partition}"
+
+    def save(self, state: PartitionState) -> int:
+        """Write the snapshot atomically; return its size in bytes."""
+        mapping: dict[str, bytes | str] = {"offset": str(state.offset)}
+        for name, model in state.models.items():
+            mapping[f"model:{name}"] = model.snapshot()
+        for name, waiting in state.pending.items():
+            mapping[f"pending:{name}"] = orjson.dumps([e.to_dict() for e in waiting])
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key(state.partition))
+        pipe.hset(self.key(state.partition), mapping=mapping)
+        pipe.execute()
+        state.dirty = False
+        return sum(len(v) for v in mapping.values())
+
+    def load(self, partition: int) -> PartitionState:
+        """The partition's last snapshot, or fresh models at offset -1 when there is none."""
+        data = self.client.hgetall(self.key(partition))
+        if not data:
+            return PartitionState(partition, build_models(self.settings, partition))
+        models = build_models(self.settings, partition)
+        pending: dict[str, list[Event]] = {}
+        for raw_name, blob in data.items():
+            name = raw_name.decode()
+            if name.startswith("model:") and name[6:] in models:
+                models[name[6:]] = Recommender.restore(blob)
+            elif name.startswith("pending:"):
+                pending[name[8:]] = [validate_dict(d, max_future_skew_ms=10**13).event for d in orjson.loads(blob)]
+        state = PartitionState(partition, models, offset=int(data[b"offset"]), pending=pending)
+        log.info("restored partition %d at offset %d (%d models)", partition, state.offset, len(models))
+        return state
+
+    def load_all(self) -> Iterable[PartitionState]:
+        """Every partition's snapshot (for readers such as the ranker that merge item-side state)."""
+        for key in self.client.scan_iter(match=f"{self.settings.redis_prefix}snap:{self.topic}:*"):
+            yield self.load(int(key.decode().rsplit(":", 1)[1]))
+
+    def delete_all(self) -> int:
+        keys = list(self.client.scan_iter(match=f"{self.settings.redis_prefix}snap:{self.topic}:*"))
+        return self.client.delete(*keys) if keys else 0
