@@ -293,6 +293,26 @@ def worker(
     faust.Worker(built.app, loglevel=level, quiet=True).execute_from_commandline()
 
 
+@app.command()
+def rebuild(
+    yes: bool = typer.Option(False, "--yes", help="Do it without asking (scripts, CI)."),
+) -> None:
+    """Rebuild all worker state from the events topic: delete profiles, dedup entries and model snapshots.
+
+    Stop every worker first, then start them again: with no snapshot, a worker reads each partition from the start
+    of the topic (as far back as its retention reaches).
+    """
+    from streams.rebuild import rebuild_state
+
+    conf = settings()
+    if not yes:
+        typer.confirm(f"Delete every Redis key under {conf.redis_prefix!r} so the workers replay "
+                      f"{conf.topic_events} from the start?", abort=True)
+    report = rebuild_state(conf)
+    typer.echo(f"deleted {report.keys_deleted:,} Redis keys under {conf.redis_prefix!r}; start the workers to "
+               f"rebuild from {conf.topic_events}")
+
+
 # --- config ------------------------------------------------------------------------------------------------------
 @app.command()
 def config(

@@ -3,7 +3,9 @@
 The agent receives whole partition batches (:mod:`streams.batching`) and hands each to
 :class:`~streams.processor.BatchProcessor` on a single dedicated thread, which owns all model state: the event
 loop stays free for Faust (timers, rebalances, the web server), and batches, snapshots and rebalance hand-overs
-never run at the same time. Offsets are committed only up to what the last snapshot of each partition covers.
+never run at the same time. The snapshots are the position of record: a newly assigned partition resumes just
+after its snapshot (or at the start without one), and offsets are committed to Kafka only up to the snapshots,
+for tools that read group lag.
 """
 
 from __future__ import annotations
@@ -106,6 +108,11 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         for partition, offset in snapshotted.items():
             if offset >= 0:
                 app.consumer.limit_commit(TP(settings.topic_events, partition), offset + 1)
+
+    async def position_of(tp: TP) -> int:
+        return await on_state_thread(processor.snapshots.position, tp.partition)
+
+    app.fusionrec_position_of = position_of
 
     @app.agent(events, name="fusionrec-events")
     async def process_events(stream):

@@ -15,6 +15,8 @@ How:
   processed: ``_new_offset`` commits ``last offset + 1`` for batched topics, and the per-record gap bookkeeping
   Faust keeps for compacted topics is skipped for them. One agent instance processes one partition's batches in
   order, so a later batch is never acknowledged before an earlier one.
+* On assignment, batched partitions are positioned by ``app.fusionrec_position_of(tp)`` when the app sets it
+  (the worker answers from its state snapshots), instead of at the committed offset.
 * :meth:`BatchingConsumer.limit_commit` caps what is committed per partition (the worker commits only what its
   state snapshots cover); a batched partition with no limit set commits nothing.
 * The aiokafka fetch wait is lowered from Faust's hard-coded 1500 ms (Tansu sleeps half of it per fetch).
@@ -115,6 +117,20 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         if not self._is_batched(tp.topic):  # a batch's inner offsets are not gaps
             await super()._add_gap(tp, offset_from, offset_to)
+
+    async def seek_to_committed(self):
+        committed = dict(await super().seek_to_committed())
+        position_of = getattr(self.app, "fusionrec_position_of", None)
+        if position_of is not None:
+            for tp in self.assignment():
+                if self._is_batched(tp.topic):
+                    position = await position_of(tp)
+                    if position is not None and position != committed.get(tp):
+                        self.log.info("positioning %s at %d (from state, committed %s)", tp, position,
+                                      committed.get(tp))
+                        await self._seek(tp, position)
+                        committed[tp] = position
+        return committed
 
     def limit_commit(self, tp: TP, offset: int) -> None:
         """Allow committing ``tp`` up to (not including) ``offset``."""

@@ -126,6 +126,11 @@ class SnapshotStore:
         state.dirty = False
         return sum(len(v) for v in mapping.values())
 
+    def position(self, partition: int) -> int:
+        """Where to resume reading the partition: just after its snapshot, or at the start without one."""
+        offset = self.client.hget(self.key(partition), "offset")
+        return 0 if offset is None else int(offset) + 1
+
     def load(self, partition: int) -> PartitionState:
         """The partition's last snapshot, or fresh models at offset -1 when there is none."""
         data = self.client.hgetall(self.key(partition))

@@ -211,3 +211,31 @@ def _all_snapshotted(settings, total: int) -> bool:
     covered = sum(int(client.hget(k, "offset")) + 1 for k in keys)
     client.close()
     return covered >= total
+
+
+def test_rebuild_replays_everything_from_the_topic(worker_settings, tmp_path):
+    events = make_events(1500, seed=5, start_ms=int(time.time() * 1000) - 30_000)
+    send(worker_settings, events)
+    first = WorkerProcess(worker_settings, tmp_path, "before")
+    try:
+        first.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(events)
+                       and _all_snapshotted(worker_settings, len(events)))
+    finally:
+        first.stop()
+
+    out = subprocess.run([sys.executable, "-m", "fusionrec.cli", "rebuild", "--yes"], env=first.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "deleted" in out.stdout
+    client = redis.Redis.from_url(worker_settings.redis_url)
+    assert not list(client.scan_iter(match=f"{worker_settings.redis_prefix}*"))
+
+    again = WorkerProcess(worker_settings, tmp_path, "after")
+    try:
+        metrics = again.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(events))
+    finally:
+        again.stop()
+    assert metrics["fusionrec_worker_events_total"] == len(events)  # all new again: state was rebuilt from zero
+    store = ProfileStore(client, prefix=worker_settings.redis_prefix)
+    expected = expected_counts(events)
+    assert {p.user_id: Counter(p.counts) for p in store.get_many(sorted(expected))} == expected

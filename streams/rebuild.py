@@ -1,0 +1,38 @@
+"""Rebuild worker state from the events topic: the supported way to recover from lost or corrupt state.
+
+Workers position each partition just after its state snapshot in Redis, or at the start of the topic when there
+is none. So deleting every Redis key under the configured prefix (profiles, dedup entries, snapshots) while the
+workers are stopped makes the next workers replay the whole topic (as far back as its retention reaches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from fusionrec.settings import Settings
+
+__all__ = ["RebuildReport", "rebuild_state"]
+
+
+@dataclass
+class RebuildReport:
+    keys_deleted: int
+
+
+def rebuild_state(settings: Settings) -> RebuildReport:
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
+    deleted = 0
+    batch = []
+    try:
+        for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += client.delete(*batch)
+                batch.clear()
+        if batch:
+            deleted += client.delete(*batch)
+    finally:
+        client.close()
+    return RebuildReport(deleted)
