@@ -1,0 +1,38 @@
+"""Online recommenders: each one a *source* of candidates and scores that the fusion layer combines.
+
+Every model implements :class:`~models.base.Recommender` (``learn_one``/``learn_many`` on
+:class:`fusionrec.events.Event`, ``score``/``rank``/``candidates``, ``evict``, ``snapshot``/``restore``).
+This package is pure: numpy, river and torch only, no Kafka, Redis, Faust or Prometheus.
+
+>>> sorted(SOURCES)
+['category', 'cf', 'covisit', 'popular', 'recent', 'trending']
+
+"""
+
+from __future__ import annotations
+
+from .base import DEFAULT_EVENT_WEIGHTS, Recommender, SnapshotError
+from .category import CategoryAffinity
+from .cf import MatrixFactorization
+from .covisit import CoVisitation
+from .popularity import Popularity, Trending
+from .recent import RecentItems
+
+__all__ = [
+    "DEFAULT_EVENT_WEIGHTS",
+    "SOURCES",
+    "CategoryAffinity",
+    "CoVisitation",
+    "MatrixFactorization",
+    "Popularity",
+    "Recommender",
+    "RecentItems",
+    "SnapshotError",
+    "Trending",
+]
+
+#: Every recommender class by the source name it reports (its ``source`` attribute).
+SOURCES: dict[str, type[Recommender]] = {
+    model.source: model
+    for model in (MatrixFactorization, CoVisitation, Popularity, Trending, CategoryAffinity, RecentItems)
+}

@@ -1,0 +1,310 @@
+"""Category affinity: the best items of the categories a user keeps coming back to.
+
+Two decayed tallies, both fed by the same events (``category_id`` comes with the event, or from an earlier event on
+the same item):
+
+* per user, how much they interacted with each category (``user_half_life_ms``), the strongest
+  ``max_categories_per_user`` kept;
+* per category, how much each item was interacted with by everyone (``item_half_life_ms``), the strongest
+  ``items_per_category`` kept, and the category's total.
+
+An item ``i`` of category ``c`` scores ``affinity(user, c) / sum of the user's affinities`` times
+``tally(c, i) / total(c)``: the chance that the user picks category ``c`` and then, like everyone else, item ``i``.
+Both are ratios of values decayed alike, so scores do not depend on ``now_ms``. Candidates come from the user's
+``top_categories`` best categories. A user without history gets none (the fusion layer falls back to trending);
+a new item is a candidate as soon as one event with its category is seen.
+
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from fusionrec.events import Event
+
+from .base import (
+    MAX_DECAY_EXPONENT,
+    Recommender,
+    cap_chunk,
+    idle_keys,
+    oldest_keys,
+    resolve_event_weights,
+    top_k,
+)
+
+__all__ = ["CategoryAffinity"]
+
+
+class CategoryAffinity(Recommender):
+    """Popular items from the user's favourite categories.
+
+    Parameters
+    ----------
+    user_half_life_ms
+        After this long, an event counts half as much towards the user's category affinity.
+    item_half_life_ms
+        After this long, an event counts half as much towards the item's popularity within its category.
+    top_categories
+        How many of the user's best categories :meth:`candidates` draws from.
+    max_categories_per_user
+        Categories kept per user, the strongest; pruned back to this size when grown by half again.
+    items_per_category
+        Items kept per category, the most popular; pruned back to this size when grown by half again.
+    event_weights
+        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+    max_users
+        Most users tracked; a new user beyond it first drops the least recently active 1/16.
+    max_items
+        Most items whose category is remembered; a new item beyond it first drops the least recently touched 1/16.
+    max_idle_ms
+        :meth:`evict` drops users and items without events for longer than this. ``None``: only the caps apply.
+
+    Examples
+    --------
+
+    >>> from fusionrec.events import Event
+    >>> from models import CategoryAffinity
+
+    >>> t = 1_700_000_000_000
+    >>> model = CategoryAffinity()
+    >>> model.learn_many([
+    ...     Event("e1", "ann", "green-tea", "view", t, category_id="tea"),
+    ...     Event("e2", "ann", "black-tea", "purchase", t, category_id="tea"),
+    ...     Event("e3", "ann", "mug", "view", t, category_id="kitchen"),
+    ...     Event("e4", "bob", "oolong", "view", t, category_id="tea"),
+    ... ])
+
+    Ann spent 6 of her 7 weighted interactions on tea; black tea has 5 of tea's 7:
+
+    >>> [(item, round(s, 4)) for item, s in model.candidates("ann", k=2)]
+    [('black-tea', 0.6122), ('mug', 0.1429)]
+
+    A user without history gets nothing:
+
+    >>> model.candidates("newcomer", k=2)
+    []
+
+    """
+
+    source = "category"
+
+    def __init__(
+        self,
+        user_half_life_ms: int = 7 * 86_400_000,
+        item_half_life_ms: int = 86_400_000,
+        top_categories: int = 3,
+        max_categories_per_user: int = 20,
+        items_per_category: int = 50,
+        event_weights: Mapping[str, float] | None = None,
+        max_users: int = 1_000_000,
+        max_items: int = 1_000_000,
+        max_idle_ms: int | None = None,
+    ):
+        super().__init__()
+        if user_half_life_ms <= 0 or item_half_life_ms <= 0:
+            raise ValueError("user_half_life_ms and item_half_life_ms must be > 0")
+        if min(top_categories, max_categories_per_user, items_per_category, max_users, max_items) < 1:
+            raise ValueError("top_categories, max_categories_per_user, items_per_category and the caps must be >= 1")
+        self.user_half_life_ms = user_half_life_ms
+        self.item_half_life_ms = item_half_life_ms
+        self.top_categories = top_categories
+        self.max_categories_per_user = max_categories_per_user
+        self.items_per_category = items_per_category
+        self.event_weights = event_weights
+        self.max_users = max_users
+        self.max_items = max_items
+        self.max_idle_ms = max_idle_ms
+
+        self._weights = resolve_event_weights(event_weights)
+        self._prune_user_at = max_categories_per_user + max(1, max_categories_per_user // 2)
+        self._prune_category_at = items_per_category + max(1, items_per_category // 2)
+        self._t0: int | None = None
+        self._affinity: dict[str, dict[str, float]] = {}  # user -> category -> forward-decayed affinity
+        self._user_last: dict[str, int] = {}  # user -> latest event ts
+        self._category_items: dict[str, dict[str, float]] = {}  # category -> item -> forward-decayed tally
+        self._category_total: dict[str, float] = {}  # category -> forward-decayed total of every item's events
+        self._item_category: dict[str, str] = {}
+        self._item_last: dict[str, int] = {}  # item -> latest event ts
+
+    # --- learning ----------------------------------------------------------------------------------------------
+
+    def learn_one(self, event: Event) -> None:
+        ts = event.ts
+        if ts > self._clock:
+            self._clock = ts
+        w = self._weights.get(event.type, 0.0)
+        if w <= 0.0:
+            return
+        item, category = event.item_id, event.category_id
+        known = self._item_category.get(item)
+        if category is None:
+            if known is None:
+                return
+            category = known
+        elif known != category:
+            if known is not None:  # the item moved: it leaves its old category's tally
+                self._category_items.get(known, {}).pop(item, None)
+            self._item_category[item] = category
+
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = ts
+        if (ts - t0) / min(self.user_half_life_ms, self.item_half_life_ms) > MAX_DECAY_EXPONENT:
+            self._rebase(ts)
+            t0 = ts
+        user_weight = w * 2.0 ** ((ts - t0) / self.user_half_life_ms)
+        item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
+
+        user = event.user_id
+        last = self._user_last
+        previous = last.get(user)
+        if previous is None:
+            if len(last) >= self.max_users:
+                for old in oldest_keys(last, cap_chunk(self.max_users)):
+                    self._drop_user(old)
+            last[user] = ts
+        elif ts > previous:
+            last[user] = ts
+        last = self._item_last
+        previous = last.get(item)
+        if previous is None:
+            if len(last) >= self.max_items:
+                for old in oldest_keys(last, cap_chunk(self.max_items)):
+                    self._drop_item(old)
+            last[item] = ts
+        elif ts > previous:
+            last[item] = ts
+        affinity = self._affinity.get(user)
+        if affinity is None:
+            affinity = self._affinity[user] = {}
+        affinity[category] = affinity.get(category, 0.0) + user_weight
+        if len(affinity) > self._prune_user_at:
+            self._affinity[user] = dict(
+                heapq.nlargest(self.max_categories_per_user, affinity.items(), key=itemgetter(1))
+            )
+
+        tally = self._category_items.get(category)
+        if tally is None:
+            tally = self._category_items[category] = {}
+            self._category_total[category] = 0.0
+        tally[item] = tally.get(item, 0.0) + item_weight
+        self._category_total[category] += item_weight
+        if len(tally) > self._prune_category_at:
+            self._category_items[category] = dict(
+                heapq.nlargest(self.items_per_category, tally.items(), key=itemgetter(1))
+            )
+
+    def _rebase(self, ts: int) -> None:
+        shift = self._t0 - ts  # type: ignore[operator]
+        user_factor = 2.0 ** (shift / self.user_half_life_ms)
+        item_factor = 2.0 ** (shift / self.item_half_life_ms)
+        self._t0 = ts
+        for affinity in self._affinity.values():
+            for category in affinity:
+                affinity[category] *= user_factor
+        for tally in self._category_items.values():
+            for item in tally:
+                tally[item] *= item_factor
+        for category in self._category_total:
+            self._category_total[category] *= item_factor
+
+    # --- inference ---------------------------------------------------------------------------------------------
+
+    def _shares(self, user_id: str) -> dict[str, float]:
+        affinity = self._affinity.get(user_id)
+        if not affinity:
+            return {}
+        total = sum(affinity.values())
+        return {category: value / total for category, value in affinity.items()}
+
+    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
+        """Share of the item's category in the user's affinity times the item's share of its category."""
+        shares = self._shares(user_id)
+        out = np.zeros(len(items), dtype=np.float64)
+        if not shares:
+            return out
+        for n, item in enumerate(items):
+            category = self._item_category.get(item)
+            share = shares.get(category) if category is not None else None
+            tally = self._category_items.get(category) if share else None  # type: ignore[arg-type]
+            if tally:
+                out[n] = share * tally.get(item, 0.0) / self._category_total[category]  # type: ignore[index,operator]
+        return out
+
+    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        """The best items of the user's ``top_categories`` best categories (ties: larger id first)."""
+        shares = self._shares(user_id)
+        best = heapq.nlargest(self.top_categories, shares.items(), key=itemgetter(1, 0))
+        pairs = []
+        for category, share in best:
+            tally = self._category_items.get(category)
+            if tally:
+                scale = share / self._category_total[category]
+                pairs.extend((item, value * scale) for item, value in tally.items())
+        return top_k(pairs, k)
+
+    # --- memory ------------------------------------------------------------------------------------------------
+
+    @property
+    def n_users(self) -> int:
+        return len(self._user_last)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._item_last)
+
+    def evict(self, now_ms: int) -> int:
+        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped.
+ A category
+        whose items are all dropped is dropped too (not counted).
+        """
+        if self.max_idle_ms is None:
+            return 0
+        cutoff = now_ms - self.max_idle_ms
+        idle_users, idle_items = idle_keys(self._user_last, cutoff), idle_keys(self._item_last, cutoff)
+        for user in idle_users:
+            self._drop_user(user)
+        for item in idle_items:
+            self._drop_item(item)
+        return len(idle_users) + len(idle_items)
+
+    def _drop_user(self, user: str) -> None:
+        del self._user_last[user]
+        self._affinity.pop(user, None)
+
+    def _drop_item(self, item: str) -> None:
+        del self._item_last[item]
+        category = self._item_category.pop(item)
+        tally = self._category_items.get(category)
+        if tally is not None:
+            tally.pop(item, None)
+            if not tally:
+                del self._category_items[category]
+                del self._category_total[category]
+
+    # --- snapshots ---------------------------------------------------------------------------------------------
+
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "t0": self._t0,
+            "affinity": self._affinity,
+            "user_last": self._user_last,
+            "category_items": self._category_items,
+            "category_total": self._category_total,
+            "item_category": self._item_category,
+            "item_last": self._item_last,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._t0 = state["t0"]
+        self._affinity = state["affinity"]
+        self._user_last = state["user_last"]
+        self._category_items = state["category_items"]
+        self._category_total = state["category_total"]
+        self._item_category = state["item_category"]
+        self._item_last = state["item_last"]

@@ -1,0 +1,308 @@
+"""Item-to-item co-visitation: "people who looked at this went on to that".
+
+When a user interacts with item ``j`` shortly after item ``i``, both links ``i -> j`` and ``j -> i`` get stronger.
+"Shortly after" means in the same session when both events carry the same ``session_id``, and otherwise within
+``window_ms`` of each other among the user's last ``max_recent`` items (events from two *different* sessions are
+never paired). Each direction is weighted by the event on the item it points to: viewing a kettle then buying a
+mug adds the purchase weight (5) to ``kettle -> mug`` and the view weight (1) to ``mug -> kettle``.
+
+Links decay exponentially with ``half_life_ms``, stored in forward-decay form (see :mod:`models.popularity`), so the
+order of an item's neighbours never changes with time and pruning them to the strongest ``max_neighbours`` is a
+plain sort. A user's candidates are the neighbours of their recent items, the most recent item counting most
+(``1 / rank``); the recent items themselves are not proposed (that is the ``recent`` source's job).
+
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from fusionrec.events import Event
+
+from .base import (
+    MAX_DECAY_EXPONENT,
+    Recommender,
+    cap_chunk,
+    decay_factor,
+    idle_keys,
+    oldest_keys,
+    resolve_event_weights,
+    top_k,
+)
+
+__all__ = ["CoVisitation"]
+
+
+class CoVisitation(Recommender):
+    """Co-visitation neighbours of the user's recent items.
+
+    Parameters
+    ----------
+    window_ms
+        Events without a shared ``session_id`` are paired when at most this far apart.
+    max_recent
+        How many of the user's latest distinct items are paired with a new event and seed candidates.
+    half_life_ms
+        After this long, a co-visit counts half as much.
+    max_neighbours
+        Neighbours kept per item, the strongest; an item's list is pruned back to this size when it has grown by
+        half again.
+    event_weights
+        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+    max_users
+        Most users whose recent items are tracked; a new user beyond it first drops the least recently active 1/16.
+    max_items
+        Most items with neighbour lists; a new item beyond it first drops the least recently touched 1/16.
+    max_idle_ms
+        :meth:`evict` drops users and items without events for longer than this. ``None``: only the caps apply.
+
+    Examples
+    --------
+
+    >>> from fusionrec.events import Event
+    >>> from models import CoVisitation
+
+    Shoppers who view a kettle tend to buy a mug next, in the same session:
+
+    >>> t = 1_700_000_000_000
+    >>> model = CoVisitation()
+    >>> for n in range(3):
+    ...     model.learn_one(Event(f"a{n}", f"u{n}", "kettle", "view", t, session_id=f"s{n}"))
+    ...     model.learn_one(Event(f"b{n}", f"u{n}", "mug", "purchase", t + 1000, session_id=f"s{n}"))
+    >>> model.neighbours("kettle", k=3, now_ms=t + 1000)
+    [('mug', 15.0)]
+
+    A new shopper who just viewed a kettle is offered the mug:
+
+    >>> model.learn_one(Event("c", "zoe", "kettle", "view", t + 2000))
+    >>> [item for item, _ in model.candidates("zoe", k=3)]
+    ['mug']
+
+    """
+
+    source = "covisit"
+
+    def __init__(
+        self,
+        window_ms: int = 1_800_000,
+        max_recent: int = 10,
+        half_life_ms: int = 7 * 86_400_000,
+        max_neighbours: int = 30,
+        event_weights: Mapping[str, float] | None = None,
+        max_users: int = 500_000,
+        max_items: int = 500_000,
+        max_idle_ms: int | None = None,
+    ):
+        super().__init__()
+        if half_life_ms <= 0:
+            raise ValueError(f"half_life_ms must be > 0, got {half_life_ms}")
+        if min(max_recent, max_neighbours, max_users, max_items) < 1:
+            raise ValueError("max_recent, max_neighbours, max_users and max_items must be >= 1")
+        self.window_ms = window_ms
+        self.max_recent = max_recent
+        self.half_life_ms = half_life_ms
+        self.max_neighbours = max_neighbours
+        self.event_weights = event_weights
+        self.max_users = max_users
+        self.max_items = max_items
+        self.max_idle_ms = max_idle_ms
+
+        self._weights = resolve_event_weights(event_weights)
+        self._prune_at = max_neighbours + max(1, max_neighbours // 2)
+        self._t0: int | None = None
+        # user -> their latest distinct items, oldest first: [item, ts, session_id, weight]
+        self._recent: dict[str, list[list[Any]]] = {}
+        self._user_last: dict[str, int] = {}  # user -> latest event ts
+        self._links: dict[str, dict[str, float]] = {}  # item -> neighbour -> forward-decayed strength
+        self._item_last: dict[str, int] = {}  # item -> latest event ts
+
+    # --- learning ----------------------------------------------------------------------------------------------
+
+    def learn_one(self, event: Event) -> None:
+        ts = event.ts
+        if ts > self._clock:
+            self._clock = ts
+        w = self._weights.get(event.type, 0.0)
+        if w <= 0.0:
+            return
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = ts
+        exponent = (ts - t0) / self.half_life_ms
+        if exponent > MAX_DECAY_EXPONENT:
+            self._rebase(ts)
+            exponent = 0.0
+        decay = 2.0**exponent
+        user, item, session = event.user_id, event.item_id, event.session_id
+        last = self._user_last
+        previous = last.get(user)
+        if previous is None:
+            if len(last) >= self.max_users:
+                for old in oldest_keys(last, cap_chunk(self.max_users)):
+                    self._drop_user(old)
+            last[user] = ts
+        elif ts > previous:
+            last[user] = ts
+        last = self._item_last
+        previous = last.get(item)
+        if previous is None:
+            if len(last) >= self.max_items:
+                for old in oldest_keys(last, cap_chunk(self.max_items)):
+                    self._drop_item(old)
+            last[item] = ts
+        elif ts > previous:
+            last[item] = ts
+
+        recent = self._recent.get(user)
+        if recent is None:
+            recent = self._recent[user] = []
+        links = self._links
+        mine = links.get(item)
+        if mine is None:
+            mine = links[item] = {}
+        window, prune_at = self.window_ms, self._prune_at
+        seen_at = -1
+        for position, (other, other_ts, other_session, other_w) in enumerate(recent):
+            if other == item:
+                seen_at = position
+                continue
+            if session is not None and other_session is not None:
+                if session != other_session:
+                    continue
+            elif abs(ts - other_ts) > window:
+                continue
+            theirs = links.get(other)
+            if theirs is None:  # evicted since the user touched it
+                continue
+            theirs[item] = theirs.get(item, 0.0) + w * decay
+            if len(theirs) > prune_at:
+                self._prune(other)
+            mine[other] = mine.get(other, 0.0) + other_w * decay
+        if len(mine) > prune_at:
+            self._prune(item)
+
+        if seen_at >= 0:
+            entry = recent.pop(seen_at)
+            entry[1], entry[2], entry[3] = max(ts, entry[1]), session, max(w, entry[3])
+        else:
+            entry = [item, ts, session, w]
+        recent.append(entry)
+        if len(recent) > self.max_recent:
+            del recent[0]
+
+    def _prune(self, item: str) -> None:
+        links = self._links[item]
+        self._links[item] = dict(heapq.nlargest(self.max_neighbours, links.items(), key=itemgetter(1)))
+
+    def _rebase(self, ts: int) -> None:
+        factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]
+        self._t0 = ts
+        for links in self._links.values():
+            for other in links:
+                links[other] *= factor
+
+    # --- inference ---------------------------------------------------------------------------------------------
+
+    def _factor(self, now_ms: int | None) -> float:
+        if self._t0 is None:
+            return 0.0
+        now = self._clock if now_ms is None else now_ms
+        return decay_factor((self._t0 - now) / self.half_life_ms)
+
+    def _scored(self, user_id: str, now_ms: int | None) -> dict[str, float]:
+        recent = self._recent.get(user_id)
+        if not recent:
+            return {}
+        scores: dict[str, float] = {}
+        get = scores.get
+        links = self._links
+        for rank, (seed, *_) in enumerate(reversed(recent), start=1):
+            neighbours = links.get(seed)
+            if neighbours:
+                seed_weight = 1.0 / rank
+                for other, strength in neighbours.items():
+                    scores[other] = get(other, 0.0) + seed_weight * strength
+        for seed, *_ in recent:
+            scores.pop(seed, None)
+        factor = self._factor(now_ms)
+        return {item: value * factor for item, value in scores.items()}
+
+    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
+        """Summed decayed co-visit strength from the user's recent items (weighted ``1 / rank``, the latest first).
+
+        The user's recent items themselves score 0.0.
+        """
+        get = self._scored(user_id, now_ms).get
+        return np.array([get(item, 0.0) for item in items], dtype=np.float64)
+
+    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best-scoring neighbours of the user's recent items (ties: larger id first)."""
+        return top_k(self._scored(user_id, now_ms).items(), k)
+
+    def neighbours(self, item_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` items most co-visited after or before ``item_id``, with their decayed strength.
+
+        This is the "shoppers also viewed" list of a product page, independent of any user.
+        """
+        factor = self._factor(now_ms)
+        return top_k(((other, s * factor) for other, s in self._links.get(item_id, {}).items()), k)
+
+    # --- memory ------------------------------------------------------------------------------------------------
+
+    @property
+    def n_users(self) -> int:
+        return len(self._user_last)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._item_last)
+
+    def evict(self, now_ms: int) -> int:
+        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped.
+
+        """
+        if self.max_idle_ms is None:
+            return 0
+        cutoff = now_ms - self.max_idle_ms
+        idle_users, idle_items = idle_keys(self._user_last, cutoff), idle_keys(self._item_last, cutoff)
+        for user in idle_users:
+            self._drop_user(user)
+        for item in idle_items:
+            self._drop_item(item)
+        return len(idle_users) + len(idle_items)
+
+    def _drop_user(self, user: str) -> None:
+        del self._user_last[user]
+        self._recent.pop(user, None)
+
+    def _drop_item(self, item: str) -> None:
+        """Forget ``item`` and the links to it from its neighbours (links kept one-sided after pruning may stay)."""
+        del self._item_last[item]
+        links = self._links
+        for other in links.pop(item, ()):
+            theirs = links.get(other)
+            if theirs is not None:
+                theirs.pop(item, None)
+
+    # --- snapshots ---------------------------------------------------------------------------------------------
+
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "t0": self._t0,
+            "recent": self._recent,
+            "user_last": self._user_last,
+            "links": self._links,
+            "item_last": self._item_last,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._t0 = state["t0"]
+        self._recent = state["recent"]
+        self._user_last = state["user_last"]
+        self._links = state["links"]
+        self._item_last = state["item_last"]
