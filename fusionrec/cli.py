@@ -279,12 +279,13 @@ def worker(
     """
     import faust
 
-    from streams.app import create_worker
+    from streams.app import create_worker, tune_gc
     from streams.metrics import WorkerMetrics, serve_metrics
 
     if metrics_port is not None:
         _overrides["metrics_port"] = metrics_port
     conf = settings()
+    tune_gc()
     serve_metrics(conf.metrics_port, conf.metrics_bind)
     built = create_worker(conf, WorkerMetrics())
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[conf.log_level]

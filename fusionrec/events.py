@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -67,9 +66,11 @@ class InvalidEvent(ValueError):
         super().__init__("; ".join(f"{r.field or 'event'}: {r.message}" for r in reasons))
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One validated shop event (contract v1). ``ts`` is epoch milliseconds."""
+class Event(NamedTuple):
+    """One validated shop event (contract v1). ``ts`` is epoch milliseconds.
+
+    A named tuple, not a dataclass: one is built for every record on the hot path, and a tuple is 4x cheaper.
+    """
 
     event_id: str
     user_id: str
@@ -140,6 +141,32 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_FAST_KEYS = frozenset({"v", "event_id", "user_id", "item_id", "type", "ts", "session_id", "category_id"})
+_FAST_TYPES = EVENT_TYPES - {"rate"}
+
+
+def _fast_event(obj: dict, now: int, max_future_skew_ms: int) -> Event | None:
+    """The common shape (ids, type, ts, optional session/category) checked with few calls; None: use the full path.
+
+    It accepts only what :func:`_validate_full` accepts, with the same result (a property test holds them equal).
+    """
+    if not obj.keys() <= _FAST_KEYS or obj.get("v", 1) != 1 or type(obj.get("v", 1)) is not int:
+        return None
+    event_id, user_id, item_id = obj.get("event_id"), obj.get("user_id"), obj.get("item_id")
+    etype, ts = obj.get("type"), obj.get("ts")
+    session_id, category_id = obj.get("session_id"), obj.get("category_id")
+    if not (type(event_id) is str and type(user_id) is str and type(item_id) is str and type(ts) is int
+            and etype in _FAST_TYPES and type(etype) is str and MIN_TS_MS <= ts <= now + max_future_skew_ms
+            and 0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user_id) <= MAX_ID_LENGTH
+            and 0 < len(item_id) <= MAX_ID_LENGTH
+            and event_id.isprintable() and user_id.isprintable() and item_id.isprintable()):
+        return None
+    for value in (session_id, category_id):
+        if value is not None and not (type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()):
+            return None
+    return Event(event_id, user_id, item_id, etype, ts, session_id, category_id)
+
+
 def validate_dict(
     obj: Any,
     *,
@@ -147,6 +174,20 @@ def validate_dict(
     max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
 ) -> Validation:
     """Validate an already-decoded JSON value against contract v1."""
+    if type(obj) is dict:
+        event = _fast_event(obj, int(time.time() * 1000) if now_ms is None else now_ms, max_future_skew_ms)
+        if event is not None:
+            return Validation(event, [])
+    return _validate_full(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+
+
+def _validate_full(
+    obj: Any,
+    *,
+    now_ms: int | None = None,
+    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+) -> Validation:
+    """Every check, collecting every reason."""
     if not isinstance(obj, dict):
         return Validation(None, [Reason("not_an_object", "", f"event must be a JSON object, got {type(obj).__name__}")])
     reasons: list[Reason] = []

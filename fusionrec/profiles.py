@@ -2,32 +2,36 @@
 
 Key schema (``P`` is ``settings.redis_prefix``, default ``fr:``):
 
-``P p:{user_id}``  hash, one per user, expires ``profile_ttl_s`` after the user's last event:
-    ``v f c x b i r``  counts of view, favourite, add_to_cart, remove_from_cart, purchase (b: bought), impression,
-                       rate events
-    ``ls``             last event time (epoch ms)
-    ``ri``             recently interacted items, most recent first, at most ``profile_recent_items``
-    ``bo``             bought items, most recent first, at most ``profile_bought_items`` (for filtering)
-    ``ca``             category affinities ``category=weight``, strongest first, at most ``profile_categories``
-    Lists are joined with ``\\x1f`` and pairs with ``\\x1e``; neither can occur in an id (ids are printable).
+``P p:{user_id}``  string, one per user, expiring ``profile_ttl_s`` after the user's last event: a compact JSON
+    array ``[counts, last_seen_ms, recent_items, bought_items, categories]`` where
+    ``counts``        ``{"v": views, "f": favourites, "c": carts, "x": cart removals, "b": purchases,
+                      "i": impressions, "r": ratings}`` (absent codes are 0)
+    ``recent_items``  items interacted with, most recent first, at most ``profile_recent_items``
+    ``bought_items``  bought items, most recent first, at most ``profile_bought_items`` (for filtering)
+    ``categories``    ``[[category, weight], ...]``, strongest first, at most ``profile_categories``
+    One string per user (not a hash) so that a batch reads every profile with one ``MGET`` and writes them with
+    one call. Read it with :meth:`ProfileStore.get` rather than by hand.
 ``P seen:{bucket}`` hash ``event_id → "partition:offset"`` of the first record that applied it; ``bucket`` is the
     event time divided by ``dedup_bucket_s``. A duplicate carries the same event time, so one bucket answers it.
     Each bucket expires ``dedup_window_s`` after its last write.
 
 :meth:`ProfileStore.apply` processes a batch in two round trips: read the seen-buckets and the users' profiles,
-then one ``MULTI``/``EXEC`` that writes the new seen entries and the merged profiles together, so a crash leaves
-either both or neither. A record whose event id is already recorded *at its own offset* is a redelivery (Kafka
-at-least-once): it changes nothing. One recorded at another offset is a duplicate: skipped and counted. One
-partition's events are processed by one worker at a time (events are keyed by user), so the read-merge-write is
-not raced.
+then one Lua call that writes the new seen entries and the merged profiles together (Redis runs a script
+atomically), so a crash leaves either both or neither. A record whose event id is already recorded *at its own
+offset* is a redelivery (Kafka at-least-once): it changes nothing. One recorded at another offset is a duplicate:
+skipped and counted. One partition's events are processed by one worker at a time (events are keyed by user), so
+the read-merge-write is not raced. (The script names its keys, but a batch spans many hash slots: Redis Cluster is
+not supported; use one primary with replicas.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import orjson
 import redis
 
 from fusionrec.events import Event
@@ -40,9 +44,25 @@ TYPE_CODES = {"view": "v", "favourite": "f", "add_to_cart": "c", "remove_from_ca
               "impression": "i", "rate": "r"}
 #: How much an event type adds to a category's affinity in the profile.
 CATEGORY_WEIGHTS = {"view": 1.0, "favourite": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 1.0}
-_LIST = "\x1f"
-_PAIR = "\x1e"
-_FIELDS = ("v", "f", "c", "x", "b", "i", "r", "ls", "ri", "bo", "ca")
+_CODE_TYPES = {code: etype for etype, code in TYPE_CODES.items()}
+
+#: Writes a batch atomically: KEYS = seen buckets then profiles; ARGV = profile TTL, seen TTL, then for each
+#: bucket its field count followed by field/value pairs, then one value per profile key.
+_WRITE_BATCH = """
+local profile_ttl, seen_ttl, n_buckets = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local arg = 4
+for b = 1, n_buckets do
+  local n = tonumber(ARGV[arg])
+  redis.call('HSET', KEYS[b], unpack(ARGV, arg + 1, arg + 2 * n))
+  redis.call('EXPIRE', KEYS[b], seen_ttl)
+  arg = arg + 2 * n + 1
+end
+for k = n_buckets + 1, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[arg], 'EX', profile_ttl)
+  arg = arg + 1
+end
+return #KEYS - n_buckets
+"""
 
 
 @dataclass
@@ -61,20 +81,13 @@ class Profile:
         return not self.counts
 
     @classmethod
-    def from_fields(cls, user_id: str, values: Sequence[Any]) -> Profile:
-        data = dict(zip(_FIELDS, (v.decode() if isinstance(v, bytes) else v for v in values), strict=True))
-        counts = {etype: int(data[code]) for etype, code in TYPE_CODES.items() if data.get(code)}
-        cats = {}
-        for pair in (data.get("ca") or "").split(_LIST):
-            if pair:
-                name, _, weight = pair.partition(_PAIR)
-                cats[name] = float(weight)
-        return cls(
-            user_id, counts, int(data.get("ls") or 0),
-            [i for i in (data.get("ri") or "").split(_LIST) if i],
-            [i for i in (data.get("bo") or "").split(_LIST) if i],
-            cats,
-        )
+    def decode(cls, user_id: str, raw: bytes | None) -> Profile:
+        """A profile from its stored JSON (an empty profile for ``None``)."""
+        if raw is None:
+            return cls(user_id)
+        counts, last_seen, recent, bought, categories = orjson.loads(raw)
+        return cls(user_id, {_CODE_TYPES[c]: n for c, n in counts.items()}, last_seen, recent, bought,
+                   {name: weight for name, weight in categories})
 
     def learn(self, event: Event, limits: tuple[int, int, int]) -> None:
         """Fold one event into the profile (pure; ``limits`` = recent, bought, categories caps)."""
@@ -92,17 +105,11 @@ class Profile:
                 weakest = min(self.categories, key=lambda name: (self.categories[name], name))
                 del self.categories[weakest]
 
-    def to_fields(self) -> dict[str, str]:
-        out = {TYPE_CODES[etype]: str(n) for etype, n in self.counts.items()}
-        out["ls"] = str(self.last_seen_ms)
-        if self.recent_items:
-            out["ri"] = _LIST.join(self.recent_items)
-        if self.bought_items:
-            out["bo"] = _LIST.join(self.bought_items)
-        if self.categories:
-            ranked = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
-            out["ca"] = _LIST.join(f"{name}{_PAIR}{weight:g}" for name, weight in ranked)
-        return out
+    def encode(self) -> bytes:
+        counts = {TYPE_CODES[etype]: n for etype, n in self.counts.items()}
+        ranked = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+        return orjson.dumps([counts, self.last_seen_ms, self.recent_items, self.bought_items,
+                             [[name, weight] for name, weight in ranked]])
 
 
 def _push_front(items: list[str], item: str, cap: int) -> None:
@@ -131,6 +138,7 @@ class ProfileStore:
         self.dedup_window_s = dedup_window_s
         self.dedup_bucket_ms = dedup_bucket_s * 1000
         self.limits = limits
+        self._write_batch = client.register_script(_WRITE_BATCH)
 
     def profile_key(self, user_id: str) -> str:
         return f"{self.prefix}p:{user_id}"
@@ -139,18 +147,28 @@ class ProfileStore:
         return f"{self.prefix}seen:{ts // self.dedup_bucket_ms}"
 
     def get(self, user_id: str) -> Profile:
-        return Profile.from_fields(user_id, self.client.hmget(self.profile_key(user_id), _FIELDS))
+        return Profile.decode(user_id, self.client.get(self.profile_key(user_id)))
 
     def get_many(self, user_ids: Sequence[str]) -> list[Profile]:
-        pipe = self.client.pipeline(transaction=False)
-        for user in user_ids:
-            pipe.hmget(self.profile_key(user), _FIELDS)
-        return [Profile.from_fields(u, v) for u, v in zip(user_ids, pipe.execute(), strict=True)]
+        if not user_ids:
+            return []
+        raws = self.client.mget([self.profile_key(u) for u in user_ids])
+        return [Profile.decode(u, raw) for u, raw in zip(user_ids, raws, strict=True)]
 
     def apply(self, events: Sequence[tuple[Event, int, int]]) -> list[int]:
         """Apply ``(event, partition, offset)`` records in order; return NEW, REDELIVERED or DUPLICATE for each."""
+        statuses, write = self.prepare(events)
+        write()
+        return statuses
+
+    def prepare(self, events: Sequence[tuple[Event, int, int]]) -> tuple[list[int], Callable[[], None]]:
+        """Decide each record's status (one read round trip) and return it with the write still to be done.
+
+        Calling the returned function performs the atomic write; a caller may do other work (learn the models)
+        while it runs on another thread, as long as it waits for it before acknowledging the records.
+        """
         if not events:
-            return []
+            return [], _nothing
         positions = [f"{p}:{o}" for _, p, o in events]
         seen_keys = [self._seen_key(e.ts) for e, _, _ in events]
         users = list(dict.fromkeys(e.user_id for e, _, _ in events))
@@ -162,20 +180,19 @@ class ProfileStore:
         pipe = self.client.pipeline(transaction=False)
         for key, indexes in by_bucket.items():
             pipe.hmget(key, [events[i][0].event_id for i in indexes])
-        for user in users:
-            pipe.hmget(self.profile_key(user), _FIELDS)
+        pipe.mget([self.profile_key(u) for u in users])
         replies = pipe.execute()
         recorded: list[bytes | None] = [None] * len(events)
-        for (_key, indexes), values in zip(by_bucket.items(), replies, strict=False):
+        for indexes, values in zip(by_bucket.values(), replies, strict=False):
             for i, value in zip(indexes, values, strict=True):
                 recorded[i] = value
-        profiles = {u: Profile.from_fields(u, v) for u, v in zip(users, replies[len(by_bucket):], strict=True)}
+        profiles = {u: Profile.decode(u, raw) for u, raw in zip(users, replies[-1], strict=True)}
 
         # Decide per record, in order (a duplicate inside the same batch is caught by `claimed`).
         statuses: list[int] = []
         claimed: dict[tuple[str, str], str] = {}
         new_seen: dict[str, dict[str, str]] = {}
-        touched: set[str] = set()
+        touched: dict[str, None] = {}
         for i, (event, _p, _o) in enumerate(events):
             first = claimed.get((seen_keys[i], event.event_id))
             if first is None and recorded[i] is not None:
@@ -185,19 +202,24 @@ class ProfileStore:
                 claimed[(seen_keys[i], event.event_id)] = positions[i]
                 new_seen.setdefault(seen_keys[i], {})[event.event_id] = positions[i]
                 profiles[event.user_id].learn(event, self.limits)
-                touched.add(event.user_id)
+                touched[event.user_id] = None
             else:
                 statuses.append(REDELIVERED if first == positions[i] else DUPLICATE)
 
-        # Round trip 2: seen entries and merged profiles, all or nothing.
-        if new_seen:
-            pipe = self.client.pipeline(transaction=True)
-            for key, mapping in new_seen.items():
-                pipe.hset(key, mapping=mapping)
-                pipe.expire(key, self.dedup_window_s)
-            for user in touched:
-                key = self.profile_key(user)
-                pipe.hset(key, mapping=profiles[user].to_fields())
-                pipe.expire(key, self.profile_ttl_s)
-            pipe.execute()
-        return statuses
+        # Round trip 2: seen entries and merged profiles in one atomic script call.
+        if not new_seen:
+            return statuses, _nothing
+        keys: list[str] = list(new_seen)
+        args: list[Any] = [self.profile_ttl_s, self.dedup_window_s, len(new_seen)]
+        for mapping in new_seen.values():
+            args.append(len(mapping))
+            for event_id, position in mapping.items():
+                args += (event_id, position)
+        for user in touched:
+            keys.append(self.profile_key(user))
+            args.append(profiles[user].encode())
+        return statuses, partial(self._write_batch, keys=keys, args=args)
+
+
+def _nothing() -> None:
+    return None

@@ -1,8 +1,9 @@
 """What the worker does with one batch of records: plain code, no Faust, so it is tested and profiled directly.
 
 For a batch of one partition: validate every record (invalid ones become dead-letter records with the original
-bytes and the reasons), apply the valid ones to the Redis profiles with deduplication, then let the partition's
-models learn every event they have not learned yet. The caller sends the dead letters and only then lets the
+bytes and the reasons), apply the valid ones to the Redis profiles with deduplication, and let the partition's
+models learn every event they have not learned yet. The Redis write runs on its own thread while the models
+learn (the statuses it depends on are known before it starts); ``process`` returns only after it is done. The caller sends the dead letters and only then lets the
 batch be acknowledged, so no record is lost between the two.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fusionrec.events import dead_letter_record, validate
@@ -45,6 +47,7 @@ class BatchProcessor:
         self.snapshots = snapshots
         self.metrics = metrics
         self.states: dict[int, PartitionState] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
 
     def state(self, partition: int) -> PartitionState:
         state = self.states.get(partition)
@@ -58,8 +61,9 @@ class BatchProcessor:
         out = BatchOutcome(records=len(batch.records))
         settings = self.settings
         valid = []
+        now_ms = int(time.time() * 1000)
         for record in batch.records:
-            result = validate(record.value, max_bytes=settings.max_event_bytes,
+            result = validate(record.value, now_ms=now_ms, max_bytes=settings.max_event_bytes,
                               max_future_skew_ms=settings.max_future_skew_ms)
             if result.event is None:
                 out.dead_letters.append((record.key, dead_letter_record(
@@ -70,8 +74,8 @@ class BatchProcessor:
             else:
                 valid.append((result.event, batch.partition, record.offset))
 
-        statuses = self.profiles.apply(valid)
-        written_at_ms = time.time() * 1000
+        statuses, write = self.profiles.prepare(valid)
+        pending_write = self._writer.submit(write)  # Redis runs the atomic write while the models learn
         state = self.state(batch.partition)
         learn = []
         latencies = []
@@ -79,7 +83,7 @@ class BatchProcessor:
             if status == NEW:
                 out.applied += 1
                 out.by_type[event.type] += 1
-                latencies.append((written_at_ms - event.ts) / 1000.0)
+                latencies.append(event.ts)
             elif status == DUPLICATE:
                 out.duplicates += 1
                 continue
@@ -89,6 +93,9 @@ class BatchProcessor:
                 learn.append((event, offset))
         state.learn(learn, batch.last_offset)
         out.learned = len(learn)
+        pending_write.result()  # the batch may be acknowledged only once its profiles are written
+        written_at_ms = time.time() * 1000
+        latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
         if self.metrics:
             self._observe(out, latencies, state)
         return out

@@ -133,3 +133,23 @@ def test_dead_letter_record_keeps_the_original_bytes(raw, key):
     restored = None if record["original_b64"] is None else base64.b64decode(record["original_b64"])
     assert restored == raw
     assert (None if record["key_b64"] is None else base64.b64decode(record["key_b64"])) == key
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["event_id", "user_id", "item_id", "type", "ts", "v", "session_id", "category_id", "price"]),
+    st.none() | st.booleans() | st.integers(-5, NOW + 10**10) | st.floats(allow_nan=False)
+    | st.text(max_size=130) | st.sampled_from(sorted(EVENT_TYPES)) | st.integers(788_918_400_000, NOW),
+))
+def test_fast_path_agrees_with_the_full_validator(obj):
+    from fusionrec.events import _validate_full
+
+    assert validate_dict(obj, now_ms=NOW) == _validate_full(obj, now_ms=NOW)
+
+
+def test_fast_path_agrees_on_typical_events():
+    from fusionrec.events import _validate_full
+
+    for obj in (GOOD, GOOD | {"session_id": "s", "category_id": "c"}, GOOD | {"v": 1}, GOOD | {"v": True},
+                GOOD | {"type": "rate", "rating": 3}, GOOD | {"category_id": ""}, GOOD | {"ts": NOW + 10**9}):
+        assert validate_dict(obj, now_ms=NOW) == _validate_full(obj, now_ms=NOW)

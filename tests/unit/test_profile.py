@@ -18,7 +18,7 @@ def test_profile_folds_events_with_caps_and_round_trips_fields():
     assert profile.bought_items == ["a"]
     assert profile.categories == {"x": 6.0, "y": 3.0}   # w (1.0) pushed out the weakest; impressions add nothing
     assert profile.last_seen_ms == 5
-    fields = profile.to_fields()
-    again = Profile.from_fields("u", [fields.get(f) for f in ("v", "f", "c", "x", "b", "i", "r", "ls", "ri", "bo", "ca")])
+    again = Profile.decode("u", profile.encode())
     assert again == profile
+    assert Profile.decode("u", None) == Profile("u")
     assert not again.is_new and Profile("v").is_new

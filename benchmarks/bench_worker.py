@@ -1,0 +1,292 @@
+"""Stream-worker throughput, latency and memory, side by side with baselines in one run.
+
+Throughput (the same events, one run):
+  * the broker's raw consume rate (confluent-kafka, no parsing) on the events topic;
+  * River's ``BiasedMF.learn_one`` loop in-process (no broker, no Redis): the rate of one online CF model;
+  * one ``fusionrec worker`` process through the full stack: Kafka → validation → Redis profiles with dedup →
+    six online models (rate from its own metrics, first event to last);
+  * where the worker's time goes: ``BatchProcessor.process`` in-process under cProfile, by stage.
+Latency (``--latency``): events offered at a fixed rate, event time → profile written, p50/p99 from the worker's
+histogram. Memory: the worker's RSS and Redis bytes per user profile after the run.
+
+    python benchmarks/bench_worker.py ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
+    python benchmarks/bench_worker.py ../shared/data/movielens-1m-partial/ratings_first2999users.dat.gz
+    python benchmarks/bench_worker.py ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz \
+        --latency --rate 1000 --limit 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis  # noqa: E402
+
+from consumers.reader import read_topic  # noqa: E402
+from fusionrec.settings import load_settings  # noqa: E402
+from fusionrec.stack import Stack, free_port  # noqa: E402
+from fusionrec.topics import ensure_topics  # noqa: E402
+from models.base import DEFAULT_EVENT_WEIGHTS  # noqa: E402
+from producers.datasets import read_dataset  # noqa: E402
+from producers.producer import EventProducer  # noqa: E402
+from producers.replay import replay_events  # noqa: E402
+
+
+def metrics(port: int) -> Counter:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return Counter()
+    out: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith("fusionrec_worker_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] += float(value)
+            out[name.split("{")[0] + "[sum]"] += float(value)
+    return out
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style histogram_quantile over cumulative (upper bound, count) buckets."""
+    total = buckets[-1][1]
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def latency_quantiles(m: Counter) -> tuple[float, float, int]:
+    buckets = []
+    for key, value in m.items():
+        if key.startswith("fusionrec_worker_processing_latency_seconds_bucket{"):
+            bound = key.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
+    buckets.sort()
+    return quantile(buckets, 0.5), quantile(buckets, 0.99), int(buckets[-1][1]) if buckets else 0
+
+
+def start_worker(settings, tmp: Path, name: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")} | {
+        "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FUSIONREC_REDIS_URL": settings.redis_url,
+        "FUSIONREC_REDIS_PREFIX": settings.redis_prefix,
+        "FUSIONREC_TOPIC_EVENTS": settings.topic_events,
+        "FUSIONREC_WORKER_GROUP": settings.worker_group,
+        "FUSIONREC_STATE_DIR": str(tmp / name),
+        "FUSIONREC_METRICS_PORT": str(port),
+        "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
+        "FUSIONREC_LOG_LEVEL": "WARNING",
+    }
+    log = open(tmp / f"{name}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "fusionrec.cli", "worker"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def river_rate(events) -> float:
+    from river import reco
+
+    model = reco.BiasedMF(n_factors=10, seed=42)
+    weights = dict(DEFAULT_EVENT_WEIGHTS)
+    start = time.perf_counter()
+    for event in events:
+        y = event.rating if event.rating is not None else weights.get(event.type, 1.0)
+        model.learn_one(event.user_id, event.item_id, y)
+    return len(events) / (time.perf_counter() - start)
+
+
+def cf_rate(events) -> float:
+    """fusionrec's CF model alone, fed in its blocks as the worker feeds it: the like-for-like River comparison."""
+    from models import MatrixFactorization
+
+    model = MatrixFactorization(seed=42)
+    start = time.perf_counter()
+    model.learn_many(events)
+    return len(events) / (time.perf_counter() - start)
+
+
+def _batches(events):
+    from streams.batching import Record, RecordBatch
+
+    return [RecordBatch("bench", 0, [Record(start + i, e.key, e.to_json(), e.ts)
+                                     for i, e in enumerate(events[start:start + 5000])])
+            for start in range(0, len(events), 5000)]
+
+
+def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], float]:
+    """The in-process batch path on up to 60k events: its rate, then a cProfile breakdown by stage."""
+    from streams.app import profile_store, tune_gc
+    from streams.processor import BatchProcessor
+    from streams.state import SnapshotStore
+
+    tune_gc()  # as the worker does
+    client = redis.Redis.from_url(settings.redis_url)
+    events = dataset_events[:60_000]
+
+    def processor(prefix):
+        conf = settings.model_copy(update={"redis_prefix": prefix})
+        return BatchProcessor(conf, profile_store(conf, client), SnapshotStore(client, conf, "bench"))
+
+    timed = processor("bench-rate:")
+    batches = _batches(events)
+    began = time.perf_counter()
+    for batch in batches:
+        timed.process(batch)
+    rate = len(events) / (time.perf_counter() - began)
+
+    profiled = processor("bench-profile:")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for batch in batches:
+        profiled.process(batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    rows = []
+    per_model: dict[str, float] = {}
+    for (filename, _line, func), (_cc, _nc, _tt, cumtime, _callers) in stats.stats.items():
+        if func == "validate" and filename.endswith("events.py"):
+            rows.append(("validate (contract)", cumtime))
+        elif func == "apply" and filename.endswith("profiles.py"):
+            rows.append(("Redis profiles + dedup (2 round trips)", cumtime))
+        elif func in ("learn_one", "learn_many") and "/models/" in filename and not filename.endswith("base.py"):
+            name = Path(filename).stem
+            per_model[name] = max(per_model.get(name, 0.0), cumtime)
+        elif func == "learn" and filename.endswith("state.py"):
+            rows.append(("all models (PartitionState.learn)", cumtime))
+    rows += [(f"  learn {name}", seconds) for name, seconds in sorted(per_model.items())]
+    for prefix in ("bench-rate:*", "bench-profile:*"):
+        keys = list(client.scan_iter(match=prefix))
+        if keys:
+            client.delete(*keys)
+    return [(label, seconds / total) for label, seconds in rows], rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--latency", action="store_true", help="measure latency at --rate instead of throughput")
+    parser.add_argument("--rate", type=float, default=1000.0)
+    args = parser.parse_args()
+
+    dataset = read_dataset(args.path, limit=args.limit)
+    events = dataset.events
+    n = len(events)
+    tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
+    settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=6,
+                             topic_events=f"bench-events-{time.time_ns()}", redis_prefix="bench:",
+                             worker_group=f"bench-{time.time_ns()}")
+    stack = Stack(settings)
+    stack.up()
+    ensure_topics(settings)
+    worker = None
+    try:
+        if args.latency:
+            worker, port = start_worker(settings, tmp, "worker")
+            deadline = time.monotonic() + 60
+            while not metrics(port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(8)  # group join (~3 s on Tansu) and assignment
+            producer = EventProducer(settings, validate=False)
+            result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")
+            while metrics(port)["fusionrec_worker_events_total[sum]"] < n and time.monotonic() < deadline + 600:
+                time.sleep(0.2)
+            p50, p99, count = latency_quantiles(metrics(port))
+            print(f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s; one worker")
+            print(f"event time → profile written: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+                  f"({count:,} events; from the worker's histogram, interpolated within buckets)")
+            return
+
+        producer = EventProducer(settings, validate=False)
+        replay_events(events, producer, timestamps="original")
+        start = time.perf_counter()
+        consumed = sum(1 for _ in read_topic(settings, settings.topic_events, max_messages=n, idle_timeout=5))
+        raw_rate = consumed / (time.perf_counter() - start)
+        river = river_rate(events)
+        cf = cf_rate(events)
+
+        worker, port = start_worker(settings, tmp, "worker")
+        first = last = None
+        deadline = time.monotonic() + 900
+        done = 0.0
+        while time.monotonic() < deadline:
+            m = metrics(port)
+            done = m["fusionrec_worker_events_total[sum]"] + m["fusionrec_worker_duplicates_skipped_total[sum]"]
+            now = time.perf_counter()
+            if done and first is None:
+                first, first_done = now, done
+            if done >= n:
+                last = now
+                break
+            time.sleep(0.05)
+        assert last is not None, f"worker processed only {done} of {n}"
+        worker_rate = (n - first_done) / (last - first) if last > first else float("nan")
+        rss = rss_mb(worker.pid)
+        client = redis.Redis.from_url(settings.redis_url)
+        users = {e.user_id for e in events}
+        sample = list(users)[:2000]
+        profile_bytes = sum(client.memory_usage(f"{settings.redis_prefix}p:{u}") or 0 for u in sample) / len(sample)
+        used = client.info("memory")["used_memory"]
+        stop(worker)
+        worker = None
+        stages, inproc_rate = stage_profile(settings, events)
+
+        print(f"\n{n:,} events from {args.path.name}; Tansu (memory) + Redis on loopback; 2 cores shared by "
+              "broker, Redis and worker")
+        print(f"{'measure':<52}{'events/s':>12}")
+        print(f"{'broker raw consume (confluent-kafka, no parsing)':<52}{raw_rate:>12,.0f}")
+        print(f"{'River BiasedMF.learn_one loop, in-process':<52}{river:>12,.0f}")
+        print(f"{'fusionrec CF model alone (learn_many), in-process':<52}{cf:>12,.0f}")
+        print(f"{'fusionrec worker, full stack (1 process)':<52}{worker_rate:>12,.0f}")
+        print(f"{'BatchProcessor in-process (Redis, no broker)':<52}{inproc_rate:>12,.0f}")
+        print(f"\nworker / River: {worker_rate / river:.2f}x;  CF model / River: {cf / river:.2f}x;  "
+              f"worker / raw consume: {worker_rate / raw_rate:.2f}x")
+        print("\nwhere the in-process batch time goes (cProfile, share of the total):")
+        for label, share in stages:
+            print(f"  {label:<48}{100 * share:>6.1f} %")
+        print(f"\nmemory after the run: worker RSS {rss:,.0f} MB; {len(users):,} users; profile {profile_bytes:.0f} "
+              f"bytes/user (MEMORY USAGE, mean of {len(sample):,}); Redis used_memory {used / 2**20:,.1f} MB in all "
+              f"({used / len(users):,.0f} bytes/user incl. dedup entries and model snapshots)")
+    finally:
+        if worker is not None:
+            stop(worker)
+        stack.down()
+
+
+if __name__ == "__main__":
+    main()
