@@ -76,7 +76,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
     app = BatchingApp(
         settings.worker_group,
         batched_topics={settings.topic_events},
-        fetch_max_wait_ms=max(settings.kafka_fetch_wait_max_ms, 100),
+        fetch_max_wait_ms=settings.kafka_fetch_wait_max_ms,
         broker=servers,
         broker_client_id=f"{settings.kafka_client_id}-worker",
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
@@ -132,7 +132,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     @app.timer(settings.snapshot_interval_s)
     async def snapshot_partitions():
-        allow_commits(await on_state_thread(processor.snapshot))
+        allow_commits(await on_state_thread(processor.snapshot_in_background))
 
     @app.on_partitions_revoked.connect
     async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature

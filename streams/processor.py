@@ -9,6 +9,8 @@ batch be acknowledged, so no record is lost between the two.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,8 @@ from streams.metrics import WorkerMetrics
 from streams.state import PartitionState, SnapshotStore
 
 __all__ = ["BatchOutcome", "BatchProcessor"]
+
+log = logging.getLogger("fusionrec.worker")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class BatchProcessor:
         self.metrics = metrics
         self.states: dict[int, PartitionState] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
+        self._child: tuple[int, dict[int, int], list[PartitionState], float] | None = None
 
     def state(self, partition: int) -> PartitionState:
         state = self.states.get(partition)
@@ -58,6 +63,7 @@ class BatchProcessor:
         return state
 
     def process(self, batch: RecordBatch) -> BatchOutcome:
+        started = time.perf_counter()
         out = BatchOutcome(records=len(batch.records))
         settings = self.settings
         valid = []
@@ -98,6 +104,9 @@ class BatchProcessor:
         latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
         if self.metrics:
             self._observe(out, latencies, state)
+        took = time.perf_counter() - started
+        if took > 0.1:
+            log.warning("slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000)
         return out
 
     def _observe(self, out: BatchOutcome, latencies: list[float], state: PartitionState) -> None:
@@ -117,7 +126,10 @@ class BatchProcessor:
             observe(max(seconds, 0.0))
 
     def snapshot(self, partitions: list[int] | None = None, force: bool = False) -> dict[int, int]:
-        """Snapshot the given (default: all held) partitions that changed; return ``{partition: offset}``."""
+        """Snapshot the given (default: all held) partitions that changed, here and now; return
+        ``{partition: offset}`` of what was written. Used for hand-overs and shutdown, where the next owner needs
+        the snapshot before it starts. Waits for a background snapshot still running."""
+        self.finish_background(wait=True)
         done = {}
         for partition in partitions if partitions is not None else list(self.states):
             state = self.states.get(partition)
@@ -125,14 +137,64 @@ class BatchProcessor:
                 continue
             started = time.perf_counter()
             self.snapshots.save(state)
-            if self.metrics:
-                self.metrics.snapshots.inc()
-                self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
-                for name, n in state.evicted.items():
-                    self.metrics.evictions.labels(name).inc(n)
-            state.evicted.clear()
+            self._count_snapshot(state, time.perf_counter() - started)
             done[partition] = state.offset
         return done
+
+    def snapshot_in_background(self) -> dict[int, int]:
+        """Start snapshotting every changed partition in a forked child (the periodic path); return the offsets of
+        the *previous* background snapshot once it has finished (empty while it runs or when it failed).
+
+        ``fork`` gives the child a copy-on-write image of the models as they are between two batches (this thread
+        is the only one that changes them), so the pause here is the fork itself, not the pickling of every
+        model. Like Redis's BGSAVE.
+        """
+        finished = self.finish_background(wait=False)
+        if self._child is not None:
+            return finished  # the previous one is still writing: skip this round
+        dirty = [state for state in self.states.values() if state.dirty]
+        if not dirty:
+            return finished
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # the child: write and leave without running any of the parent's cleanup
+            code = 1
+            try:
+                self.snapshots.save_all_fresh_connection(dirty)
+                code = 0
+            finally:
+                os._exit(code)
+        self._child = (pid, {state.partition: state.offset for state in dirty}, dirty, started)
+        for state in dirty:
+            state.dirty = False
+        return finished
+
+    def finish_background(self, wait: bool) -> dict[int, int]:
+        """Reap the background snapshot child; return its offsets if it succeeded."""
+        if self._child is None:
+            return {}
+        pid, offsets, states, started = self._child
+        waited, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if waited == 0:
+            return {}
+        self._child = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("background snapshot (pid %d) failed with status %d; will retry", pid, status)
+            for state in states:
+                state.dirty = True
+            return {}
+        seconds = time.perf_counter() - started
+        for state in states:
+            self._count_snapshot(state, seconds / len(states))
+        return offsets
+
+    def _count_snapshot(self, state: PartitionState, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.snapshots.inc()
+            self.metrics.snapshot_seconds.observe(seconds)
+            for name, n in state.evicted.items():
+                self.metrics.evictions.labels(name).inc(n)
+        state.evicted.clear()
 
     def drop(self, partitions: list[int]) -> None:
         """Forget partitions this worker no longer owns (after snapshotting them)."""

@@ -112,19 +112,26 @@ class SnapshotStore:
     def key(self, partition: int) -> str:
         return f"{self.settings.redis_prefix}snap:{self.topic}:{partition}"
 
-    def save(self, state: PartitionState) -> int:
+    def save(self, state: PartitionState, client: redis.Redis | None = None) -> int:
         """Write the snapshot atomically; return its size in bytes."""
+        client = client or self.client
         mapping: dict[str, bytes | str] = {"offset": str(state.offset)}
         for name, model in state.models.items():
             mapping[f"model:{name}"] = model.snapshot()
         for name, waiting in state.pending.items():
             mapping[f"pending:{name}"] = orjson.dumps([e.to_dict() for e in waiting])
-        pipe = self.client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=True)
         pipe.delete(self.key(state.partition))
         pipe.hset(self.key(state.partition), mapping=mapping)
         pipe.execute()
         state.dirty = False
         return sum(len(v) for v in mapping.values())
+
+    def save_all_fresh_connection(self, states: list[PartitionState]) -> None:
+        """Save ``states`` over a new connection (in a forked child the parent's connections are not ours)."""
+        client = redis.Redis.from_url(self.settings.redis_url, **self.settings.redis_kwargs())
+        for state in states:
+            self.save(state, client)
 
     def position(self, partition: int) -> int:
         """Where to resume reading the partition: just after its snapshot, or at the start without one."""
