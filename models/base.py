@@ -10,8 +10,9 @@ Conventions shared by every model in this package:
 * **Event time, not wall time.** Time-dependent state (decay, idleness) uses the events' ``ts`` (epoch ms).
   ``now_ms=None`` means "the latest event time this model has seen" (:attr:`Recommender.clock_ms`), so a replay
   gives the same answers as the live run it replays.
-* **Event-type weights.** :data:`DEFAULT_EVENT_WEIGHTS` says how much each event type counts; every model takes an
-  ``event_weights`` mapping that overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier
+* **Event-type weights.** :data:`DEFAULT_EVENT_WEIGHTS` says how much each event type counts (a ``rate`` event's
+  weight is scaled by its rating, see :func:`event_weight`); every model takes an ``event_weights`` mapping that
+  overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier
   ``add_to_cart`` already counted as interest, a negative weight would push decayed counters below zero, and the
   models that care about removals (:class:`~models.recent.RecentItems`, whose carted items stop counting as carted)
   read the event type itself. Models skip events whose weight is 0; only
@@ -44,7 +45,7 @@ import numpy as np
 
 from fusionrec.events import EVENT_TYPES, Event
 
-__all__ = ["DEFAULT_EVENT_WEIGHTS", "Recommender", "SnapshotError", "resolve_event_weights"]
+__all__ = ["DEFAULT_EVENT_WEIGHTS", "Recommender", "SnapshotError", "event_weight", "resolve_event_weights"]
 
 #: How much each event type counts, strongest intent last. See the module docstring for ``remove_from_cart``.
 DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = MappingProxyType(
@@ -55,6 +56,7 @@ DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = MappingProxyType(
         "add_to_cart": 3.0,
         "remove_from_cart": 0.0,
         "purchase": 5.0,
+        "rate": 3.0,
     }
 )
 
@@ -104,6 +106,25 @@ def resolve_event_weights(event_weights: Mapping[str, float] | None) -> dict[str
             raise ValueError(f"event_weights has unknown event types {sorted(unknown)}; known: {sorted(EVENT_TYPES)}")
         weights.update({k: float(v) for k, v in event_weights.items()})
     return weights
+
+
+def event_weight(weights: Mapping[str, float], event: Event) -> float:
+    """How much ``event`` counts: its type's weight, and for a ``rate`` event that weight scaled by the rating.
+
+    Ratings are read on the usual 1–5 star scale: 5 stars counts the full ``rate`` weight, 4 half of it, 3 nothing,
+    and 2 or 1 star count negatively (only the CF model learns from negative weights; the others skip them).
+
+    >>> from fusionrec.events import Event
+    >>> [event_weight(DEFAULT_EVENT_WEIGHTS, Event("e", "u", "i", "rate", 1, rating=r)) for r in (5, 4, 3, 1)]
+    [3.0, 1.5, 0.0, -3.0]
+    >>> event_weight(DEFAULT_EVENT_WEIGHTS, Event("e", "u", "i", "purchase", 1))
+    5.0
+
+    """
+    weight = weights.get(event.type, 0.0)
+    if event.type == "rate" and event.rating is not None:
+        weight *= (min(max(event.rating, 1.0), 5.0) - 3.0) / 2.0
+    return weight
 
 
 class Recommender(abc.ABC):

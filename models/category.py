@@ -31,6 +31,7 @@ from .base import (
     MAX_DECAY_EXPONENT,
     Recommender,
     cap_chunk,
+    event_weight,
     idle_keys,
     oldest_keys,
     resolve_event_weights,
@@ -137,7 +138,7 @@ class CategoryAffinity(Recommender):
         ts = event.ts
         if ts > self._clock:
             self._clock = ts
-        w = self._weights.get(event.type, 0.0)
+        w = event_weight(self._weights, event)
         if w <= 0.0:
             return
         item, category = event.item_id, event.category_id

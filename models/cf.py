@@ -43,7 +43,7 @@ import numpy as np
 from fusionrec.events import Event
 
 from ._factors import FactorTable, occurrence, top_indices
-from .base import Recommender, cap_chunk, make_rngs, resolve_event_weights
+from .base import Recommender, cap_chunk, event_weight, make_rngs, resolve_event_weights
 
 __all__ = ["MatrixFactorization"]
 
@@ -239,7 +239,7 @@ class MatrixFactorization(Recommender):
         ts = event.ts
         if ts > self._clock:
             self._clock = ts
-        w = self._weights.get(event.type, 0.0)
+        w = event_weight(self._weights, event)
         if w == 0.0:
             return
         u = self._row(self._users, event.user_id, ts, self.max_users)
@@ -280,7 +280,7 @@ class MatrixFactorization(Recommender):
             ts = event.ts
             if ts > clock:
                 clock = ts
-            w = weights.get(event.type, 0.0)
+            w = event_weight(weights, event)
             if w == 0.0:
                 continue
             row = user_index.get(event.user_id)

@@ -29,6 +29,7 @@ from .base import (
     Recommender,
     cap_chunk,
     decay_factor,
+    event_weight,
     idle_keys,
     oldest_keys,
     resolve_event_weights,
@@ -127,7 +128,7 @@ class CoVisitation(Recommender):
         ts = event.ts
         if ts > self._clock:
             self._clock = ts
-        w = self._weights.get(event.type, 0.0)
+        w = event_weight(self._weights, event)
         if w <= 0.0:
             return
         t0 = self._t0

@@ -28,6 +28,7 @@ from .base import (
     by_score_then_id,
     cap_chunk,
     decay_factor,
+    event_weight,
     idle_keys,
     oldest_keys,
     resolve_event_weights,
@@ -110,7 +111,7 @@ class Popularity(Recommender):
         ts = event.ts
         if ts > self._clock:
             self._clock = ts
-        w = self._weights.get(event.type, 0.0)
+        w = event_weight(self._weights, event)
         if w <= 0.0:
             return
         t0 = self._t0

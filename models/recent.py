@@ -19,7 +19,15 @@ import numpy as np
 
 from fusionrec.events import Event
 
-from .base import Recommender, cap_chunk, decay_factor, idle_keys, oldest_keys, resolve_event_weights, top_k
+from .base import (
+    Recommender,
+    cap_chunk,
+    decay_factor,
+    idle_keys,
+    oldest_keys,
+    resolve_event_weights,
+    top_k,
+)
 
 __all__ = ["RecentItems"]
 

@@ -137,10 +137,19 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
     @app.on_partitions_revoked.connect
     async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
         partitions = [tp.partition for tp in revoked if tp.topic == settings.topic_events]
+        if metrics:
+            metrics.assigned.set(0)
         if partitions:
             allow_commits(await on_state_thread(processor.snapshot, partitions))
             await on_state_thread(processor.drop, partitions)
             log.info("handed over partitions %s", partitions)
+
+    @app.on_partitions_assigned.connect
+    async def count_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
+        if metrics:
+            metrics.assigned.set(len(mine))
+        log.info("assigned partitions %s", mine)
 
     @app.on_before_shutdown.connect
     async def final_snapshot(app, **kwargs):  # noqa: ARG001

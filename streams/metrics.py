@@ -38,8 +38,10 @@ class WorkerMetrics:
         self.snapshots = Counter("fusionrec_worker_snapshots_total", "Model snapshots written.", registry=registry)
         self.snapshot_seconds = Histogram("fusionrec_worker_snapshot_seconds", "Time to write one partition snapshot.",
                                           buckets=LATENCY_BUCKETS, registry=registry)
-        self.partitions = Gauge("fusionrec_worker_partitions", "Partitions this worker holds state for.",
+        self.partitions = Gauge("fusionrec_worker_partitions", "Partitions this worker holds model state for.",
                                 registry=registry)
+        self.assigned = Gauge("fusionrec_worker_assigned_partitions",
+                              "Events-topic partitions the consumer group assigned to this worker.", registry=registry)
 
 
 def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) -> None:

@@ -1,0 +1,19 @@
+"""Fixtures for integration tests (the session stack itself is in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from fusionrec.topics import ensure_topics
+
+
+@pytest.fixture
+def worker_settings(settings):
+    tag = uuid.uuid4().hex[:8]
+    conf = settings.model_copy(update={"redis_prefix": f"w{tag}:", "worker_group": f"g-{tag}"})
+    ensure_topics(conf)
+    return conf
+
+
