@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -41,20 +38,7 @@ from models.base import DEFAULT_EVENT_WEIGHTS  # noqa: E402
 from producers.datasets import read_dataset  # noqa: E402
 from producers.producer import EventProducer  # noqa: E402
 from producers.replay import replay_events  # noqa: E402
-
-
-def metrics(port: int) -> Counter:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return Counter()
-    out: Counter = Counter()
-    for line in text.splitlines():
-        if line.startswith("fusionrec_worker_"):
-            name, value = line.rsplit(" ", 1)
-            out[name] += float(value)
-            out[name.split("{")[0] + "[sum]"] += float(value)
-    return out
+from streams.child import WorkerChild  # noqa: E402
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -74,41 +58,16 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
 def latency_quantiles(m: Counter) -> tuple[float, float, int]:
     buckets = []
     for key, value in m.items():
-        if key.startswith("fusionrec_worker_processing_latency_seconds_bucket{"):
+        if key.startswith("fusionrec_worker_processing_latency_seconds_bucket{le="):
             bound = key.split('le="')[1].split('"')[0]
             buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
     buckets.sort()
     return quantile(buckets, 0.5), quantile(buckets, 0.99), int(buckets[-1][1]) if buckets else 0
 
 
-def start_worker(settings, tmp: Path, name: str, **extra: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")} | {
-        "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "FUSIONREC_REDIS_URL": settings.redis_url,
-        "FUSIONREC_REDIS_PREFIX": settings.redis_prefix,
-        "FUSIONREC_TOPIC_EVENTS": settings.topic_events,
-        "FUSIONREC_WORKER_GROUP": settings.worker_group,
-        "FUSIONREC_STATE_DIR": str(tmp / name),
-        "FUSIONREC_METRICS_PORT": str(port),
-        "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
-        "FUSIONREC_LOG_LEVEL": "WARNING",
-        "FUSIONREC_SNAPSHOT_INTERVAL_S": str(settings.snapshot_interval_s),
-        "FUSIONREC_KAFKA_FETCH_WAIT_MAX_MS": str(settings.kafka_fetch_wait_max_ms),
-    } | extra
-    log = open(tmp / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fusionrec.cli", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def start_worker(settings, tmp: Path, name: str) -> WorkerChild:
+    return WorkerChild(settings, tmp / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp / name),
+                       FUSIONREC_LOG_LEVEL="WARNING")
 
 
 def rss_mb(pid: int) -> float:
@@ -182,8 +141,8 @@ def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], fl
     for (filename, _line, func), (_cc, _nc, _tt, cumtime, _callers) in stats.stats.items():
         if func == "validate" and filename.endswith("events.py"):
             rows.append(("validate (contract)", cumtime))
-        elif func == "apply" and filename.endswith("profiles.py"):
-            rows.append(("Redis profiles + dedup (2 round trips)", cumtime))
+        elif func == "prepare" and filename.endswith("profiles.py"):
+            rows.append(("Redis profiles + dedup: read, decide, merge", cumtime))
         elif func in ("learn_one", "learn_many") and "/models/" in filename and not filename.endswith("base.py"):
             name = Path(filename).stem
             per_model[name] = max(per_model.get(name, 0.0), cumtime)
@@ -222,21 +181,16 @@ def main() -> None:
     worker = None
     try:
         if args.latency:
-            worker, port = start_worker(settings, tmp, "worker")
+            worker = start_worker(settings, tmp, "worker")
             # Warm up: the worker must have joined the group and own every partition before the clock starts.
             warm = [e._replace(event_id=f"warm-{i}", user_id=f"warm-user-{i}") for i, e in enumerate(events[:300])]
             producer = EventProducer(settings, validate=False)  # one long-lived producer, as a shop has
             replay_events(warm, producer, timestamps="wallclock")
-            deadline = time.monotonic() + 120
-            while metrics(port)["fusionrec_worker_events_total[sum]"] < len(warm) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            before = metrics(port)
+            worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= len(warm), timeout=120)
+            before = worker.metrics()
             producer.stats = type(producer.stats)()
             result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")
-            deadline = time.monotonic() + 600
-            while metrics(port)["fusionrec_worker_events_total[sum]"] < n + len(warm) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            after = metrics(port)
+            after = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= n + len(warm), timeout=600)
             p50, p99, count = latency_quantiles(after - before)
             print(f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s; one worker "
                   f"(after a {len(warm)}-event warm-up)")
@@ -252,29 +206,25 @@ def main() -> None:
         river = river_rate(events)
         cf = cf_rate(events)
 
-        worker, port = start_worker(settings, tmp, "worker")
-        first = last = None
-        deadline = time.monotonic() + 900
-        done = 0.0
-        while time.monotonic() < deadline:
-            m = metrics(port)
-            done = m["fusionrec_worker_events_total[sum]"] + m["fusionrec_worker_duplicates_skipped_total[sum]"]
-            now = time.perf_counter()
-            if done and first is None:
-                first, first_done = now, done
-            if done >= n:
-                last = now
-                break
-            time.sleep(0.05)
-        assert last is not None, f"worker processed only {done} of {n}"
-        worker_rate = (n - first_done) / (last - first) if last > first else float("nan")
+        worker = start_worker(settings, tmp, "worker")
+        progress: dict[str, float] = {}
+
+        def note(m) -> None:
+            done = m["fusionrec_worker_events_total"] + m["fusionrec_worker_duplicates_skipped_total"]
+            if done and "first" not in progress:
+                progress["first"], progress["first_done"] = time.perf_counter(), done
+
+        worker.wait_for(lambda m: m["fusionrec_worker_events_total"]
+                        + m["fusionrec_worker_duplicates_skipped_total"] >= n, timeout=900, on_poll=note)
+        last = time.perf_counter()
+        worker_rate = (n - progress["first_done"]) / (last - progress["first"])
         rss = rss_mb(worker.pid)
         client = redis.Redis.from_url(settings.redis_url)
         users = {e.user_id for e in events}
         sample = list(users)[:2000]
         profile_bytes = sum(client.memory_usage(f"{settings.redis_prefix}p:{u}") or 0 for u in sample) / len(sample)
         used = client.info("memory")["used_memory"]
-        stop(worker)
+        worker.stop()
         worker = None
         stages, inproc_rate = stage_profile(settings, events)
 
@@ -296,7 +246,7 @@ def main() -> None:
               f"({used / len(users):,.0f} bytes/user incl. dedup entries and model snapshots)")
     finally:
         if worker is not None:
-            stop(worker)
+            worker.stop()
         stack.down()
 
 

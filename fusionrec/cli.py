@@ -338,41 +338,18 @@ def demo(
     limit: Optional[int] = typer.Option(None, help="Replay only the first N events."),  # noqa: UP007
     keep_running: bool = typer.Option(False, help="Leave the embedded stack running afterwards."),
 ) -> None:
-    """The whole pipeline on the embedded stack: start it, create topics, replay the data, read it back, stop.
-
-    Today the pipeline is replay → events topic → a consumer that validates and counts every event.
-    """
-    from fusionrec.stack import Stack, StackError
+    """The whole pipeline on the embedded stack: start it, create topics, run a stream worker, replay the data,
+    wait until every event is applied, and show what was built (profiles, each recommender's lists). Stops what
+    it started unless --keep-running."""
+    from fusionrec.demo import run_demo
+    from fusionrec.stack import StackError
 
     conf = settings()
-    stack = Stack(conf)
-    started = time.perf_counter()
-    typer.secho("1/4 starting the embedded stack", bold=True)
     try:
-        services = stack.up()
-    except StackError as exc:
+        ok = run_demo(conf, path, rate=rate, limit=limit, keep_running=keep_running, say=typer.echo,
+                      step=lambda text: typer.secho(text, bold=True))
+    except (StackError, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from None
-    _print_services(services)
-    ours = any(svc.state == "running" for svc in services)
-    try:
-        typer.secho("2/4 creating topics", bold=True)
-        _topics(conf)
-        typer.secho(f"3/4 replaying {path}", bold=True)
-        result = _replay(conf, path, "auto", "", "", "s", rate, None, limit, "wallclock", None, True)
-        typer.secho("4/4 reading the events topic back", bold=True)
-        summary = _consume(conf, None, None, 5.0, 3)
-        # Events from earlier runs stay in the topic (the broker keeps them while it runs): report this run's ids.
-        ok = result.delivered == result.sent and summary.invalid == 0
-        typer.secho(
-            f"\ndemo {'OK' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s: "
-            f"{result.delivered:,} events produced and acknowledged; the topic holds {summary.valid:,} valid events "
-            f"({len(summary.event_ids):,} distinct ids) from {len(summary.users):,} users",
-            fg=typer.colors.GREEN if ok else typer.colors.RED, bold=True,
-        )
-    finally:
-        if ours and not keep_running:
-            stopped = stack.down()
-            typer.echo(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
     if not ok:
         raise typer.Exit(1)
 

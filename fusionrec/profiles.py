@@ -53,9 +53,14 @@ local profile_ttl, seen_ttl, n_buckets = tonumber(ARGV[1]), tonumber(ARGV[2]), t
 local arg = 4
 for b = 1, n_buckets do
   local n = tonumber(ARGV[arg])
-  redis.call('HSET', KEYS[b], unpack(ARGV, arg + 1, arg + 2 * n))
+  local first, last = arg + 1, arg + 2 * n
+  while first <= last do  -- unpack() is limited to a few thousand values: 1000 pairs at a time
+    local upto = math.min(first + 1999, last)
+    redis.call('HSET', KEYS[b], unpack(ARGV, first, upto))
+    first = upto + 1
+  end
   redis.call('EXPIRE', KEYS[b], seen_ttl)
-  arg = arg + 2 * n + 1
+  arg = last + 1
 end
 for k = n_buckets + 1, #KEYS do
   redis.call('SET', KEYS[k], ARGV[arg], 'EX', profile_ttl)

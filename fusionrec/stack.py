@@ -274,8 +274,12 @@ class Stack:
                 raise StackError("redis-server is not installed (run scripts/setup.sh or apt-get install redis-server)")
             data_dir = self.state_dir / "redis"
             data_dir.mkdir(parents=True, exist_ok=True)
+            # State derived from the events must not outlive them: with a memory broker (events gone on restart)
+            # Redis keeps nothing either, or snapshots would point at offsets the new topic does not have.
+            durable = "yes" if self.settings.broker_storage == "s3" else "no"
             argv = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir), "--save", "",
-                    "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes"]
+                    "--appendonly", durable, "--appendfsync", "everysec", "--daemonize", "no",
+                    "--protected-mode", "yes"]
             if self.settings.redis_password is not None:
                 argv += ["--requirepass", self.settings.redis_password.get_secret_value()]
             record = self._spawn("redis", argv, address)

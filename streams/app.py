@@ -121,11 +121,27 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     app.fusionrec_position_of = position_of
 
+    async def process_until_done(batch: RecordBatch):
+        """Process ``batch``, retrying with backoff while it fails: Faust acknowledges an event whose agent
+        crashes, so a failure must never leave the loop. Retrying is safe: profiles are deduplicated and models
+        skip offsets they have learned."""
+        delay = 0.5
+        while True:
+            try:
+                return await on_state_thread(processor.process, batch)
+            except Exception:  # noqa: BLE001 - any failure: log, count, retry the same batch
+                log.exception("batch %d..%d of partition %d failed; retrying in %.1f s", batch.first_offset,
+                              batch.last_offset, batch.partition, delay)
+                if metrics:
+                    metrics.batch_failures.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     @app.agent(events, name="fusionrec-events")
     async def process_events(stream):
         batch: RecordBatch
         async for batch in stream:
-            outcome = await on_state_thread(processor.process, batch)
+            outcome = await process_until_done(batch)
             if outcome.dead_letters:
                 pending = [await dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
                 await asyncio.gather(*pending)  # delivered before this batch can be acknowledged

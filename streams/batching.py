@@ -91,8 +91,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         records, active_partitions = await self._wait_next_records(timeout)
         if records is None or self.should_stop:
             return
-        if not self.flow_active:
-            await self.perform_seek()
+        if not self.flow_active:  # as Faust's own getmany: seek back, and tolerate a rebalance in progress
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("seek while flow is paused failed (rebalancing?): %r", exc)
             return
         generation_id = self.app.consumer_generation_id
         to_message = self._to_message

@@ -38,6 +38,9 @@ class WorkerMetrics:
         self.snapshots = Counter("fusionrec_worker_snapshots_total", "Model snapshots written.", registry=registry)
         self.snapshot_seconds = Histogram("fusionrec_worker_snapshot_seconds", "Time to write one partition snapshot.",
                                           buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_failures = Counter("fusionrec_worker_batch_failures_total",
+                                      "Batches whose processing raised (Redis down, a bug); each is retried, never "
+                                      "skipped.", registry=registry)
         self.partitions = Gauge("fusionrec_worker_partitions", "Partitions this worker holds model state for.",
                                 registry=registry)
         self.assigned = Gauge("fusionrec_worker_assigned_partitions",

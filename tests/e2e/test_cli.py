@@ -76,7 +76,9 @@ def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
         pytest.fail(f"shared Taobao slice not found at {TAOBAO_SLICE}")
     env = isolated_env(tmp_path)
     out = run(["demo", str(TAOBAO_SLICE), "--limit", "3000"], env, timeout=300)
-    assert "demo OK" in out.stdout and "3,000 events produced and acknowledged" in out.stdout
+    assert "demo OK" in out.stdout and "3,000 acknowledged" in out.stdout
+    assert "applied 3,000 events, skipped 0 duplicates, dead-lettered 2 malformed messages" in out.stdout
+    assert "what the worker built: 6 partition snapshots" in out.stdout and "popular" in out.stdout
     assert "stopped the embedded stack" in out.stdout
     assert pids_of(env) == []
 
@@ -94,7 +96,7 @@ def test_bad_input_gets_a_clear_error(tmp_path):
 def test_help_and_config_explain_themselves(tmp_path):
     env = isolated_env(tmp_path, FUSIONREC_KAFKA_SASL_PASSWORD="s3cret-pw")
     top = run(["--help"], env).stdout
-    for command in ("up", "down", "status", "topics", "replay", "consume", "config", "demo"):
+    for command in ("up", "down", "status", "topics", "replay", "consume", "worker", "rebuild", "config", "demo"):
         assert re.search(rf"\b{command}\b", top)
     assert "--rate" in run(["replay", "--help"], env).stdout
     shown = run(["config"], env).stdout

@@ -47,3 +47,10 @@ def test_seen_entries_and_profiles_expire(store):
     assert 0 < store.client.ttl(store.profile_key("u9")) <= store.profile_ttl_s
     seen = next(iter(store.client.scan_iter(match=f"{store.prefix}seen:*")))
     assert 0 < store.client.ttl(seen) <= 120
+
+
+def test_a_batch_in_one_dedup_bucket_larger_than_luas_unpack_limit(store):
+    events = [(Event(f"big-{i}", f"u{i % 97}", f"i{i}", "view", 1_700_000_000_000), 0, i) for i in range(6000)]
+    assert store.apply(events) == [NEW] * 6000
+    assert store.apply(events[:10]) == [REDELIVERED] * 10
+    assert sum(sum(p.counts.values()) for p in store.get_many([f"u{i}" for i in range(97)])) == 6000

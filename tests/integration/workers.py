@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 
 import orjson
 import redis
 
 from fusionrec.events import Event
-from fusionrec.stack import free_port
 from producers.producer import EventProducer
+from streams.child import WorkerChild
 
 TYPES = ["view"] * 6 + ["add_to_cart", "favourite", "purchase", "remove_from_cart"]
 
@@ -31,56 +25,12 @@ MALFORMED = [b"not json", b'{"event_id": "x", "type": "view"}', b"\xff\xfe", b"[
              orjson.dumps({"event_id": "y", "user_id": "u", "item_id": "i", "type": "click", "ts": 1})]
 
 
-class WorkerProcess:
+class WorkerProcess(WorkerChild):
+    """A worker child with its own state dir and a short snapshot interval (tests finish sooner)."""
+
     def __init__(self, settings, tmp_path, name: str):
-        self.metrics_port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")} | {
-            "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "FUSIONREC_REDIS_URL": settings.redis_url,
-            "FUSIONREC_REDIS_PREFIX": settings.redis_prefix,
-            "FUSIONREC_TOPIC_EVENTS": settings.topic_events,
-            "FUSIONREC_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-            "FUSIONREC_WORKER_GROUP": settings.worker_group,
-            "FUSIONREC_STATE_DIR": str(tmp_path / name),
-            "FUSIONREC_METRICS_PORT": str(self.metrics_port),
-            "FUSIONREC_SNAPSHOT_INTERVAL_S": "0.5",
-            "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
-        }
-        self.log = open(tmp_path / f"{name}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "fusionrec.cli", "worker"], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def metrics(self) -> dict[str, float]:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return {}
-        out: Counter = Counter()
-        for line in text.splitlines():
-            if line.startswith("fusionrec_worker_") and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name.split("{")[0]] += float(value)
-        return out
-
-    def wait_for(self, predicate, timeout: float = 90.0) -> dict[str, float]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}"
-            metrics = self.metrics()
-            if metrics and predicate(metrics):
-                return metrics
-            time.sleep(0.2)
-        raise AssertionError(f"worker did not get there in {timeout}s: {self.metrics()}")
-
-    def stop(self, sig=signal.SIGTERM, grace: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+        super().__init__(settings, tmp_path / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp_path / name),
+                         FUSIONREC_SNAPSHOT_INTERVAL_S="0.5")
 
 
 def handled(metrics) -> float:

@@ -1,0 +1,104 @@
+"""Run ``fusionrec worker`` as a child process with given settings, and read its Prometheus metrics.
+
+Used by ``fusionrec demo``, the benchmarks and the integration tests, so all three start workers the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from fusionrec.settings import Settings
+from fusionrec.stack import free_port
+
+__all__ = ["WorkerChild", "settings_env"]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as ``FUSIONREC_*`` environment variables (secrets included: for a child process only)."""
+    env = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"FUSIONREC_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerChild:
+    """A worker process. ``metrics()`` sums each sample over its labels (``name``) and keeps labelled samples
+    under ``name{labels}``."""
+
+    def __init__(self, settings: Settings, log_path: Path, **overrides: str):
+        self.metrics_port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
+        self.env |= settings_env(settings) | {
+            "FUSIONREC_METRICS_PORT": str(self.metrics_port),
+            "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
+        } | overrides
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "fusionrec.cli", "worker"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def metrics(self) -> Counter:
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=2).read().decode()  # noqa: S310 - loopback
+        except OSError:
+            return Counter()
+        out: Counter = Counter()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                out[sample.name] += sample.value
+                if sample.labels:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                    out[f"{sample.name}{{{labels}}}"] += sample.value
+        return out
+
+    def wait_for(self, predicate: Callable[[Counter], bool], timeout: float = 90.0,
+                 on_poll: Callable[[Counter], None] | None = None) -> Counter:
+        """Poll the metrics until ``predicate`` holds; raise if the worker exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+            metrics = self.metrics()
+            if on_poll is not None and metrics:
+                on_poll(metrics)
+            if metrics and predicate(metrics):
+                return metrics
+            time.sleep(0.1)
+        raise TimeoutError(f"worker did not get there in {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> int | None:
+        """Signal the worker and wait (SIGKILL after ``grace``); return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
