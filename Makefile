@@ -2,6 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
+ML1M ?= ../shared/data/movielens-1m-partial/ratings_first2999users.dat.gz
 
 .PHONY: setup demo test test-unit bench clean
 setup:
@@ -16,8 +17,13 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit
 
+# Every benchmark behind BENCHMARKS.md (about 6 minutes).
 bench: setup
 	$(BIN)/python benchmarks/bench_replay.py $(DATA)
+	$(BIN)/python benchmarks/bench_faust_delivery.py $(DATA)
+	$(BIN)/python benchmarks/bench_worker.py $(DATA)
+	$(BIN)/python benchmarks/bench_worker.py $(ML1M)
+	$(BIN)/python benchmarks/bench_worker.py $(DATA) --latency --rate 1000 --limit 30000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

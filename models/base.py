@@ -37,7 +37,7 @@ import io
 import json
 import pickle
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
@@ -331,6 +331,26 @@ def oldest_keys(last: Mapping[str, int], n: int) -> list[str]:
 def idle_keys(last: Mapping[str, int], cutoff: int) -> list[str]:
     """The keys of ``last`` (key -> latest event ts) not touched since ``cutoff``."""
     return [key for key, ts in last.items() if ts < cutoff]
+
+
+def touch(last: dict[str, int], key: str, ts: int, cap: int, drop: Callable[[str], None]) -> None:
+    """Record that ``key`` was active at ``ts``. A new key that would pass ``cap`` first drops the least recently
+    active chunk of keys through ``drop``.
+
+    >>> last, dropped = {"a": 1, "b": 2}, []
+    >>> touch(last, "c", 3, cap=2, drop=lambda k: (dropped.append(k), last.pop(k)))
+    >>> sorted(last), dropped
+    (['b', 'c'], ['a'])
+
+    """
+    previous = last.get(key)
+    if previous is None:
+        if len(last) >= cap:
+            for old in oldest_keys(last, cap_chunk(cap)):
+                drop(old)
+        last[key] = ts
+    elif ts > previous:
+        last[key] = ts
 
 
 def cap_chunk(cap: int) -> int:

@@ -30,12 +30,11 @@ from fusionrec.events import Event
 from .base import (
     MAX_DECAY_EXPONENT,
     Recommender,
-    cap_chunk,
     event_weight,
     idle_keys,
-    oldest_keys,
     resolve_event_weights,
     top_k,
+    touch,
 )
 
 __all__ = ["CategoryAffinity"]
@@ -162,24 +161,8 @@ class CategoryAffinity(Recommender):
         item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
 
         user = event.user_id
-        last = self._user_last
-        previous = last.get(user)
-        if previous is None:
-            if len(last) >= self.max_users:
-                for old in oldest_keys(last, cap_chunk(self.max_users)):
-                    self._drop_user(old)
-            last[user] = ts
-        elif ts > previous:
-            last[user] = ts
-        last = self._item_last
-        previous = last.get(item)
-        if previous is None:
-            if len(last) >= self.max_items:
-                for old in oldest_keys(last, cap_chunk(self.max_items)):
-                    self._drop_item(old)
-            last[item] = ts
-        elif ts > previous:
-            last[item] = ts
+        touch(self._user_last, user, ts, self.max_users, self._drop_user)
+        touch(self._item_last, item, ts, self.max_items, self._drop_item)
         affinity = self._affinity.get(user)
         if affinity is None:
             affinity = self._affinity[user] = {}

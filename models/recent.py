@@ -21,12 +21,11 @@ from fusionrec.events import Event
 
 from .base import (
     Recommender,
-    cap_chunk,
     decay_factor,
     idle_keys,
-    oldest_keys,
     resolve_event_weights,
     top_k,
+    touch,
 )
 
 __all__ = ["RecentItems"]
@@ -123,15 +122,7 @@ class RecentItems(Recommender):
         if bit is None and kind != "purchase" and kind != "remove_from_cart":
             return
         user, item = event.user_id, event.item_id
-        last = self._last
-        previous = last.get(user)
-        if previous is None:
-            if len(last) >= self.max_users:
-                for old in oldest_keys(last, cap_chunk(self.max_users)):
-                    self._drop_user(old)
-            last[user] = ts
-        elif ts > previous:
-            last[user] = ts
+        touch(self._last, user, ts, self.max_users, self._drop_user)
         items = self._items.get(user)
         if kind == "purchase":
             if items is not None:

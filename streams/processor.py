@@ -105,7 +105,7 @@ class BatchProcessor:
         if self.metrics:
             self._observe(out, latencies, state)
         took = time.perf_counter() - started
-        if took > 0.1:
+        if took > 1.0:  # a full catch-up batch takes 0.1–0.5 s; longer means trouble (Redis, GC, a huge model)
             log.warning("slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000)
         return out
 
