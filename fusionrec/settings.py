@@ -234,6 +234,8 @@ class Settings(BaseSettings):
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
+            # librdkafka's "info" (6) reports every reconnect and queue purge; show warnings unless debugging.
+            "log_level": {"DEBUG": 7, "INFO": 4, "WARNING": 4, "ERROR": 3}[self.log_level],
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
