@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fusionrec.events import Event
 from producers.producer import EventProducer
@@ -84,7 +84,7 @@ def replay_events(
         if paced:
             pacer.wait(index, event.ts)
         if timestamps == "wallclock":
-            event = replace(event, ts=int(time.time() * 1000))
+            event = event._replace(ts=int(time.time() * 1000))
         producer.send(event)
         step += 1
         if progress is not None and step == 1000:
