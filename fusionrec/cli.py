@@ -103,6 +103,27 @@ def up(
     _print_services(services)
     if topics:
         _topics(conf, quiet=True)
+    _warn_stale_state(conf, services)
+
+
+def _warn_stale_state(conf: Settings, services) -> None:
+    """A memory broker started just now holds no events, so worker state already in Redis describes another
+    topic's offsets: say so (a worker would wait for offsets the new topic has not reached)."""
+    import redis
+
+    fresh_memory_broker = conf.broker_storage == "memory" and any(
+        s.name == "broker" and s.started_now for s in services)
+    if not fresh_memory_broker:
+        return
+    client = redis.Redis.from_url(conf.redis_url, **conf.redis_kwargs())
+    try:
+        stale = next(client.scan_iter(match=f"{conf.redis_prefix}snap:*", count=1000), None)
+    finally:
+        client.close()
+    if stale is not None:
+        typer.secho(f"warning: Redis holds worker state under {conf.redis_prefix!r} from an earlier broker; the "
+                    "embedded memory broker starts empty. Run `fusionrec rebuild --yes` before starting workers.",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

@@ -42,6 +42,7 @@ class ServiceStatus:
     pid: int | None = None
     log_file: str | None = None
     detail: str = ""
+    started_now: bool = False
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Stack:
             except StackError:
                 raise StackError(f"something listens on {address} but does not answer as a Kafka broker") from None
             return ServiceStatus("broker", "external", address, detail="already reachable; not started by fusionrec")
+        started_now = record is None
         if record is None:
             if host not in _LOOPBACK:
                 raise StackError(
@@ -256,7 +258,7 @@ class Stack:
             record = self._spawn("broker", argv, address, env)
         self._wait("broker", record, self._broker_healthy)
         return ServiceStatus("broker", "running", address, record.pid, record.log_file,
-                             f"tansu, {self.settings.broker_storage} storage")
+                             f"tansu, {self.settings.broker_storage} storage", started_now)
 
     def _up_redis(self) -> ServiceStatus:
         parts = urlsplit(self.settings.redis_url)

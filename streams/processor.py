@@ -97,9 +97,11 @@ class BatchProcessor:
                 out.redelivered += 1
             if offset > state.offset:  # not yet in the models (a redelivery after a crash may still be new to them)
                 learn.append((event, offset))
+        state.settled = False
         state.learn(learn, batch.last_offset)
         out.learned = len(learn)
         pending_write.result()  # the batch may be acknowledged only once its profiles are written
+        state.settled = True
         written_at_ms = time.time() * 1000
         latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
         if self.metrics:
@@ -133,7 +135,7 @@ class BatchProcessor:
         done = {}
         for partition in partitions if partitions is not None else list(self.states):
             state = self.states.get(partition)
-            if state is None or not (state.dirty or force):
+            if state is None or not (state.dirty or force) or not state.settled:
                 continue
             started = time.perf_counter()
             self.snapshots.save(state)
@@ -152,7 +154,7 @@ class BatchProcessor:
         finished = self.finish_background(wait=False)
         if self._child is not None:
             return finished  # the previous one is still writing: skip this round
-        dirty = [state for state in self.states.values() if state.dirty]
+        dirty = [state for state in self.states.values() if state.dirty and state.settled]
         if not dirty:
             return finished
         started = time.perf_counter()

@@ -57,6 +57,9 @@ class PartitionState:
     models: dict[str, Recommender]
     offset: int = -1
     dirty: bool = False
+    #: False while a batch's models have learned but its profile write has not succeeded yet: a snapshot then
+    #: would record an offset whose profiles may never be written.
+    settled: bool = True
     evicted: dict[str, int] = field(default_factory=dict)
     pending: dict[str, list[Event]] = field(default_factory=dict)
 

@@ -103,3 +103,20 @@ def test_help_and_config_explain_themselves(tmp_path):
     assert "kafka_sasl_password = ***" in shown and "s3cret-pw" not in shown
     documented = run(["config", "--env"], env).stdout
     assert "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS" in documented and "FUSIONREC_REDIS_URL" in documented
+
+
+def test_up_warns_when_redis_holds_state_from_an_earlier_broker(stack, tmp_path):
+    import redis
+
+    prefix = f"stale{tmp_path.name[-6:]}:"
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    client.set(f"{prefix}snap:fusionrec-events:0", b"old")
+    env = isolated_env(tmp_path, FUSIONREC_REDIS_URL=stack.settings.redis_url, FUSIONREC_REDIS_PREFIX=prefix)
+    try:
+        first = run(["up"], env)
+        assert "fusionrec rebuild --yes" in first.stderr  # a fresh memory broker next to existing worker state
+        assert "fusionrec rebuild" not in run(["up"], env).stderr  # same broker: nothing new to warn about
+    finally:
+        run(["down"], env)
+        client.delete(f"{prefix}snap:fusionrec-events:0")
+        client.close()
