@@ -38,3 +38,19 @@ def test_prometheus_and_grafana_configs_parse():
 
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "fusionrec.json").read_text())
     assert len(dashboard["panels"]) >= 10
+
+
+def test_dashboard_worker_metrics_exist():
+    import re
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import WorkerMetrics
+
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    exported = {family.name + suffix for family in registry.collect()
+                for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    text = (DEPLOY / "grafana" / "dashboards" / "fusionrec.json").read_text()
+    wanted = set(re.findall(r"fusionrec_worker_[a-z_]+", text))
+    assert wanted and wanted <= exported, sorted(wanted - exported)
