@@ -39,30 +39,13 @@ from producers.datasets import read_dataset  # noqa: E402
 from producers.producer import EventProducer  # noqa: E402
 from producers.replay import replay_events  # noqa: E402
 from streams.child import WorkerChild  # noqa: E402
-
-
-def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Prometheus-style histogram_quantile over cumulative (upper bound, count) buckets."""
-    total = buckets[-1][1]
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return prev_bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
-        prev_bound, prev_count = bound, count
-    return prev_bound
+from streams.metrics import histogram_quantile  # noqa: E402
 
 
 def latency_quantiles(m: Counter) -> tuple[float, float, int]:
-    buckets = []
-    for key, value in m.items():
-        if key.startswith("fusionrec_worker_processing_latency_seconds_bucket{le="):
-            bound = key.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
-    buckets.sort()
-    return quantile(buckets, 0.5), quantile(buckets, 0.99), int(buckets[-1][1]) if buckets else 0
+    name = "fusionrec_worker_processing_latency_seconds"
+    return (histogram_quantile(m, name, 0.5), histogram_quantile(m, name, 0.99),
+            int(m.get(f"{name}_count", 0)))
 
 
 def start_worker(settings, tmp: Path, name: str) -> WorkerChild:

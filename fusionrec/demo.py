@@ -24,26 +24,11 @@ from producers.datasets import read_dataset
 from producers.producer import EventProducer
 from producers.replay import replay_events
 from streams.child import WorkerChild
+from streams.metrics import histogram_quantile
 
 __all__ = ["run_demo"]
 
 MALFORMED = [b'{"event_id": "bad-1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1}', b"not json"]
-
-
-def _quantile(metrics, q: float) -> float:
-    buckets = sorted(
-        (float("inf") if k.split('le="')[1][:-2] == "+Inf" else float(k.split('le="')[1][:-2]), v)
-        for k, v in metrics.items() if k.startswith("fusionrec_worker_processing_latency_seconds_bucket{le=")
-    )
-    if not buckets or not buckets[-1][1]:
-        return float("nan")
-    rank, prev_bound, prev_count = q * buckets[-1][1], 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            return prev_bound if bound == float("inf") else \
-                prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
-        prev_bound, prev_count = bound, count
-    return prev_bound
 
 
 #: The demo's own Redis namespace, cleared at the start of every run: a system Redis outlives the embedded
@@ -123,8 +108,9 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
             f"{total / seconds:,.0f} ev/s after the replay began")
         pace = "" if rate else " (the replay was unpaced, so this is mostly catch-up time; BENCHMARKS.md has " \
             "latency at a steady 1k ev/s)"
-        say(f"  event time → profile written: p50 {_quantile(metrics, 0.5) * 1000:.0f} ms, "
-            f"p99 {_quantile(metrics, 0.99) * 1000:.0f} ms{pace}")
+        latency = "fusionrec_worker_processing_latency_seconds"
+        say(f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:.0f} ms, "
+            f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:.0f} ms{pace}")
         worker.stop()  # writes the final snapshot
         worker = None
         _show_what_was_built(settings, dataset.events, say)

@@ -212,13 +212,32 @@ class Recommender(abc.ABC):
             params[name] = dict(value) if isinstance(value, Mapping) else value
         return params
 
-    @abc.abstractmethod
+    #: Learned state kept as private attributes ``_<name>``; the default ``_get_state``/``_set_state`` save and
+    #: restore exactly these. A model whose state needs more than that overrides both.
+    _state_fields: ClassVar[tuple[str, ...]] = ()
+
     def _get_state(self) -> dict[str, Any]:
         """All learned state, as containers of plain values and numpy arrays."""
+        if not self._state_fields:
+            raise NotImplementedError(f"{type(self).__name__} declares no _state_fields and no _get_state")
+        return {name: getattr(self, f"_{name}") for name in self._state_fields}
 
-    @abc.abstractmethod
     def _set_state(self, state: dict[str, Any]) -> None:
         """Install what :meth:`_get_state` returned on a freshly constructed instance."""
+        for name in self._state_fields:
+            setattr(self, f"_{name}", state[name])
+
+    def _forward_origin(self, ts: int, half_life_ms: float) -> int:
+        """The origin ``t0`` of forward decay (weights grow as ``2**((ts - t0) / half_life)``, so old scores never
+        need touching), set at the first event and moved to ``ts`` through ``self._rebase`` before the exponent
+        could overflow. Models using it keep ``self._t0`` and implement ``_rebase(ts)``."""
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = ts
+        if (ts - t0) / half_life_ms > MAX_DECAY_EXPONENT:
+            self._rebase(ts)
+            t0 = ts
+        return t0
 
     def clone(self) -> Self:
         """A fresh, untrained model with the same parameters."""

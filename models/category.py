@@ -21,14 +21,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any
 
 import numpy as np
 
 from fusionrec.events import Event
 
 from .base import (
-    MAX_DECAY_EXPONENT,
     Recommender,
     event_weight,
     idle_keys,
@@ -151,12 +149,7 @@ class CategoryAffinity(Recommender):
                 self._category_items.get(known, {}).pop(item, None)
             self._item_category[item] = category
 
-        t0 = self._t0
-        if t0 is None:
-            t0 = self._t0 = ts
-        if (ts - t0) / min(self.user_half_life_ms, self.item_half_life_ms) > MAX_DECAY_EXPONENT:
-            self._rebase(ts)
-            t0 = ts
+        t0 = self._forward_origin(ts, min(self.user_half_life_ms, self.item_half_life_ms))
         user_weight = w * 2.0 ** ((ts - t0) / self.user_half_life_ms)
         item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
 
@@ -273,22 +266,4 @@ class CategoryAffinity(Recommender):
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
-    def _get_state(self) -> dict[str, Any]:
-        return {
-            "t0": self._t0,
-            "affinity": self._affinity,
-            "user_last": self._user_last,
-            "category_items": self._category_items,
-            "category_total": self._category_total,
-            "item_category": self._item_category,
-            "item_last": self._item_last,
-        }
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._t0 = state["t0"]
-        self._affinity = state["affinity"]
-        self._user_last = state["user_last"]
-        self._category_items = state["category_items"]
-        self._category_total = state["category_total"]
-        self._item_category = state["item_category"]
-        self._item_last = state["item_last"]
+    _state_fields = ("t0", "affinity", "user_last", "category_items", "category_total", "item_category", "item_last")

@@ -25,7 +25,6 @@ import numpy as np
 from fusionrec.events import Event
 
 from .base import (
-    MAX_DECAY_EXPONENT,
     Recommender,
     decay_factor,
     event_weight,
@@ -130,13 +129,7 @@ class CoVisitation(Recommender):
         w = event_weight(self._weights, event)
         if w <= 0.0:
             return
-        t0 = self._t0
-        if t0 is None:
-            t0 = self._t0 = ts
-        exponent = (ts - t0) / self.half_life_ms
-        if exponent > MAX_DECAY_EXPONENT:
-            self._rebase(ts)
-            exponent = 0.0
+        exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
         decay = 2.0**exponent
         user, item, session = event.user_id, event.item_id, event.session_id
         touch(self._user_last, user, ts, self.max_users, self._drop_user)
@@ -275,18 +268,4 @@ class CoVisitation(Recommender):
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
-    def _get_state(self) -> dict[str, Any]:
-        return {
-            "t0": self._t0,
-            "recent": self._recent,
-            "user_last": self._user_last,
-            "links": self._links,
-            "item_last": self._item_last,
-        }
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._t0 = state["t0"]
-        self._recent = state["recent"]
-        self._user_last = state["user_last"]
-        self._links = state["links"]
-        self._item_last = state["item_last"]
+    _state_fields = ("t0", "recent", "user_last", "links", "item_last")

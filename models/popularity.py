@@ -23,7 +23,6 @@ import numpy as np
 from fusionrec.events import Event
 
 from .base import (
-    MAX_DECAY_EXPONENT,
     Recommender,
     by_score_then_id,
     cap_chunk,
@@ -114,13 +113,7 @@ class Popularity(Recommender):
         w = event_weight(self._weights, event)
         if w <= 0.0:
             return
-        t0 = self._t0
-        if t0 is None:
-            t0 = self._t0 = ts
-        exponent = (ts - t0) / self.half_life_ms
-        if exponent > MAX_DECAY_EXPONENT:
-            self._rebase(ts)
-            exponent = 0.0
+        exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
         item = event.item_id
         last = self._last
         previous = last.get(item)
@@ -215,13 +208,10 @@ class Popularity(Recommender):
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
-    def _get_state(self) -> dict[str, Any]:
-        return {"t0": self._t0, "score": self._score, "last": self._last}
+    _state_fields = ("t0", "score", "last")
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._t0 = state["t0"]
-        self._score = state["score"]
-        self._last = state["last"]
+        super()._set_state(state)
         self._rebuild_top()
 
 

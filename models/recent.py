@@ -13,7 +13,6 @@ bought item again (the order page, a review) does not bring it back, adding it t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -209,10 +208,4 @@ class RecentItems(Recommender):
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
-    def _get_state(self) -> dict[str, Any]:
-        return {"items": self._items, "bought": self._bought, "last": self._last}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._items = state["items"]
-        self._bought = state["bought"]
-        self._last = state["last"]
+    _state_fields = ("items", "bought", "last")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["WorkerMetrics", "serve_metrics"]
+__all__ = ["WorkerMetrics", "histogram_quantile", "serve_metrics"]
 
 #: Seconds; resolves single milliseconds at the low end, where a healthy worker lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -51,3 +53,22 @@ def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) 
     """Serve ``/metrics`` on ``bind:port`` from a daemon thread (no-op for port 0)."""
     if port:
         start_http_server(port, addr=bind, registry=registry)
+
+
+def histogram_quantile(samples: Mapping[str, float], histogram: str, q: float) -> float:
+    """Prometheus's ``histogram_quantile`` over scraped samples (``{histogram}_bucket{le="…"}`` keys, as
+    :meth:`streams.child.WorkerChild.metrics` returns them): linear interpolation within the bucket; NaN when
+    empty."""
+    prefix = f'{histogram}_bucket{{le="'
+    buckets = sorted((float(key[len(prefix):-2]), count) for key, count in samples.items() if key.startswith(prefix))
+    if not buckets or not buckets[-1][1]:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_bound, prev_count = bound, count
+    return prev_bound
