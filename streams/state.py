@@ -162,7 +162,3 @@ class SnapshotStore:
         """Every partition's snapshot (for readers such as the ranker that merge item-side state)."""
         for key in self.client.scan_iter(match=f"{self.settings.redis_prefix}snap:{self.topic}:*"):
             yield self.load(int(key.decode().rsplit(":", 1)[1]))
-
-    def delete_all(self) -> int:
-        keys = list(self.client.scan_iter(match=f"{self.settings.redis_prefix}snap:{self.topic}:*"))
-        return self.client.delete(*keys) if keys else 0
