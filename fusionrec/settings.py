@@ -140,6 +140,38 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=60, description="Models evict users and items idle longer than this (event time).",
     )
 
+    # --- Fusion and ranking ----------------------------------------------------------------------------------
+    ranker_interval_ms: int = Field(
+        200, ge=10, le=600_000,
+        description="How often the ranker refreshes the lists of users whose state changed since the last refresh.",
+    )
+    ranker_k: int = Field(20, ge=1, le=1000, description="Items per published list.")
+    ranker_candidates: int = Field(100, ge=1, le=10_000, description="Candidates each source proposes per user.")
+    ranker_category_cap: int = Field(
+        4, ge=0, le=1000, description="Most items of one category in a list (diversity; 0: no cap).",
+    )
+    ranker_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the ranker's tensors live: auto picks CUDA when available, else CPU.",
+    )
+    recommendations_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="The serving copy of a list in Redis expires this long after it was made.",
+    )
+    fusion_epsilon: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Share of lists served with exploring weights (one source boosted, chosen uniformly).",
+    )
+    fusion_half_life_s: float = Field(
+        86_400.0, gt=0, description="Bandit rewards and exposures halve after this long (event time): tracks drift.",
+    )
+    fusion_new_user_events: int = Field(
+        5, ge=1, description="A user with fewer events than this is in the `new` segment, else `returning`.",
+    )
+    fusion_holdout: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Fraction of users (by a hash of user_id) served with fixed equal weights instead of the "
+        "bandit's: a live A/B of learned against fixed fusion.",
+    )
+
     # --- Events ----------------------------------------------------------------------------------------------
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576, description="Events larger than this are rejected.")
     max_future_skew_ms: int = Field(

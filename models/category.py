@@ -225,6 +225,10 @@ class CategoryAffinity(Recommender):
                 pairs.extend((item, value * scale) for item, value in tally.items())
         return top_k(pairs, k)
 
+    def category_of(self, item_id: str) -> str | None:
+        """The item's category as last reported by an event, or ``None`` if unknown (for diversity caps)."""
+        return self._item_category.get(item_id)
+
     # --- memory ------------------------------------------------------------------------------------------------
 
     @property

@@ -185,6 +185,14 @@ class RecentItems(Recommender):
         """The user's ``k`` best-scoring recent items (ties: larger id first)."""
         return top_k(self._scored(user_id, now_ms).items(), k)
 
+    def bought(self, user_id: str) -> frozenset[str]:
+        """The items the user bought (the newest ``max_purchased_per_user``): what a ranker must not propose."""
+        return frozenset(self._bought.get(user_id, ()))
+
+    def history_size(self, user_id: str) -> int:
+        """How many distinct items the user has shown intent for or bought (capped by the per-user limits)."""
+        return len(self._items.get(user_id, ())) + len(self._bought.get(user_id, ()))
+
     # --- memory ------------------------------------------------------------------------------------------------
 
     @property

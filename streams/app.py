@@ -25,11 +25,15 @@ from fusionrec.settings import Settings
 from streams.batching import BatchingApp, BatchSchema, RecordBatch
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor
-from streams.state import SnapshotStore
+from streams.publisher import RecommendationPublisher
+from streams.state import SnapshotStore, build_ranker
 
 __all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc"]
 
 log = logging.getLogger("fusionrec.worker")
+
+#: How often the bandit's weights are logged (they go to Redis and Prometheus every snapshot interval).
+WEIGHTS_LOG_INTERVAL_S = 60.0
 
 
 def tune_gc() -> None:
@@ -103,8 +107,13 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
                              internal=False)
 
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
+    ranker = build_ranker(settings)
+    log.info("ranker: top %d of %d candidates per source, category cap %d, device %s, every %d ms",
+             settings.ranker_k, settings.ranker_candidates, settings.ranker_category_cap, ranker.device,
+             settings.ranker_interval_ms)
     processor = BatchProcessor(settings, profile_store(settings, client),
-                               SnapshotStore(client, settings, settings.topic_events), metrics)
+                               SnapshotStore(client, settings, settings.topic_events, ranker), metrics,
+                               RecommendationPublisher(settings, client, metrics))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-state")
     worker = Worker(app, processor, executor, settings)
 
@@ -149,6 +158,24 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
     @app.timer(settings.snapshot_interval_s)
     async def snapshot_partitions():
         allow_commits(await on_state_thread(processor.snapshot_in_background))
+        report = await on_state_thread(processor.publish_weights)
+        loop_time = asyncio.get_running_loop().time()
+        if report and loop_time - weights_logged[0] >= WEIGHTS_LOG_INTERVAL_S:
+            weights_logged[0] = loop_time
+            for partition, entry in sorted(report.items()):
+                log.info("fusion weights p%d (v%d, %d rewards): %s", partition, entry["version"], entry["rewards"],
+                         "; ".join(f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items())
+                                   for seg, ws in entry["weights"].items()))
+
+    weights_logged = [float("-inf")]
+
+    @app.timer(settings.ranker_interval_ms / 1000)
+    async def refresh_recommendations():
+        """Rank and publish the lists of users whose state changed, off the event loop (on the state thread)."""
+        try:
+            await on_state_thread(processor.refresh)
+        except Exception:  # noqa: BLE001 - a failed refresh leaves the users marked changed for the next tick
+            log.exception("ranker refresh failed")
 
     @app.on_partitions_revoked.connect
     async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
@@ -169,6 +196,9 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     @app.on_before_shutdown.connect
     async def final_snapshot(app, **kwargs):  # noqa: ARG001
+        await on_state_thread(processor.refresh)
+        if processor.publisher is not None:
+            await on_state_thread(processor.publisher.flush)
         allow_commits(await on_state_thread(processor.snapshot))
         log.info("final snapshot written")
 

@@ -10,6 +10,7 @@ __all__ = ["WorkerMetrics", "histogram_quantile", "serve_metrics"]
 
 #: Seconds; resolves single milliseconds at the low end, where a healthy worker lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -47,6 +48,26 @@ class WorkerMetrics:
                                 registry=registry)
         self.assigned = Gauge("fusionrec_worker_assigned_partitions",
                               "Events-topic partitions the consumer group assigned to this worker.", registry=registry)
+        # --- the ranker and the fusion bandit ---
+        self.freshness = Histogram("fusionrec_recommendations_freshness_seconds",
+                                   "Event time to the user's list reflecting it published, per event.",
+                                   buckets=FRESHNESS_BUCKETS, registry=registry)
+        self.published = Counter("fusionrec_recommendations_published_total",
+                                 "Recommendation lists published (topic and Redis).", registry=registry)
+        self.publish_errors = Counter("fusionrec_recommendations_publish_errors_total",
+                                      "Lists the broker did not acknowledge (the next change republishes them).",
+                                      registry=registry)
+        self.refresh_seconds = Histogram("fusionrec_ranker_refresh_seconds",
+                                         "Time of one ranker refresh (all changed users of this worker).",
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.lists = Counter("fusionrec_fusion_lists_total", "Lists served, by arm and action kind.",
+                             ["arm", "action"], registry=registry)
+        self.rewards = Counter("fusionrec_fusion_rewards_total",
+                               "Events on an item of the user's served list (each rewards the sources behind it).",
+                               registry=registry)
+        self.weights = Gauge("fusionrec_fusion_weight",
+                             "The bandit's exploit weight per segment and source (mean over this worker's "
+                             "partitions).", ["segment", "source"], registry=registry)
 
 
 def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) -> None:

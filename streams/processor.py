@@ -16,16 +16,26 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import orjson
+
 from fusionrec.events import dead_letter_record, validate
 from fusionrec.profiles import DUPLICATE, NEW, ProfileStore
 from fusionrec.settings import Settings
 from streams.batching import RecordBatch
 from streams.metrics import WorkerMetrics
+from streams.publisher import RecommendationPublisher
 from streams.state import PartitionState, SnapshotStore
 
 __all__ = ["BatchOutcome", "BatchProcessor"]
 
 log = logging.getLogger("fusionrec.worker")
+
+#: Users ranked together in one batched tensor pass, and the most refreshed in one tick: under a backlog the
+#: rest wait for the next tick, so batches keep flowing and freshness, not throughput, gives way.
+RANK_BATCH = 256
+MAX_USERS_PER_REFRESH = 4096
+#: How long the set of unavailable items read from Redis is reused.
+UNAVAILABLE_TTL_S = 1.0
 
 
 @dataclass
@@ -45,11 +55,13 @@ class BatchProcessor:
     """Owns the per-partition model states of this worker; processes batches and snapshots them."""
 
     def __init__(self, settings: Settings, profiles: ProfileStore, snapshots: SnapshotStore,
-                 metrics: WorkerMetrics | None = None):
+                 metrics: WorkerMetrics | None = None, publisher: RecommendationPublisher | None = None):
         self.settings = settings
         self.profiles = profiles
         self.snapshots = snapshots
         self.metrics = metrics
+        self.publisher = publisher
+        self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
         self.states: dict[int, PartitionState] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
         self._child: tuple[int, dict[int, int], list[PartitionState], float] | None = None
@@ -98,8 +110,11 @@ class BatchProcessor:
             if offset > state.offset:  # not yet in the models (a redelivery after a crash may still be new to them)
                 learn.append((event, offset))
         state.settled = False
+        rewards_before = 0 if state.fusion is None else state.fusion.rewards
         state.learn(learn, batch.last_offset)
         out.learned = len(learn)
+        if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
+            self.metrics.rewards.inc(state.fusion.rewards - rewards_before)
         pending_write.result()  # the batch may be acknowledged only once its profiles are written
         state.settled = True
         written_at_ms = time.time() * 1000
@@ -126,6 +141,83 @@ class BatchProcessor:
         observe = m.latency.observe
         for seconds in latencies:
             observe(max(seconds, 0.0))
+
+    # --- ranking -----------------------------------------------------------------------------------------------
+
+    def unavailable(self) -> frozenset[str]:
+        """Items the shop marked unavailable (the Redis set ``{prefix}unavailable``), re-read at most once a second."""
+        read_at, items = self._unavailable
+        now = time.monotonic()
+        if now - read_at >= UNAVAILABLE_TTL_S:
+            members = self.profiles.client.smembers(f"{self.settings.redis_prefix}unavailable")
+            items = frozenset(m.decode() for m in members)
+            self._unavailable = (now, items)
+        return items
+
+    def refresh(self) -> int:
+        """Rank and publish the lists of users whose state changed since their last list; return how many.
+
+        Runs on the state thread between batches (the models do not move underneath it). Users are ranked in
+        tensor batches of ``RANK_BATCH``, at most ``MAX_USERS_PER_REFRESH`` per call, longest-waiting first.
+        """
+        if self.publisher is None:
+            return 0
+        started = time.perf_counter()
+        budget = MAX_USERS_PER_REFRESH
+        published = 0
+        unavailable = None
+        for state in list(self.states.values()):
+            if not state.changed or state.fusion is None or budget <= 0:
+                continue
+            if unavailable is None:
+                unavailable = self.unavailable()
+            users = list(state.changed)[:budget]
+            budget -= len(users)
+            clock = max(model.clock_ms for model in state.models.values())
+            for start in range(0, len(users), RANK_BATCH):
+                chunk = users[start:start + RANK_BATCH]
+                lists = state.fusion.recommend(state.models, chunk, now_ms=clock, unavailable=unavailable)
+                changed = {user: state.changed[user] for user in chunk}
+                published += self.publisher.publish(lists, changed, partition=state.partition, offset=state.offset)
+                for user in chunk:  # only now: a failed refresh leaves them for the next tick
+                    del state.changed[user]
+                state.dirty = True  # the served lists are part of the snapshot
+        if published and self.metrics:
+            self.metrics.refresh_seconds.observe(time.perf_counter() - started)
+            self._observe_weights()
+        return published
+
+    def _observe_weights(self) -> None:
+        sums: dict[tuple[str, str], float] = {}
+        count = 0
+        rewards = 0
+        for state in self.states.values():
+            if state.fusion is None:
+                continue
+            count += 1
+            rewards += state.fusion.rewards
+            for segment, weights in state.fusion.weights().items():
+                for source, weight in weights.items():
+                    sums[segment, source] = sums.get((segment, source), 0.0) + weight
+        for (segment, source), total in sums.items():
+            self.metrics.weights.labels(segment, source).set(total / count)
+
+    def publish_weights(self) -> dict[int, dict]:
+        """Write each held partition's bandit weights to Redis (``{prefix}weights:{topic}:{partition}``, JSON)
+        and return them: ``{partition: {"weights": {segment: {source: w}}, "version": n, "rewards": n}}``."""
+        report = {}
+        pipe = self.profiles.client.pipeline(transaction=False)
+        for partition, state in self.states.items():
+            if state.fusion is None:
+                continue
+            bandit = state.fusion.bandit
+            entry = {"weights": state.fusion.weights(), "version": 0 if bandit is None else bandit.version,
+                     "rewards": state.fusion.rewards, "updated_at": int(time.time() * 1000)}
+            report[partition] = entry
+            pipe.set(f"{self.settings.redis_prefix}weights:{self.snapshots.topic}:{partition}", orjson.dumps(entry))
+        if report:
+            pipe.execute()
+        return report
 
     def snapshot(self, partitions: list[int] | None = None, force: bool = False) -> dict[int, int]:
         """Snapshot the given (default: all held) partitions that changed, here and now; return

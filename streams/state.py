@@ -28,8 +28,11 @@ import redis
 from fusionrec.events import Event, validate_dict
 from fusionrec.settings import Settings
 from models import SOURCES, Recommender
+from models.fused import FusedRecommender
+from models.fusion import FusionBandit
+from models.ranker import FusionRanker
 
-__all__ = ["PartitionState", "SnapshotStore", "build_models"]
+__all__ = ["PartitionState", "SnapshotStore", "build_fusion", "build_models", "build_ranker"]
 
 log = logging.getLogger("fusionrec.state")
 
@@ -49,12 +52,32 @@ def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
     return out
 
 
+def build_ranker(settings: Settings) -> FusionRanker:
+    """The ranker the settings describe (stateless apart from its device: one per worker)."""
+    return FusionRanker(k=settings.ranker_k, candidates=settings.ranker_candidates,
+                        category_cap=settings.ranker_category_cap, device=settings.ranker_device)
+
+
+def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None = None) -> FusedRecommender:
+    """A fresh fused recommender over every registered source, its bandit seeded by partition."""
+    bandit = FusionBandit(list(SOURCES), epsilon=settings.fusion_epsilon,
+                          half_life_ms=settings.fusion_half_life_s * 1000, seed=2000 + partition)
+    return FusedRecommender(list(SOURCES), ranker or build_ranker(settings), bandit, holdout=settings.fusion_holdout,
+                            new_user_events=settings.fusion_new_user_events,
+                            max_idle_ms=settings.model_max_idle_s * 1000)
+
+
 @dataclass
 class PartitionState:
-    """The models of one partition and the offset of the last event they learned (-1: none)."""
+    """The models of one partition and the offset of the last event they learned (-1: none).
+
+    ``fusion`` learns which sources to trust from the same events; ``changed`` holds, per user, the times of the
+    events learned since the user's list was last refreshed (the ranker's work list and its freshness clock).
+    """
 
     partition: int
     models: dict[str, Recommender]
+    fusion: FusedRecommender | None = None
     offset: int = -1
     dirty: bool = False
     #: False while a batch's models have learned but its profile write has not succeeded yet: a snapshot then
@@ -62,6 +85,7 @@ class PartitionState:
     settled: bool = True
     evicted: dict[str, int] = field(default_factory=dict)
     pending: dict[str, list[Event]] = field(default_factory=dict)
+    changed: dict[str, list[int]] = field(default_factory=dict)
 
     def learn(self, events: list[tuple[Event, int]], last_offset: int) -> None:
         """Feed ``(event, offset)`` pairs (in order) to every model and advance the offset to ``last_offset``.
@@ -85,6 +109,15 @@ class PartitionState:
     def _feed(self, events: list[Event]) -> None:
         if not events:
             return
+        if self.fusion is not None:
+            self.fusion.learn_many(events)
+            changed = self.changed
+            for event in events:
+                stamps = changed.get(event.user_id)
+                if stamps is None:
+                    changed[event.user_id] = [event.ts]
+                else:
+                    stamps.append(event.ts)
         for name, model in self.models.items():
             block = getattr(model, "batch_size", None)
             if not block:
@@ -102,15 +135,21 @@ class PartitionState:
             dropped = model.evict(model.clock_ms)
             if dropped:
                 self.evicted[name] = self.evicted.get(name, 0) + dropped
+        if self.fusion is not None:
+            clock = max((model.clock_ms for model in self.models.values()), default=0)
+            dropped = self.fusion.evict(clock)
+            if dropped:
+                self.evicted["fusion"] = self.evicted.get("fusion", 0) + dropped
 
 
 class SnapshotStore:
     """Writes and reads :class:`PartitionState` snapshots in Redis."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, topic: str):
+    def __init__(self, client: redis.Redis, settings: Settings, topic: str, ranker: FusionRanker | None = None):
         self.client = client
         self.settings = settings
         self.topic = topic
+        self.ranker = ranker or build_ranker(settings)
 
     def key(self, partition: int) -> str:
         return f"{self.settings.redis_prefix}snap:{self.topic}:{partition}"
@@ -123,6 +162,8 @@ class SnapshotStore:
             mapping[f"model:{name}"] = model.snapshot()
         for name, waiting in state.pending.items():
             mapping[f"pending:{name}"] = orjson.dumps([e.to_dict() for e in waiting])
+        if state.fusion is not None:
+            mapping["fusion"] = orjson.dumps(state.fusion.to_state())
         pipe = client.pipeline(transaction=True)
         pipe.delete(self.key(state.partition))
         pipe.hset(self.key(state.partition), mapping=mapping)
@@ -144,8 +185,9 @@ class SnapshotStore:
     def load(self, partition: int) -> PartitionState:
         """The partition's last snapshot, or fresh models at offset -1 when there is none."""
         data = self.client.hgetall(self.key(partition))
+        fusion = build_fusion(self.settings, partition, self.ranker)
         if not data:
-            return PartitionState(partition, build_models(self.settings, partition))
+            return PartitionState(partition, build_models(self.settings, partition), fusion)
         models = build_models(self.settings, partition)
         pending: dict[str, list[Event]] = {}
         for raw_name, blob in data.items():
@@ -154,7 +196,9 @@ class SnapshotStore:
                 models[name[6:]] = Recommender.restore(blob)
             elif name.startswith("pending:"):
                 pending[name[8:]] = [validate_dict(d, max_future_skew_ms=10**13).event for d in orjson.loads(blob)]
-        state = PartitionState(partition, models, offset=int(data[b"offset"]), pending=pending)
+            elif name == "fusion":
+                fusion.load_state(orjson.loads(blob))
+        state = PartitionState(partition, models, fusion, offset=int(data[b"offset"]), pending=pending)
         log.info("restored partition %d at offset %d (%d models)", partition, state.offset, len(models))
         return state
 

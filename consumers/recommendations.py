@@ -1,0 +1,159 @@
+"""The recommendations topic's message format (version 1): one typed place that encodes and decodes it.
+
+Downstream services import this module (and :mod:`consumers.client`) without pulling in Faust, torch or the models.
+The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON object::
+
+    {"v": 1, "user_id": "u42",
+     "items": [{"item_id": "i7", "score": 0.83, "category_id": "c2",
+                "contributions": {"covisit": 0.51, "cf": 0.32}}, ...],
+     "sources": {"cf": ["i7", "i9", ...], "covisit": [...], ...},
+     "segment": "returning",
+     "policy": {"arm": "bandit", "action": "exploit", "propensity": 0.9, "weights": {"cf": 0.21, ...}},
+     "weights_version": 1834, "model_version": "fusionrec-0.1.0 p3@120455",
+     "generated_at": 1700000000123, "newest_event_ts": 1700000000042}
+
+* ``items`` is the fused list, best first. ``contributions`` says how much of the item's ``score`` each source gave
+  (its fusion weight times its normalised score): the sources that put the item on the list.
+* ``sources`` holds each source's own top items for this user (before fusion and filtering): what the source alone
+  would have recommended. The online evaluation uses it to compare every source with the fused list.
+* ``policy`` is what chose the fusion weights: the arm (``bandit`` or, for users in the fixed-weight holdout,
+  ``fixed``), the action taken (``exploit``, or ``boost:<source>`` when exploring), the probability with which that
+  action was chosen (the propensity, for off-policy evaluation) and the weights used.
+* ``generated_at`` is the wall-clock time the list was made; ``newest_event_ts`` the time of the newest event of
+  this user it reflects (epoch milliseconds both).
+
+The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving (see :func:`redis_key`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Policy",
+    "RecommendedItem",
+    "Recommendation",
+    "RecommendationFormatError",
+    "decode",
+    "encode",
+    "redis_key",
+]
+
+FORMAT_VERSION = 1
+
+
+class RecommendationFormatError(ValueError):
+    """A record of the recommendations topic that is not a valid version-1 recommendation."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem:
+    """One item of a fused list, with the share of its score each source gave."""
+
+    item_id: str
+    score: float
+    contributions: Mapping[str, float] = field(default_factory=dict)
+    category_id: str | None = None
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources that put the item on the list, largest contribution first."""
+        return [s for s, v in sorted(self.contributions.items(), key=lambda kv: -kv[1]) if v > 0]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How the fusion weights of a list were chosen; ``propensity`` is the probability of ``action``."""
+
+    arm: str
+    action: str
+    propensity: float
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """The fused list published for one user."""
+
+    user_id: str
+    items: tuple[RecommendedItem, ...]
+    sources: Mapping[str, tuple[str, ...]]
+    segment: str
+    policy: Policy
+    weights_version: int
+    model_version: str
+    generated_at: int
+    newest_event_ts: int
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [item.item_id for item in self.items]
+
+    def to_dict(self) -> dict:
+        return {
+            "v": FORMAT_VERSION,
+            "user_id": self.user_id,
+            "items": [
+                {"item_id": i.item_id, "score": i.score, "category_id": i.category_id,
+                 "contributions": dict(i.contributions)}
+                for i in self.items
+            ],
+            "sources": {name: list(ids) for name, ids in self.sources.items()},
+            "segment": self.segment,
+            "policy": {"arm": self.policy.arm, "action": self.policy.action,
+                       "propensity": self.policy.propensity, "weights": dict(self.policy.weights)},
+            "weights_version": self.weights_version,
+            "model_version": self.model_version,
+            "generated_at": self.generated_at,
+            "newest_event_ts": self.newest_event_ts,
+        }
+
+
+def encode(rec: Recommendation) -> bytes:
+    """The record value for ``rec`` (compact JSON)."""
+    return orjson.dumps(rec.to_dict())
+
+
+def decode(value: bytes | str) -> Recommendation:
+    """Parse a record value; raises :class:`RecommendationFormatError` naming what is wrong."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecommendationFormatError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecommendationFormatError("not a JSON object")
+    version = data.get("v")
+    if version != FORMAT_VERSION:
+        raise RecommendationFormatError(f"format version {version!r}; this client reads version {FORMAT_VERSION}")
+    try:
+        policy = data["policy"]
+        return Recommendation(
+            user_id=str(data["user_id"]),
+            items=tuple(
+                RecommendedItem(str(i["item_id"]), float(i["score"]),
+                                {str(k): float(v) for k, v in i.get("contributions", {}).items()},
+                                None if i.get("category_id") is None else str(i["category_id"]))
+                for i in data["items"]
+            ),
+            sources={str(k): tuple(str(x) for x in v) for k, v in data.get("sources", {}).items()},
+            segment=str(data["segment"]),
+            policy=Policy(str(policy["arm"]), str(policy["action"]), float(policy["propensity"]),
+                          {str(k): float(v) for k, v in policy.get("weights", {}).items()}),
+            weights_version=int(data["weights_version"]),
+            model_version=str(data["model_version"]),
+            generated_at=int(data["generated_at"]),
+            newest_event_ts=int(data["newest_event_ts"]),
+        )
+    except KeyError as exc:
+        raise RecommendationFormatError(f"missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise RecommendationFormatError(f"bad field value: {exc}") from None
+
+
+def redis_key(prefix: str, user_id: str) -> str:
+    """Where the serving copy of ``user_id``'s list lives in Redis (a string holding the same JSON)."""
+    return f"{prefix}rec:{user_id}"

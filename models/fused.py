@@ -1,0 +1,230 @@
+"""The fused recommender: the ranker plus the bandit, with the memory of what was served to whom.
+
+One :class:`FusedRecommender` sits beside a set of source models (a worker keeps one per partition; the offline
+evaluation one per run). It learns from the same events as the sources, but what it learns is *which sources to
+trust*: an event on an item of the list last served to that user rewards the sources that put the item there
+(:mod:`models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit, or fixed
+weights for users in the holdout), ranks, and remembers the served lists and their exposure.
+
+Pure: no I/O. The worker publishes what :meth:`~FusedRecommender.recommend` returns; the evaluation scores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fusionrec.events import Event
+
+from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight, idle_keys, touch
+from .fusion import SEGMENTS, FixedWeights, FusionBandit, Pull, holdout_arm, position_discount
+from .ranker import FusionRanker, RankedList
+
+__all__ = ["FusedList", "FusedRecommender"]
+
+
+@dataclass(slots=True)
+class FusedList:
+    """What :meth:`FusedRecommender.recommend` made for one user: the ranked list, the segment and the pull."""
+
+    ranked: RankedList
+    segment: str
+    pull: Pull
+
+    @property
+    def user_id(self) -> str:
+        return self.ranked.user_id
+
+
+class _Served:
+    """The list last served to a user: item → (position, source shares), and which (item, type) were credited."""
+
+    __slots__ = ("items", "segment", "arm", "credited")
+
+    def __init__(self, items: dict[str, tuple[int, dict[str, float]]], segment: str, arm: str,
+                 credited: set[tuple[str, str]] | None = None):
+        self.items = items
+        self.segment = segment
+        self.arm = arm
+        self.credited = credited if credited is not None else set()
+
+
+class FusedRecommender:
+    """Bandit-weighted fusion of several sources, with attribution and a fixed-weight holdout.
+
+    Parameters
+    ----------
+    sources
+        The source names fused, in order (the keys of the models passed to :meth:`recommend`).
+    ranker
+        The :class:`~models.ranker.FusionRanker` that builds the lists.
+    bandit
+        Learns the weights; ``None`` for fixed equal weights for everyone (equal-weight fusion).
+    holdout
+        Fraction of users (by :func:`~models.fusion.holdout_arm`) served with fixed equal weights even when a
+        bandit is given: the control arm of a live A/B test.
+    new_user_events
+        Users with fewer events than this are in the ``new`` segment, the others ``returning``.
+    reward_weights
+        Reward of each event type on a served item (purchase > cart > view by default).
+    max_users
+        Most users whose served list and activity are remembered (least recently active dropped first).
+    max_idle_ms
+        :meth:`evict` forgets users idle longer than this.
+
+    Examples
+    --------
+
+    >>> from fusionrec.events import Event
+    >>> from models import Popularity
+    >>> from models.ranker import FusionRanker
+    >>> popular = Popularity()
+    >>> popular.learn_many([Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2)])
+    >>> fused = FusedRecommender(["popular"], FusionRanker(k=2, device="cpu"))
+    >>> [served] = fused.recommend({"popular": popular}, ["cat"], now_ms=3)
+    >>> served.ranked.item_ids, served.segment, served.pull.arm
+    (['mug', 'tea'], 'new', 'fixed')
+
+    Cat buys the mug that was first on her list: with a bandit, ``popular`` would be rewarded.
+
+    >>> fused.learn_one(Event("e3", "cat", "mug", "purchase", 4))
+    >>> fused.rewards
+    1
+
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        ranker: FusionRanker,
+        bandit: FusionBandit | None = None,
+        holdout: float = 0.0,
+        new_user_events: int = 5,
+        reward_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
+        max_users: int = 500_000,
+        max_idle_ms: int | None = None,
+    ):
+        self.sources = tuple(sources)
+        self.ranker = ranker
+        self.bandit = bandit
+        self.fixed = FixedWeights(self.sources)
+        self.holdout = holdout
+        self.new_user_events = new_user_events
+        self.reward_weights = dict(reward_weights)
+        self.max_users = max_users
+        self.max_idle_ms = max_idle_ms
+        self._activity: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+        self._served: dict[str, _Served] = {}
+        self.rewards = 0  # rewarded interactions, for metrics
+
+    # --- learning ----------------------------------------------------------------------------------------------
+
+    def policy(self, user_id: str) -> FusionBandit | FixedWeights:
+        if self.bandit is None or holdout_arm(user_id, self.holdout) == "fixed":
+            return self.fixed
+        return self.bandit
+
+    def segment(self, user_id: str) -> str:
+        return SEGMENTS[0] if self._activity.get(user_id, 0) < self.new_user_events else SEGMENTS[1]
+
+    def learn_one(self, event: Event) -> None:
+        """Count the user's activity and reward the sources if ``event`` is on an item of the served list."""
+        user = event.user_id
+        touch(self._last, user, event.ts, self.max_users, self._forget)
+        self._activity[user] = self._activity.get(user, 0) + 1
+        served = self._served.get(user)
+        if served is None:
+            return
+        hit = served.items.get(event.item_id)
+        if hit is None:
+            return
+        weight = event_weight(self.reward_weights, event)
+        key = (event.item_id, event.type)
+        if weight <= 0.0 or key in served.credited:
+            return
+        served.credited.add(key)
+        position, shares = hit
+        reward = weight * position_discount(position)
+        policy = self.bandit if served.arm == "bandit" and self.bandit is not None else self.fixed
+        policy.update(served.segment, {s: reward * share for s, share in shares.items()}, event.ts)
+        self.rewards += 1
+
+    def learn_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.learn_one(event)
+
+    # --- serving -----------------------------------------------------------------------------------------------
+
+    def recommend(self, models: Mapping[str, Recommender], users: Sequence[str], now_ms: int,
+                  unavailable: Collection[str] = ()) -> list[FusedList]:
+        """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources."""
+        if not users:
+            return []
+        segments = [self.segment(user) for user in users]
+        pulls = [self.policy(user).pull(segment) for user, segment in zip(users, segments, strict=True)]
+        ranked = self.ranker.rank(models, users, [p.weights for p in pulls], now_ms=now_ms, unavailable=unavailable)
+        out = []
+        for result, segment, pull in zip(ranked, segments, pulls, strict=True):
+            items: dict[str, tuple[int, dict[str, float]]] = {}
+            exposure: dict[str, float] = {}
+            for position, item in enumerate(result.items):
+                total = sum(item.contributions.values())
+                shares = {s: c / total for s, c in item.contributions.items()} if total > 0 else {}
+                items[item.item_id] = (position, shares)
+                discount = position_discount(position)
+                for source, share in shares.items():
+                    exposure[source] = exposure.get(source, 0.0) + share * discount
+            if items:
+                self._served[result.user_id] = _Served(items, segment, pull.arm)
+                self.policy(result.user_id).expose(segment, exposure, now_ms)
+            out.append(FusedList(result, segment, pull))
+        return out
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        """The bandit's current exploit weights per segment (the fixed weights without a bandit)."""
+        policy = self.bandit if self.bandit is not None else self.fixed
+        return {segment: policy.weights(segment) for segment in SEGMENTS}
+
+    # --- memory ------------------------------------------------------------------------------------------------
+
+    def _forget(self, user: str) -> None:
+        self._last.pop(user, None)
+        self._activity.pop(user, None)
+        self._served.pop(user, None)
+
+    def evict(self, now_ms: int) -> int:
+        if self.max_idle_ms is None:
+            return 0
+        idle = idle_keys(self._last, now_ms - self.max_idle_ms)
+        for user in idle:
+            self._forget(user)
+        return len(idle)
+
+    @property
+    def n_users(self) -> int:
+        return len(self._last)
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything learned, as JSON-able values (served lists, activity, the bandit's statistics)."""
+        return {
+            "bandit": None if self.bandit is None else self.bandit.to_state(),
+            "activity": self._activity,
+            "last": self._last,
+            "served": {u: [s.segment, s.arm, {i: [p, sh] for i, (p, sh) in s.items.items()},
+                           [list(c) for c in s.credited]] for u, s in self._served.items()},
+            "rewards": self.rewards,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if self.bandit is not None and state.get("bandit"):
+            self.bandit.load_state(state["bandit"])
+        self._activity = {u: int(n) for u, n in state["activity"].items()}
+        self._last = {u: int(t) for u, t in state["last"].items()}
+        self._served = {
+            u: _Served({i: (int(p), dict(sh)) for i, (p, sh) in items.items()}, seg, arm,
+                       {(c[0], c[1]) for c in credited})
+            for u, (seg, arm, items, credited) in state["served"].items()
+        }
+        self.rewards = int(state.get("rewards", 0))

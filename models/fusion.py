@@ -1,0 +1,285 @@
+"""Fusion weights learned online: how much to trust each recommender source, per user segment.
+
+The ranker fuses the sources' normalised scores with a weight per source. :class:`FusionBandit` learns those
+weights from the shop's own events, River-style (:meth:`~FusionBandit.pull` / :meth:`~FusionBandit.update`):
+
+* **Exposure.** When a list is served, every source is *exposed* in proportion to its share of each item's score,
+  discounted by position (``1 / log2(position + 2)``, the DCG discount): a source that put the top item there is
+  exposed more than one that contributed to the tenth.
+* **Reward.** When the user then views, carts or buys an item of that list, the sources that put it there share a
+  reward of ``event weight × position discount`` in proportion to their contributions (purchase > cart > view,
+  :data:`~models.base.DEFAULT_EVENT_WEIGHTS`).
+* **Value.** A source's value is its reward per unit of exposure, shrunk towards the segment's pooled rate with a
+  prior worth ``prior_exposure`` units (so a source seen little stays near the average instead of swinging to 0
+  or 1). The weights are the values raised to ``sharpness`` and normalised, with a floor of ``min_weight``.
+* **Exploration.** With probability ``epsilon`` a list is served with one source (drawn uniformly) boosted:
+  ``(1 - boost) × weights + boost × that source``. Every list logs the action and its probability (the
+  propensity) so that another policy can be evaluated offline from the logs (inverse propensity scoring).
+* **Drift.** Rewards and exposures decay with ``half_life_ms`` of event time, so the weights follow a shop whose
+  best source changes (a sale makes trending matter, a new catalogue makes CF stale).
+* **Segments.** One set of statistics per segment (``new`` and ``returning`` users by default): what works for a
+  first visit (popular, trending, category) is not what works for a loyal customer (CF, co-visitation).
+
+:class:`FixedWeights` has the same interface and never learns: equal-weight fusion, and the holdout arm of a live
+A/B test (:func:`holdout_arm`).
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "SEGMENTS",
+    "FixedWeights",
+    "FusionBandit",
+    "Pull",
+    "holdout_arm",
+    "position_discount",
+]
+
+#: The user segments that get their own weights.
+SEGMENTS: tuple[str, ...] = ("new", "returning")
+
+
+def position_discount(position: int) -> float:
+    """The DCG discount of a 0-based list position: 1.0 for the top item, about 0.23 for the 20th.
+
+    >>> [round(position_discount(p), 3) for p in (0, 1, 9)]
+    [1.0, 0.631, 0.289]
+
+    """
+    return 1.0 / math.log2(position + 2)
+
+
+def holdout_arm(user_id: str, fraction: float) -> str:
+    """``"fixed"`` for the ``fraction`` of users in the fixed-weight holdout, else ``"bandit"``.
+
+    The split is a hash of the user id (BLAKE2b, not Python's salted ``hash``), so every worker, every restart and
+    the offline evaluation put a user in the same arm.
+
+    >>> holdout_arm("u1", 0.0), holdout_arm("u1", 1.0)
+    ('bandit', 'fixed')
+
+    """
+    if fraction <= 0.0:
+        return "bandit"
+    digest = hashlib.blake2b(user_id.encode(), digest_size=8).digest()
+    return "fixed" if int.from_bytes(digest, "big") / 2.0**64 < fraction else "bandit"
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """The fusion weights chosen for one list, and how they were chosen."""
+
+    weights: Mapping[str, float]
+    arm: str
+    action: str
+    propensity: float
+    version: int
+
+
+class FixedWeights:
+    """Fusion with weights that never change (equal by default): the baseline and the holdout arm."""
+
+    arm = "fixed"
+
+    def __init__(self, sources: Sequence[str], weights: Mapping[str, float] | None = None):
+        self.sources = tuple(sources)
+        raw = {s: 1.0 for s in self.sources} if weights is None else {s: float(weights.get(s, 0.0)) for s in self.sources}
+        total = sum(raw.values())
+        if total <= 0:
+            raise ValueError("weights must have a positive sum")
+        self._weights = {s: w / total for s, w in raw.items()}
+
+    def pull(self, segment: str) -> Pull:  # noqa: ARG002 - same interface as FusionBandit
+        return Pull(self._weights, self.arm, "fixed", 1.0, 0)
+
+    def weights(self, segment: str) -> dict[str, float]:  # noqa: ARG002
+        return dict(self._weights)
+
+    def expose(self, segment: str, exposure: Mapping[str, float], ts: int) -> None:
+        pass
+
+    def update(self, segment: str, reward: Mapping[str, float], ts: int) -> None:
+        pass
+
+    def to_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class FusionBandit:
+    """Learns per segment how much weight each source deserves (see the module docstring).
+
+    Parameters
+    ----------
+    sources
+        The source names (arms).
+    segments
+        The user segments, each with its own statistics.
+    epsilon
+        Probability that a list explores (one source boosted).
+    boost
+        How far an exploring list moves towards the boosted source (0: not at all, 1: that source alone).
+    half_life_ms
+        Rewards and exposures halve after this long (event time).
+    prior_exposure
+        Strength of the shrinkage towards the segment's pooled reward rate, in exposure units.
+    sharpness
+        Weights are ``value ** sharpness``, normalised: above 1 the best source takes more of the weight.
+    min_weight
+        No source's exploit weight falls below this (before normalisation), so none is ever switched off.
+    seed
+        Seed of the exploration draws.
+
+    Examples
+    --------
+
+    >>> bandit = FusionBandit(["cf", "popular"], epsilon=0.0, half_life_ms=10**12)
+    >>> for t in range(100):
+    ...     bandit.expose("returning", {"cf": 1.0, "popular": 1.0}, ts=t)
+    ...     bandit.update("returning", {"cf": 0.5}, ts=t)
+    >>> weights = bandit.pull("returning").weights
+    >>> weights["cf"] > 0.9 > 0.1 > weights["popular"]
+    True
+
+    """
+
+    arm = "bandit"
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        segments: Sequence[str] = SEGMENTS,
+        epsilon: float = 0.1,
+        boost: float = 0.5,
+        half_life_ms: float = 86_400_000.0,
+        prior_exposure: float = 20.0,
+        sharpness: float = 2.0,
+        min_weight: float = 0.02,
+        seed: int | None = None,
+    ):
+        if not sources:
+            raise ValueError("a bandit needs at least one source")
+        if not 0.0 <= epsilon <= 1.0 or not 0.0 <= boost <= 1.0:
+            raise ValueError("epsilon and boost must be in [0, 1]")
+        if half_life_ms <= 0 or prior_exposure <= 0 or sharpness <= 0 or min_weight < 0:
+            raise ValueError("half_life_ms, prior_exposure and sharpness must be > 0, min_weight >= 0")
+        self.sources = tuple(sources)
+        self.segments = tuple(segments)
+        self.epsilon = epsilon
+        self.boost = boost
+        self.half_life_ms = half_life_ms
+        self.prior_exposure = prior_exposure
+        self.sharpness = sharpness
+        self.min_weight = min_weight
+        self.seed = seed
+        self._rng = random.Random(seed)
+        n = len(self.sources)
+        self._reward = {seg: [0.0] * n for seg in self.segments}
+        self._exposure = {seg: [0.0] * n for seg in self.segments}
+        self._last_ts = {seg: None for seg in self.segments}
+        self._updates = 0
+        self._cache: dict[str, dict[str, float]] = {}
+
+    # --- learning ----------------------------------------------------------------------------------------------
+
+    def _decay(self, segment: str, ts: int) -> None:
+        last = self._last_ts[segment]
+        if last is None or ts > last:
+            if last is not None:
+                factor = 2.0 ** (-(ts - last) / self.half_life_ms)
+                reward, exposure = self._reward[segment], self._exposure[segment]
+                for n in range(len(reward)):
+                    reward[n] *= factor
+                    exposure[n] *= factor
+            self._last_ts[segment] = ts
+
+    def expose(self, segment: str, exposure: Mapping[str, float], ts: int) -> None:
+        """Record that a list served to ``segment`` at ``ts`` exposed each source by the given amount."""
+        self._decay(segment, ts)
+        totals = self._exposure[segment]
+        for n, source in enumerate(self.sources):
+            totals[n] += exposure.get(source, 0.0)
+        self._cache.pop(segment, None)
+
+    def update(self, segment: str, reward: Mapping[str, float], ts: int) -> None:
+        """Credit each source with its share of the reward for an interaction with a served item."""
+        self._decay(segment, ts)
+        totals = self._reward[segment]
+        for n, source in enumerate(self.sources):
+            totals[n] += reward.get(source, 0.0)
+        self._updates += 1
+        self._cache.pop(segment, None)
+
+    # --- choosing ----------------------------------------------------------------------------------------------
+
+    def values(self, segment: str) -> dict[str, float]:
+        """Each source's reward per unit exposure, shrunk towards the segment's pooled rate."""
+        reward, exposure = self._reward[segment], self._exposure[segment]
+        total_e = sum(exposure)
+        pooled = sum(reward) / total_e if total_e > 0 else 0.0
+        prior = self.prior_exposure
+        return {s: (reward[n] + prior * pooled) / (exposure[n] + prior) for n, s in enumerate(self.sources)}
+
+    def weights(self, segment: str) -> dict[str, float]:
+        """The exploit weights of ``segment`` (sum 1); equal while nothing has been rewarded."""
+        cached = self._cache.get(segment)
+        if cached is not None:
+            return cached
+        values = self.values(segment)
+        top = max(values.values())
+        if top <= 0.0:
+            raw = {s: 1.0 for s in self.sources}
+        else:
+            raw = {s: max((v / top) ** self.sharpness, self.min_weight) for s, v in values.items()}
+        total = sum(raw.values())
+        weights = self._cache[segment] = {s: w / total for s, w in raw.items()}
+        return weights
+
+    def pull(self, segment: str) -> Pull:
+        """The weights for the next list of ``segment``: exploit with probability ``1 - epsilon``, else boost one
+        source chosen uniformly. ``propensity`` is the probability of the action taken."""
+        weights = self.weights(segment)
+        if self.epsilon > 0.0 and self._rng.random() < self.epsilon:
+            boosted = self.sources[self._rng.randrange(len(self.sources))]
+            keep = 1.0 - self.boost
+            mixed = {s: keep * w + (self.boost if s == boosted else 0.0) for s, w in weights.items()}
+            return Pull(mixed, self.arm, f"boost:{boosted}", self.epsilon / len(self.sources), self._updates)
+        return Pull(weights, self.arm, "exploit", 1.0 - self.epsilon, self._updates)
+
+    @property
+    def version(self) -> int:
+        """How many rewards the weights have learned from: the weights version published with each list."""
+        return self._updates
+
+    # --- state -------------------------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Learned statistics as plain JSON-able values (the parameters are the owner's to keep)."""
+        return {"sources": list(self.sources), "reward": self._reward, "exposure": self._exposure,
+                "last_ts": self._last_ts, "updates": self._updates, "rng": self._rng.getstate()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Install :meth:`to_state`'s output; sources or segments added since then start from nothing."""
+        saved = list(state["sources"])
+        for seg in self.segments:
+            if seg not in state["reward"]:
+                continue
+            for n, source in enumerate(self.sources):
+                if source in saved:
+                    self._reward[seg][n] = float(state["reward"][seg][saved.index(source)])
+                    self._exposure[seg][n] = float(state["exposure"][seg][saved.index(source)])
+            self._last_ts[seg] = state["last_ts"][seg]
+        self._updates = int(state["updates"])
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._cache.clear()

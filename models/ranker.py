@@ -1,0 +1,251 @@
+"""The fusion ranker: candidates from every source → normalised scores → weighted fusion → filters → top K.
+
+For a batch of users, :meth:`FusionRanker.rank`
+
+1. gathers up to ``candidates`` proposals per user from every source. The CF source's proposals come from an
+   exhaustive, chunked scoring of the whole catalogue for all the batch's users at once
+   (:func:`models.topk.exhaustive_top_k`); the others' from their ``candidates``;
+2. normalises each source's scores per user, so that no source dominates by scale: ``"max"`` divides by the
+   source's best score for that user (keeping how much better the best is than the rest), ``"rank"`` uses the DCG
+   discount of the candidate's position;
+3. removes the items the user bought (the ``recent`` source remembers purchases) and items marked unavailable;
+4. fuses with the user's weights as one batched tensor product on the ranker's device (CUDA when available),
+   ``score = Σ_source weight × normalised score``; the contributions of each source are kept for attribution;
+5. walks the fused order keeping at most ``category_cap`` items per category (diversity) until it has ``k``.
+
+It also returns each source's own top ``k`` after the same filters: what that source alone would have shown.
+CPU and CUDA give the same lists within float tolerance (ties are broken by a stable sort on the union order).
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .base import Recommender
+from .cf import MatrixFactorization
+from .fusion import position_discount
+from .topk import exhaustive_top_k, pick_device
+
+__all__ = ["FusionRanker", "RankedItem", "RankedList"]
+
+NORMALISATIONS = ("max", "rank")
+
+
+@dataclass(frozen=True, slots=True)
+class RankedItem:
+    """One item of a fused list; ``contributions`` maps each source to its part of ``score``."""
+
+    item_id: str
+    score: float
+    contributions: dict[str, float]
+    category_id: str | None = None
+
+
+@dataclass(slots=True)
+class RankedList:
+    """A user's fused list and every source's own filtered top ``k``."""
+
+    user_id: str
+    items: list[RankedItem]
+    source_lists: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [item.item_id for item in self.items]
+
+
+class FusionRanker:
+    """Fuses the sources' candidates into one top-``k`` list per user (see the module docstring).
+
+    Parameters
+    ----------
+    k
+        Items per list.
+    candidates
+        Proposals gathered from each source per user.
+    category_cap
+        Most items of one category per list; 0 for no cap. Items of unknown category are not capped.
+    normalise
+        ``"max"`` or ``"rank"``: how each source's scores are brought to a common scale.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    max_chunk_bytes
+        Memory bound of one block of the exhaustive CF scoring.
+
+    Examples
+    --------
+
+    >>> from fusionrec.events import Event
+    >>> from models import Popularity, RecentItems
+    >>> events = [Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2),
+    ...           Event("e3", "ann", "mug", "purchase", 3)]
+    >>> models = {"popular": Popularity(), "recent": RecentItems()}
+    >>> for model in models.values():
+    ...     model.learn_many(events)
+    >>> [ann] = FusionRanker(k=5, device="cpu").rank(models, ["ann"], [{"popular": 0.5, "recent": 0.5}])
+
+    Ann bought the mug, so only the tea is left. Both sources put it there: ``recent`` with its best score,
+    ``popular`` with a tenth of its best (the mug's):
+
+    >>> [(item.item_id, {s: round(c, 3) for s, c in item.contributions.items()}) for item in ann.items]
+    [('tea', {'popular': 0.05, 'recent': 0.5})]
+
+    """
+
+    def __init__(self, k: int = 20, candidates: int = 100, category_cap: int = 4, normalise: str = "max",
+                 device: str = "auto", max_chunk_bytes: int = 64 * 2**20):
+        if k < 1 or candidates < 1 or category_cap < 0:
+            raise ValueError("k and candidates must be >= 1, category_cap >= 0")
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
+        self.k = k
+        self.candidates = candidates
+        self.category_cap = category_cap
+        self.normalise = normalise
+        self.device = pick_device(device)
+        self.max_chunk_bytes = max_chunk_bytes
+
+    # --- candidates --------------------------------------------------------------------------------------------
+
+    def _cf_candidates(self, model: MatrixFactorization, users: Sequence[str]) -> list[list[tuple[str, float]]]:
+        """Every user's top ``candidates`` over the whole catalogue, scored in chunks on the device."""
+        out: list[list[tuple[str, float]]] = [[] for _ in users]
+        known = [(n, vector) for n, user in enumerate(users) if (vector := model.user_vector(user)) is not None]
+        if not known or model.n_items == 0:
+            return out
+        rows = [n for n, _ in known]
+        factors = np.stack([vector for _, vector in known]).astype(np.float32, copy=False)
+        base = np.array([model.global_mean + model.user_bias(users[n]) for n in rows], dtype=np.float32)
+        scores, indices = exhaustive_top_k(
+            factors, np.asarray(model.item_matrix(), dtype=np.float32), self.candidates,
+            item_bias=np.asarray(model.item_bias(), dtype=np.float32), user_bias=base,
+            device=self.device, max_chunk_bytes=self.max_chunk_bytes,
+        )
+        ids = model.item_ids()
+        for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
+            out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
+        return out
+
+    def gather(self, models: Mapping[str, Recommender], users: Sequence[str],
+               now_ms: int | None = None) -> dict[str, list[list[tuple[str, float]]]]:
+        """Each source's candidates for each user: ``{source: [[(item, score), ...] per user]}``."""
+        out = {}
+        for name, model in models.items():
+            if isinstance(model, MatrixFactorization):
+                out[name] = self._cf_candidates(model, users)
+            else:
+                out[name] = [model.candidates(user, self.candidates, now_ms) for user in users]
+        return out
+
+    # --- ranking -----------------------------------------------------------------------------------------------
+
+    def _normalised(self, pairs: list[tuple[str, float]]) -> list[float]:
+        if self.normalise == "rank":
+            return [position_discount(n) for n in range(len(pairs))]
+        top = max((score for _, score in pairs), default=0.0)
+        if top <= 0.0:
+            return [0.0] * len(pairs)
+        return [max(score, 0.0) / top for _, score in pairs]
+
+    def rank(
+        self,
+        models: Mapping[str, Recommender],
+        users: Sequence[str],
+        weights: Sequence[Mapping[str, float]],
+        now_ms: int | None = None,
+        unavailable: Collection[str] = (),
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[RankedList]:
+        """The fused list of each of ``users`` with the matching ``weights`` (source → weight).
+
+        ``unavailable`` items are never returned; ``exclude`` adds items per user. Bought items (as remembered by
+        a ``recent`` source, if any) are removed too.
+        """
+        if len(weights) != len(users):
+            raise ValueError("one weights mapping per user is needed")
+        if not users:
+            return []
+        sources = list(models)
+        gathered = self.gather(models, users, now_ms)
+        recent = models.get("recent")
+        category = models.get("category")
+        category_of = getattr(category, "category_of", None)
+        k = self.k
+
+        unions: list[list[str]] = []
+        entries: list[tuple[list[int], list[int], list[float]]] = []
+        results: list[RankedList] = []
+        for b, user in enumerate(users):
+            banned = set(unavailable)
+            if recent is not None and hasattr(recent, "bought"):
+                banned |= recent.bought(user)
+            if exclude is not None:
+                banned |= set(exclude[b])
+            index: dict[str, int] = {}
+            rows: list[int] = []
+            cols: list[int] = []
+            vals: list[float] = []
+            source_lists: dict[str, list[str]] = {}
+            for j, name in enumerate(sources):
+                pairs = gathered[name][b]
+                own: list[str] = []
+                for (item, _), value in zip(pairs, self._normalised(pairs), strict=True):
+                    if item in banned:
+                        continue
+                    if len(own) < k:
+                        own.append(item)
+                    if value > 0.0:
+                        rows.append(index.setdefault(item, len(index)))
+                        cols.append(j)
+                        vals.append(value)
+                source_lists[name] = own
+            unions.append(list(index))
+            entries.append((rows, cols, vals))
+            results.append(RankedList(user, [], source_lists))
+
+        width = max((len(u) for u in unions), default=0)
+        if width == 0:
+            return results
+        dense = np.zeros((len(users), width, len(sources)), dtype=np.float32)
+        valid = np.zeros((len(users), width), dtype=bool)
+        for b, (rows, cols, vals) in enumerate(entries):
+            dense[b, rows, cols] = vals
+            valid[b, : len(unions[b])] = True
+        w = np.array([[float(ws.get(s, 0.0)) for s in sources] for ws in weights], dtype=np.float32)
+
+        with torch.inference_mode():
+            x = torch.from_numpy(dense).to(self.device)
+            contrib = x * torch.from_numpy(w).to(self.device)[:, None, :]
+            fused = contrib.sum(dim=2)
+            fused = torch.where(torch.from_numpy(valid).to(self.device), fused,
+                                torch.tensor(float("-inf"), device=self.device))
+            order = torch.sort(fused, dim=1, descending=True, stable=True).indices
+            fused_np, order_np, contrib_np = fused.cpu().numpy(), order.cpu().numpy(), contrib.cpu().numpy()
+
+        cap = self.category_cap
+        for b, result in enumerate(results):
+            union = unions[b]
+            per_category: dict[str, int] = {}
+            chosen = result.items
+            for m in order_np[b, : len(union)].tolist():
+                score = float(fused_np[b, m])
+                if score <= 0.0:
+                    break
+                item = union[m]
+                cat = category_of(item) if category_of is not None else None
+                if cap and cat is not None:
+                    seen = per_category.get(cat, 0)
+                    if seen >= cap:
+                        continue
+                    per_category[cat] = seen + 1
+                row = contrib_np[b, m]
+                chosen.append(RankedItem(item, score, {s: float(row[j]) for j, s in enumerate(sources) if row[j] > 0.0},
+                                         cat))
+                if len(chosen) == k:
+                    break
+        return results

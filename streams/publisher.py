@@ -1,0 +1,102 @@
+"""Publishing fused lists: the recommendations topic (compacted, keyed by user) and the Redis serving copy.
+
+The lists are derived data: a list lost in a crash is replaced by the user's next change, so the topic is written
+without waiting for each acknowledgement (failures are logged and counted), while the Redis copy is written in one
+pipeline per refresh. Both carry the same JSON (:mod:`consumers.recommendations`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from confluent_kafka import KafkaError, Message, Producer
+
+from consumers.recommendations import Policy, RecommendedItem, Recommendation, encode, redis_key
+from fusionrec import __version__
+from fusionrec.settings import Settings
+from models.fused import FusedList
+from streams.metrics import WorkerMetrics
+
+__all__ = ["RecommendationPublisher", "to_recommendation"]
+
+log = logging.getLogger("fusionrec.ranker")
+
+
+def to_recommendation(fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int
+                      ) -> Recommendation:
+    """The topic message for one fused list."""
+    ranked, pull = fused.ranked, fused.pull
+    return Recommendation(
+        user_id=ranked.user_id,
+        items=tuple(RecommendedItem(i.item_id, round(i.score, 6), {s: round(c, 6) for s, c in i.contributions.items()},
+                                    i.category_id) for i in ranked.items),
+        sources={name: tuple(ids) for name, ids in ranked.source_lists.items()},
+        segment=fused.segment,
+        policy=Policy(pull.arm, pull.action, round(pull.propensity, 6),
+                      {s: round(w, 6) for s, w in pull.weights.items()}),
+        weights_version=pull.version,
+        model_version=model_version,
+        generated_at=generated_at,
+        newest_event_ts=newest_event_ts,
+    )
+
+
+class RecommendationPublisher:
+    """Sends lists to the recommendations topic and Redis; observes freshness per reflected event."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, metrics: WorkerMetrics | None = None):
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.producer = Producer(settings.producer_config(**{"client.id": f"{settings.kafka_client_id}-ranker"}))
+        self.errors = 0
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors += 1
+            if self.metrics:
+                self.metrics.publish_errors.inc()
+            if self.errors <= 5 or self.errors % 1000 == 0:
+                log.error("list for user %r not published: %s (%d so far)", msg.key(), err, self.errors)
+
+    def publish(self, lists: list[FusedList], changed: dict[str, list[int]], *, partition: int, offset: int) -> int:
+        """Publish ``lists``; ``changed`` holds the event times each list newly reflects (for freshness)."""
+        if not lists:
+            return 0
+        settings = self.settings
+        generated_at = int(time.time() * 1000)
+        model_version = f"fusionrec-{__version__} p{partition}@{offset}"
+        pipe = self.client.pipeline(transaction=False)
+        ttl = settings.recommendations_ttl_s
+        topic = settings.topic_recommendations
+        produce = self.producer.produce
+        for fused in lists:
+            stamps = changed.get(fused.user_id) or [generated_at]
+            value = encode(to_recommendation(fused, model_version=model_version, generated_at=generated_at,
+                                             newest_event_ts=max(stamps)))
+            key = fused.user_id.encode()
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=self._delivered)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka drain it
+                    self.producer.poll(0.1)
+            pipe.set(redis_key(settings.redis_prefix, fused.user_id), value, ex=ttl)
+        pipe.execute()
+        self.producer.poll(0)
+        published_at = time.time() * 1000
+        if self.metrics:
+            m = self.metrics
+            m.published.inc(len(lists))
+            observe = m.freshness.observe
+            for fused in lists:
+                for ts in changed.get(fused.user_id, ()):
+                    observe(max(published_at - ts, 0.0) / 1000.0)
+                m.lists.labels(fused.pull.arm, fused.pull.action.split(":")[0]).inc()
+        return len(lists)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for outstanding lists to be acknowledged; return how many are still unacknowledged."""
+        return self.producer.flush(timeout)
