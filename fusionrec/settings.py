@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     ranker_category_cap: int = Field(
         4, ge=0, le=1000, description="Most items of one category in a list (diversity; 0: no cap).",
     )
+    ranker_normalise: Literal["max", "rank"] = Field(
+        "max", description="How each source's scores are brought to one scale before fusion: max (divide by the "
+        "user's best score from that source) or rank (the DCG discount of the candidate's position).",
+    )
     ranker_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the ranker's tensors live: auto picks CUDA when available, else CPU.",
     )

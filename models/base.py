@@ -138,6 +138,8 @@ class Recommender(abc.ABC):
 
     #: The name the fusion layer uses for attribution (metrics, logs, the ``source`` of a recommendation).
     source: ClassVar[str]
+    #: False for sources whose candidates do not depend on the user (popularity): a ranker asks them once per batch.
+    personal: ClassVar[bool] = True
     #: The version of the snapshot format; bump it whenever ``_get_state`` changes shape.
     snapshot_version: ClassVar[int] = 1
 

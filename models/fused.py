@@ -19,7 +19,8 @@ from fusionrec.events import Event
 
 from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight, idle_keys, touch
 from .fusion import SEGMENTS, FixedWeights, FusionBandit, Pull, holdout_arm, position_discount
-from .ranker import FusionRanker, RankedList
+from .ranker import Candidates, FusionRanker, RankedList
+from .targets import TargetFilter
 
 __all__ = ["FusedList", "FusedRecommender"]
 
@@ -117,6 +118,7 @@ class FusedRecommender:
         self._activity: dict[str, int] = {}
         self._last: dict[str, int] = {}
         self._served: dict[str, _Served] = {}
+        self._targets = TargetFilter(max_items_per_user=100, max_users=max_users)
         self.rewards = 0  # rewarded interactions, for metrics
 
     # --- learning ----------------------------------------------------------------------------------------------
@@ -130,12 +132,18 @@ class FusedRecommender:
         return SEGMENTS[0] if self._activity.get(user_id, 0) < self.new_user_events else SEGMENTS[1]
 
     def learn_one(self, event: Event) -> None:
-        """Count the user's activity and reward the sources if ``event`` is on an item of the served list."""
+        """Count the user's activity and reward the sources if ``event`` is on an item of the served list.
+
+        Only events that are recommendation targets (:class:`~models.targets.TargetFilter`: a first interaction
+        with an item, or a cart/purchase) earn a reward: a second look at an item the user already knew is no
+        evidence that the list helped, and rewarding it would teach the bandit to recommend what users have seen.
+        """
         user = event.user_id
         touch(self._last, user, event.ts, self.max_users, self._forget)
         self._activity[user] = self._activity.get(user, 0) + 1
+        kind = self._targets.classify(event)
         served = self._served.get(user)
-        if served is None:
+        if served is None or kind is None:
             return
         hit = served.items.get(event.item_id)
         if hit is None:
@@ -158,13 +166,18 @@ class FusedRecommender:
     # --- serving -----------------------------------------------------------------------------------------------
 
     def recommend(self, models: Mapping[str, Recommender], users: Sequence[str], now_ms: int,
-                  unavailable: Collection[str] = ()) -> list[FusedList]:
-        """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources."""
+                  unavailable: Collection[str] = (), prepared: Candidates | None = None) -> list[FusedList]:
+        """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources.
+
+        ``prepared``: the ranker's candidates for exactly ``users``, when already prepared
+        (:meth:`FusionRanker.prepare <models.ranker.FusionRanker.prepare>`), to fuse them under several policies."""
         if not users:
             return []
         segments = [self.segment(user) for user in users]
         pulls = [self.policy(user).pull(segment) for user, segment in zip(users, segments, strict=True)]
-        ranked = self.ranker.rank(models, users, [p.weights for p in pulls], now_ms=now_ms, unavailable=unavailable)
+        if prepared is None:
+            prepared = self.ranker.prepare(models, users, now_ms, unavailable)
+        ranked = self.ranker.fuse(prepared, [p.weights for p in pulls])
         out = []
         for result, segment, pull in zip(ranked, segments, pulls, strict=True):
             items: dict[str, tuple[int, dict[str, float]]] = {}
@@ -190,6 +203,7 @@ class FusedRecommender:
     # --- memory ------------------------------------------------------------------------------------------------
 
     def _forget(self, user: str) -> None:
+        self._targets.forget(user)
         self._last.pop(user, None)
         self._activity.pop(user, None)
         self._served.pop(user, None)
@@ -215,6 +229,7 @@ class FusedRecommender:
             "served": {u: [s.segment, s.arm, {i: [p, sh] for i, (p, sh) in s.items.items()},
                            [list(c) for c in s.credited]] for u, s in self._served.items()},
             "rewards": self.rewards,
+            "targets": self._targets.to_state(),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -228,3 +243,4 @@ class FusedRecommender:
             for u, (seg, arm, items, credited) in state["served"].items()
         }
         self.rewards = int(state.get("rewards", 0))
+        self._targets.load_state(state.get("targets", {}))

@@ -11,7 +11,8 @@ weights from the shop's own events, River-style (:meth:`~FusionBandit.pull` / :m
   :data:`~models.base.DEFAULT_EVENT_WEIGHTS`).
 * **Value.** A source's value is its reward per unit of exposure, shrunk towards the segment's pooled rate with a
   prior worth ``prior_exposure`` units (so a source seen little stays near the average instead of swinging to 0
-  or 1). The weights are the values raised to ``sharpness`` and normalised, with a floor of ``min_weight``.
+  or 1). The weights are the values raised to ``sharpness`` and normalised, mixed with a floor of ``min_weight``
+  per source.
 * **Exploration.** With probability ``epsilon`` a list is served with one source (drawn uniformly) boosted:
   ``(1 - boost) × weights + boost × that source``. Every list logs the action and its probability (the
   propensity) so that another policy can be evaluated offline from the logs (inverse propensity scoring).
@@ -136,7 +137,8 @@ class FusionBandit:
     sharpness
         Weights are ``value ** sharpness``, normalised: above 1 the best source takes more of the weight.
     min_weight
-        No source's exploit weight falls below this (before normalisation), so none is ever switched off.
+        Every source's exploit weight includes this much (the rest is shared by value), so none is ever switched
+        off and the order among weak sources is kept.
     seed
         Seed of the exploration draws.
 
@@ -164,7 +166,7 @@ class FusionBandit:
         half_life_ms: float = 86_400_000.0,
         prior_exposure: float = 20.0,
         sharpness: float = 2.0,
-        min_weight: float = 0.02,
+        min_weight: float = 0.001,
         seed: int | None = None,
     ):
         if not sources:
@@ -236,13 +238,16 @@ class FusionBandit:
         if cached is not None:
             return cached
         values = self.values(segment)
+        n = len(self.sources)
         top = max(values.values())
         if top <= 0.0:
-            raw = {s: 1.0 for s in self.sources}
+            weights = {s: 1.0 / n for s in self.sources}
         else:
-            raw = {s: max((v / top) ** self.sharpness, self.min_weight) for s, v in values.items()}
-        total = sum(raw.values())
-        weights = self._cache[segment] = {s: w / total for s, w in raw.items()}
+            raw = {s: (max(v, 0.0) / top) ** self.sharpness for s, v in values.items()}
+            total = sum(raw.values())
+            floor = min(self.min_weight, 1.0 / n)  # mixed in, not clipped: the order among weak sources survives
+            weights = {s: (1.0 - n * floor) * r / total + floor for s, r in raw.items()}
+        self._cache[segment] = weights
         return weights
 
     def pull(self, segment: str) -> Pull:

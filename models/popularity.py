@@ -76,6 +76,7 @@ class Popularity(Recommender):
 
     """
 
+    personal = False
     source = "popular"
 
     def __init__(

@@ -31,9 +31,10 @@ from .cf import MatrixFactorization
 from .fusion import position_discount
 from .topk import exhaustive_top_k, pick_device
 
-__all__ = ["FusionRanker", "RankedItem", "RankedList"]
+__all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
 
 NORMALISATIONS = ("max", "rank")
+_DISCOUNTS = [position_discount(n) for n in range(1000)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,20 @@ class RankedItem:
     score: float
     contributions: dict[str, float]
     category_id: str | None = None
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Every user's filtered, normalised candidates (:meth:`FusionRanker.prepare`): ``dense[b, m, j]`` is source
+    ``j``'s normalised score of ``unions[b][m]`` (0: not proposed), ``valid`` masks the padding."""
+
+    users: list[str]
+    sources: list[str]
+    unions: list[list[str]]
+    source_lists: list[dict[str, list[str]]]
+    dense: np.ndarray
+    valid: np.ndarray
+    categories: list[list[str | None]] | None
 
 
 @dataclass(slots=True)
@@ -138,6 +153,8 @@ class FusionRanker:
         for name, model in models.items():
             if isinstance(model, MatrixFactorization):
                 out[name] = self._cf_candidates(model, users)
+            elif not model.personal:  # one list for everyone (the same object, so it is normalised once too)
+                out[name] = [model.candidates(users[0] if users else "", self.candidates, now_ms)] * len(users)
             else:
                 out[name] = [model.candidates(user, self.candidates, now_ms) for user in users]
         return out
@@ -145,12 +162,123 @@ class FusionRanker:
     # --- ranking -----------------------------------------------------------------------------------------------
 
     def _normalised(self, pairs: list[tuple[str, float]]) -> list[float]:
+        """Scores on a common scale; ``pairs`` are best first, as every source's ``candidates`` returns them."""
         if self.normalise == "rank":
-            return [position_discount(n) for n in range(len(pairs))]
-        top = max((score for _, score in pairs), default=0.0)
+            return _DISCOUNTS[: len(pairs)] if len(pairs) <= len(_DISCOUNTS) else [
+                position_discount(n) for n in range(len(pairs))]
+        top = pairs[0][1] if pairs else 0.0
         if top <= 0.0:
             return [0.0] * len(pairs)
-        return [max(score, 0.0) / top for _, score in pairs]
+        return [score / top if score > 0.0 else 0.0 for _, score in pairs]
+
+    def prepare(
+        self,
+        models: Mapping[str, Recommender],
+        users: Sequence[str],
+        now_ms: int | None = None,
+        unavailable: Collection[str] = (),
+        exclude: Sequence[Collection[str]] | None = None,
+        gathered: Mapping[str, list[list[tuple[str, float]]]] | None = None,
+    ) -> Candidates:
+        """Gather (unless ``gathered`` is given), filter and normalise every source's candidates for ``users``:
+        the part of ranking that does not depend on the weights, so one preparation serves several weightings.
+
+        ``unavailable`` items are never kept; ``exclude`` adds items per user. Bought items (as remembered by a
+        ``recent`` source, if any) are removed too.
+        """
+        sources = list(models)
+        if gathered is None:
+            gathered = self.gather(models, users, now_ms)
+        recent = models.get("recent")
+        bought = getattr(recent, "bought", None)
+        category_of = getattr(models.get("category"), "category_of", None)
+        k = self.k
+        always_banned = frozenset(unavailable)
+        unions: list[list[str]] = []
+        source_lists: list[dict[str, list[str]]] = []
+        width = 0
+        coords: list[tuple[list[int], list[int], list[float]]] = []
+        normalised: dict[int, list[float]] = {}  # by id of the candidate list: shared lists are normalised once
+        for b, user in enumerate(users):
+            banned = always_banned
+            if bought is not None:
+                banned = banned | bought(user)
+            if exclude is not None:
+                banned = banned | set(exclude[b])
+            index: dict[str, int] = {}
+            rows: list[int] = []
+            cols: list[int] = []
+            vals: list[float] = []
+            own_lists: dict[str, list[str]] = {}
+            for j, name in enumerate(sources):
+                pairs = gathered[name][b]
+                values = normalised.get(id(pairs))
+                if values is None:
+                    values = normalised[id(pairs)] = self._normalised(pairs)
+                own: list[str] = []
+                for (item, _), value in zip(pairs, values, strict=True):
+                    if banned and item in banned:
+                        continue
+                    if len(own) < k:
+                        own.append(item)
+                    if value > 0.0:
+                        rows.append(index.setdefault(item, len(index)))
+                        cols.append(j)
+                        vals.append(value)
+                own_lists[name] = own
+            unions.append(list(index))
+            source_lists.append(own_lists)
+            coords.append((rows, cols, vals))
+            width = max(width, len(index))
+        dense = np.zeros((len(users), width, len(sources)), dtype=np.float32)
+        valid = np.zeros((len(users), width), dtype=bool)
+        for b, (rows, cols, vals) in enumerate(coords):
+            dense[b, rows, cols] = vals
+            valid[b, : len(unions[b])] = True
+        categories = [[category_of(item) for item in union] for union in unions] if category_of else None
+        return Candidates(list(users), sources, unions, source_lists, dense, valid, categories)
+
+    def fuse(self, prepared: Candidates, weights: Sequence[Mapping[str, float]]) -> list[RankedList]:
+        """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k."""
+        users, sources = prepared.users, prepared.sources
+        if len(weights) != len(users):
+            raise ValueError("one weights mapping per user is needed")
+        results = [RankedList(user, [], dict(own)) for user, own in zip(users, prepared.source_lists, strict=True)]
+        if prepared.dense.shape[1] == 0:
+            return results
+        w = np.array([[float(ws.get(s, 0.0)) for s in sources] for ws in weights], dtype=np.float32)
+        with torch.inference_mode():
+            x = torch.from_numpy(prepared.dense).to(self.device)
+            contrib = x * torch.from_numpy(w).to(self.device)[:, None, :]
+            fused = contrib.sum(dim=2)
+            fused = torch.where(torch.from_numpy(prepared.valid).to(self.device), fused,
+                                torch.tensor(float("-inf"), device=self.device))
+            order = torch.sort(fused, dim=1, descending=True, stable=True).indices
+            fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
+        dense = prepared.dense
+        cap, k = self.category_cap, self.k
+        for b, result in enumerate(results):
+            union = prepared.unions[b]
+            categories = prepared.categories[b] if prepared.categories is not None else None
+            per_category: dict[str, int] = {}
+            chosen = result.items
+            wb = w[b]
+            for m in order_np[b, : len(union)].tolist():
+                score = float(fused_np[b, m])
+                if score <= 0.0:
+                    break
+                cat = categories[m] if categories is not None else None
+                if cap and cat is not None:
+                    seen = per_category.get(cat, 0)
+                    if seen >= cap:
+                        continue
+                    per_category[cat] = seen + 1
+                row = dense[b, m] * wb
+                chosen.append(RankedItem(union[m], score,
+                                         {s: float(row[j]) for j, s in enumerate(sources) if row[j] > 0.0}, cat))
+                if len(chosen) == k:
+                    break
+        return results
 
     def rank(
         self,
@@ -160,92 +288,12 @@ class FusionRanker:
         now_ms: int | None = None,
         unavailable: Collection[str] = (),
         exclude: Sequence[Collection[str]] | None = None,
+        gathered: Mapping[str, list[list[tuple[str, float]]]] | None = None,
     ) -> list[RankedList]:
-        """The fused list of each of ``users`` with the matching ``weights`` (source → weight).
-
-        ``unavailable`` items are never returned; ``exclude`` adds items per user. Bought items (as remembered by
-        a ``recent`` source, if any) are removed too.
-        """
+        """The fused list of each of ``users`` with the matching ``weights`` (source → weight): :meth:`prepare`
+        then :meth:`fuse`."""
         if len(weights) != len(users):
             raise ValueError("one weights mapping per user is needed")
         if not users:
             return []
-        sources = list(models)
-        gathered = self.gather(models, users, now_ms)
-        recent = models.get("recent")
-        category = models.get("category")
-        category_of = getattr(category, "category_of", None)
-        k = self.k
-
-        unions: list[list[str]] = []
-        entries: list[tuple[list[int], list[int], list[float]]] = []
-        results: list[RankedList] = []
-        for b, user in enumerate(users):
-            banned = set(unavailable)
-            if recent is not None and hasattr(recent, "bought"):
-                banned |= recent.bought(user)
-            if exclude is not None:
-                banned |= set(exclude[b])
-            index: dict[str, int] = {}
-            rows: list[int] = []
-            cols: list[int] = []
-            vals: list[float] = []
-            source_lists: dict[str, list[str]] = {}
-            for j, name in enumerate(sources):
-                pairs = gathered[name][b]
-                own: list[str] = []
-                for (item, _), value in zip(pairs, self._normalised(pairs), strict=True):
-                    if item in banned:
-                        continue
-                    if len(own) < k:
-                        own.append(item)
-                    if value > 0.0:
-                        rows.append(index.setdefault(item, len(index)))
-                        cols.append(j)
-                        vals.append(value)
-                source_lists[name] = own
-            unions.append(list(index))
-            entries.append((rows, cols, vals))
-            results.append(RankedList(user, [], source_lists))
-
-        width = max((len(u) for u in unions), default=0)
-        if width == 0:
-            return results
-        dense = np.zeros((len(users), width, len(sources)), dtype=np.float32)
-        valid = np.zeros((len(users), width), dtype=bool)
-        for b, (rows, cols, vals) in enumerate(entries):
-            dense[b, rows, cols] = vals
-            valid[b, : len(unions[b])] = True
-        w = np.array([[float(ws.get(s, 0.0)) for s in sources] for ws in weights], dtype=np.float32)
-
-        with torch.inference_mode():
-            x = torch.from_numpy(dense).to(self.device)
-            contrib = x * torch.from_numpy(w).to(self.device)[:, None, :]
-            fused = contrib.sum(dim=2)
-            fused = torch.where(torch.from_numpy(valid).to(self.device), fused,
-                                torch.tensor(float("-inf"), device=self.device))
-            order = torch.sort(fused, dim=1, descending=True, stable=True).indices
-            fused_np, order_np, contrib_np = fused.cpu().numpy(), order.cpu().numpy(), contrib.cpu().numpy()
-
-        cap = self.category_cap
-        for b, result in enumerate(results):
-            union = unions[b]
-            per_category: dict[str, int] = {}
-            chosen = result.items
-            for m in order_np[b, : len(union)].tolist():
-                score = float(fused_np[b, m])
-                if score <= 0.0:
-                    break
-                item = union[m]
-                cat = category_of(item) if category_of is not None else None
-                if cap and cat is not None:
-                    seen = per_category.get(cat, 0)
-                    if seen >= cap:
-                        continue
-                    per_category[cat] = seen + 1
-                row = contrib_np[b, m]
-                chosen.append(RankedItem(item, score, {s: float(row[j]) for j, s in enumerate(sources) if row[j] > 0.0},
-                                         cat))
-                if len(chosen) == k:
-                    break
-        return results
+        return self.fuse(self.prepare(models, users, now_ms, unavailable, exclude, gathered), weights)

@@ -55,7 +55,8 @@ def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
 def build_ranker(settings: Settings) -> FusionRanker:
     """The ranker the settings describe (stateless apart from its device: one per worker)."""
     return FusionRanker(k=settings.ranker_k, candidates=settings.ranker_candidates,
-                        category_cap=settings.ranker_category_cap, device=settings.ranker_device)
+                        category_cap=settings.ranker_category_cap, normalise=settings.ranker_normalise,
+                        device=settings.ranker_device)
 
 
 def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None = None) -> FusedRecommender:

@@ -1,0 +1,373 @@
+"""Online evaluation: were the users' next interactions on the lists they were being served?
+
+Joins the recommendations topic with the events topic. For each target event (:mod:`models.targets`: a discovery
+``"new"`` or a conversion ``"repeat"``) it finds the user's *list in effect*: the latest list generated at or before
+the event's time (``generated_at <= event.ts``), so the list a user's own event caused never counts for it. It
+then records, for the fused list (variant ``"fused"``, its first ``k`` items) and for each source's own top
+``k`` (the list's ``sources``, what that source alone would have recommended), whether the event's item was on
+it: a hit rate at ``k`` per variant, per target kind and per user segment, measured on the same events.
+
+:class:`OnlineEvaluator` is the pure join and the counts; :func:`run_online_eval` feeds it from Kafka and exports
+the counts as Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from consumers.recommendations import Recommendation, RecommendationFormatError, decode
+from fusionrec.events import Event, validate
+from fusionrec.settings import Settings
+from models.targets import TARGET_KINDS, TargetFilter
+
+__all__ = ["FUSED", "OnlineEvaluator", "OnlineEvalCollector", "run_online_eval"]
+
+log = logging.getLogger("fusionrec.online_eval")
+
+#: The variant name of the fused list (the others are source names).
+FUSED = "fused"
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """A list as the evaluator keeps it: the cut sets computed once, when it arrives."""
+
+    generated_at: int
+    rec: Recommendation
+    fused: frozenset[str]
+    sources: Mapping[str, frozenset[str]]
+
+
+def _rate(hits: int, targets: int) -> float | None:
+    return hits / targets if targets else None
+
+
+def _cell(hits: int, targets: int) -> dict[str, Any]:
+    return {"targets": targets, "hits": hits, "hit_rate": _rate(hits, targets)}
+
+
+class OnlineEvaluator:
+    """Hit rate at ``k`` of the fused lists and of every source, on the events that followed them.
+
+    Feed it lists (:meth:`observe_list`) and events (:meth:`observe_event`); an event is judged against the lists
+    seen so far, so feed a list before the events that come after it (:func:`run_online_eval` waits a grace
+    period for that).
+
+    Parameters
+    ----------
+    k
+        Length of the lists compared: the first ``k`` items of the fused list and of each source's list.
+    sources
+        Source names to evaluate. ``None``: every source the list in effect has (a source missing from a list is
+        not judged on that event). Given: exactly these, and a source missing from the list in effect counts as a
+        miss (it proposed nothing).
+    max_lists_per_user
+        Lists remembered per user, the most recently generated ones; an event older than all of them is unserved.
+    max_users
+        Users whose lists are remembered; a new user beyond it first drops the least recently updated 1/16.
+    targets
+        The target rule (default: a fresh :class:`~models.targets.TargetFilter`).
+
+    Examples
+    --------
+
+    >>> from consumers.recommendations import Policy, Recommendation, RecommendedItem
+    >>> def rec(user, at, items, sources):
+    ...     return Recommendation(user, tuple(RecommendedItem(i, 1.0) for i in items), sources, "new",
+    ...                           Policy("bandit", "exploit", 0.9), 1, "test", at, at)
+    >>> ev = OnlineEvaluator(k=2)
+    >>> ev.observe_list(rec("ann", 100, ["tea", "mug", "pot"], {"cf": ("pot", "tea"), "recent": ("cup",)}))
+    >>> ev.observe_event(Event("e1", "ann", "pot", "view", 150))
+    {'fused': False, 'cf': True, 'recent': False}
+    >>> ev.observe_event(Event("e2", "bob", "tea", "view", 150)) # bob has no list: unserved
+    {}
+    >>> ev.summary()["variants"]["cf"]["hit_rate"], ev.summary()["unserved"]
+    (1.0, 1)
+
+    """
+
+    def __init__(
+        self,
+        k: int = 20,
+        sources: Iterable[str] | None = None,
+        *,
+        max_lists_per_user: int = 4,
+        max_users: int = 1_000_000,
+        targets: TargetFilter | None = None,
+    ):
+        if k < 1 or max_lists_per_user < 1 or max_users < 1:
+            raise ValueError("k, max_lists_per_user and max_users must be at least 1")
+        self.k = k
+        self.sources = None if sources is None else tuple(sources)
+        self.max_lists_per_user = max_lists_per_user
+        self.max_users = max_users
+        self._filter = targets if targets is not None else TargetFilter()
+        self._lists: dict[str, list[_Served]] = {}  # user -> lists by generated_at; least recently updated first
+        self._targets: Counter[tuple[str, str]] = Counter()  # (variant, kind)
+        self._hits: Counter[tuple[str, str]] = Counter()
+        self._segment_targets: Counter[tuple[str, str]] = Counter()  # (variant, segment)
+        self._segment_hits: Counter[tuple[str, str]] = Counter()
+        self._unserved: Counter[str] = Counter()  # kind
+        self.lists_seen = 0
+
+    @property
+    def unserved(self) -> int:
+        """Target events whose user had no list in effect."""
+        return sum(self._unserved.values())
+
+    def observe_list(self, rec: Recommendation) -> None:
+        """Remember a published list (a redelivered one, same user and ``generated_at``, replaces its copy)."""
+        self.lists_seen += 1
+        k = self.k
+        names = rec.sources if self.sources is None else self.sources
+        served = _Served(rec.generated_at, rec, frozenset(rec.item_ids[:k]),
+                         {name: frozenset(rec.sources.get(name, ())[:k]) for name in names})
+        lists = self._lists.pop(rec.user_id, None)
+        if lists is None:
+            lists = []
+            if len(self._lists) >= self.max_users:
+                for old in list(islice(self._lists, max(1, self.max_users // 16))):
+                    del self._lists[old]
+        self._lists[rec.user_id] = lists  # most recently updated last
+        at = bisect.bisect_right(lists, rec.generated_at, key=lambda s: s.generated_at)
+        if at and lists[at - 1].generated_at == rec.generated_at:
+            lists[at - 1] = served
+        else:
+            lists.insert(at, served)
+            if len(lists) > self.max_lists_per_user:
+                del lists[0]
+
+    def list_in_effect(self, user_id: str, ts: int) -> Recommendation | None:
+        """The latest list of ``user_id`` generated at or before ``ts`` (epoch ms), if any is remembered."""
+        served = self._in_effect(user_id, ts)
+        return None if served is None else served.rec
+
+    def _in_effect(self, user_id: str, ts: int) -> _Served | None:
+        lists = self._lists.get(user_id)
+        if not lists:
+            return None
+        at = bisect.bisect_right(lists, ts, key=lambda s: s.generated_at)
+        return lists[at - 1] if at else None
+
+    def observe_event(self, event: Event) -> dict[str, bool] | None:
+        """Judge one event: ``None`` if it is not a target, ``{}`` if its user had no list in effect (unserved),
+        else ``{variant: hit}`` for ``"fused"`` and each source evaluated."""
+        kind = self._filter.classify(event)
+        if kind is None:
+            return None
+        served = self._in_effect(event.user_id, event.ts)
+        if served is None:
+            self._unserved[kind] += 1
+            return {}
+        item, segment = event.item_id, served.rec.segment
+        result = {FUSED: item in served.fused}
+        for name, ids in served.sources.items():
+            result[name] = item in ids
+        for variant, hit in result.items():
+            self._targets[variant, kind] += 1
+            self._segment_targets[variant, segment] += 1
+            if hit:
+                self._hits[variant, kind] += 1
+                self._segment_hits[variant, segment] += 1
+        return result
+
+    @property
+    def variants(self) -> list[str]:
+        """``"fused"`` first, then the sources evaluated so far (or given), by name."""
+        names = set(self.sources or ()) | {variant for variant, _ in self._targets}
+        names.discard(FUSED)
+        return [FUSED, *sorted(names)]
+
+    def summary(self) -> dict[str, Any]:
+        """Every count as plain data (JSON-ready): targets, hits and hit rate per variant, overall, by kind and by
+        segment, plus the unserved targets. A hit rate with no targets is ``None``."""
+        segments = sorted({segment for _, segment in self._segment_targets})
+        variants = {}
+        for variant in self.variants:
+            targets = sum(self._targets[variant, kind] for kind in TARGET_KINDS)
+            hits = sum(self._hits[variant, kind] for kind in TARGET_KINDS)
+            variants[variant] = _cell(hits, targets) | {
+                "by_kind": {kind: _cell(self._hits[variant, kind], self._targets[variant, kind])
+                            for kind in TARGET_KINDS},
+                "by_segment": {segment: _cell(self._segment_hits[variant, segment],
+                                              self._segment_targets[variant, segment]) for segment in segments},
+            }
+        return {
+            "k": self.k,
+            "targets": variants[FUSED]["targets"],
+            "unserved": self.unserved,
+            "unserved_by_kind": {kind: self._unserved[kind] for kind in TARGET_KINDS},
+            "lists": self.lists_seen,
+            "variants": variants,
+        }
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+class OnlineEvalCollector(Collector):
+    """Prometheus view of an :class:`OnlineEvaluator`, read at scrape time (the evaluator is the only tally).
+
+    ``lock`` is held while reading; hold it while feeding the evaluator from another thread.
+    """
+
+    def __init__(self, evaluator: OnlineEvaluator, lock: threading.Lock | None = None):
+        self._evaluator = evaluator
+        self._lock = lock or threading.Lock()
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            summary = self._evaluator.summary()
+        targets = CounterMetricFamily("fusionrec_online_targets", "Target events judged against a list in effect, "
+                                      "by variant (fused or a source) and target kind.", labels=["variant", "kind"])
+        hits = CounterMetricFamily("fusionrec_online_hits", "Target events whose item was in the variant's top k, "
+                                   "by variant and target kind.", labels=["variant", "kind"])
+        rate = GaugeMetricFamily("fusionrec_online_hit_rate", "Hit rate at k since the evaluator started, by "
+                                 "variant (hits / targets; absent before the first target).", labels=["variant"])
+        for variant, cells in summary["variants"].items():
+            for kind, cell in cells["by_kind"].items():
+                targets.add_metric([variant, kind], cell["targets"])
+                hits.add_metric([variant, kind], cell["hits"])
+            if cells["hit_rate"] is not None:
+                rate.add_metric([variant], cells["hit_rate"])
+        unserved = CounterMetricFamily("fusionrec_online_unserved", "Target events whose user had no list in "
+                                       "effect.", value=summary["unserved"])
+        yield from (targets, hits, rate, unserved)
+
+
+# --- I/O ---------------------------------------------------------------------------------------------------------
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        reason = "it does not exist" if meta is None else meta.error.str()
+        raise KafkaException(f"cannot read topic {topic!r}: {reason} (`fusionrec topics` creates it)")
+    return sorted(meta.partitions)
+
+
+def run_online_eval(
+    settings: Settings,
+    *,
+    k: int,
+    metrics_port: int | None = None,
+    max_events: int | None = None,
+    idle_timeout: float | None = None,
+    grace_ms: int = 2000,
+    from_beginning: bool = True,
+    sources: Iterable[str] | None = None,
+    registry: CollectorRegistry | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Evaluate the published lists against the events topic; return :meth:`OnlineEvaluator.summary`.
+
+    One consumer, without a group, is assigned every partition of both topics. Lists are remembered as they
+    arrive; each event is judged ``grace_ms`` of wall time after it was consumed, so that the lists generated
+    before it have had time to arrive from the other topic. Invalid event records are skipped (the worker
+    dead-letters them), as are records that are not valid lists.
+
+    Parameters
+    ----------
+    k
+        Hit rate at ``k``.
+    metrics_port
+        Serve the metrics on ``settings.metrics_bind:metrics_port`` while running (``None`` or 0: not served).
+    max_events
+        Stop after this many valid events (once each is judged). ``None``: no limit.
+    idle_timeout
+        Stop once nothing has arrived on either topic for this many seconds. ``None``: run until ``stop``.
+    from_beginning
+        Read the events topic from its beginning, or only events published from now on. The recommendations
+        topic is always read from its beginning: the lists in effect for the first events were published before.
+        (On Tansu, whose end offsets point into a partition's newest batch, "from now on" also judges the rest of
+        that batch.)
+    sources
+        Passed to :class:`OnlineEvaluator`.
+    registry
+        Where the metrics are registered (default: a new registry, so repeated runs never collide).
+    stop
+        Set it (from a signal handler, another thread) to stop; events still in their grace period are judged
+        with the lists that have arrived.
+
+    The summary has an extra ``"consumed"`` entry: events, invalid event records and invalid list records read.
+    """
+    evaluator = OnlineEvaluator(k, sources)
+    lock = threading.Lock()
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    registry.register(OnlineEvalCollector(evaluator, lock))
+    server = start_http_server(metrics_port, addr=settings.metrics_bind, registry=registry)[0] if metrics_port \
+        else None
+    conf = settings.consumer_config(f"{settings.kafka_client_id}-online-eval-{uuid.uuid4().hex[:8]}")
+    consumer = Consumer(conf | {"enable.auto.commit": False})
+    rec_topic, event_topic = settings.topic_recommendations, settings.topic_events
+    consumed = {"events": 0, "invalid_events": 0, "invalid_lists": 0}
+    try:
+        event_partitions = [TopicPartition(event_topic, p) for p in _partitions(consumer, event_topic)]
+        consumer.assign(
+            [TopicPartition(rec_topic, p, OFFSET_BEGINNING) for p in _partitions(consumer, rec_topic)]
+            + [TopicPartition(event_topic, tp.partition, OFFSET_BEGINNING if from_beginning else OFFSET_END)
+               for tp in event_partitions])
+        grace_s = grace_ms / 1000
+        pending: deque[tuple[float, Event]] = deque()  # (judge at, event), in arrival order
+        events_done = False  # no more events wanted: drain the pending ones, still reading lists
+        last_arrival = time.monotonic()
+        while not (events_done and not pending):
+            if stop is not None and stop.is_set():
+                break
+            messages = consumer.consume(1000, timeout=0.1)
+            now = time.monotonic()
+            if messages:
+                last_arrival = now
+            with lock:
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        log.warning("online eval consumer: %s", err)
+                    elif msg.topic() == rec_topic:
+                        if msg.value() is None:
+                            continue
+                        try:
+                            evaluator.observe_list(decode(msg.value()))
+                        except RecommendationFormatError as exc:
+                            consumed["invalid_lists"] += 1
+                            log.warning("skipping invalid list at %s[%d]@%d: %s", rec_topic, msg.partition(),
+                                        msg.offset(), exc)
+                    elif not events_done:
+                        event = validate(msg.value(), max_bytes=settings.max_event_bytes,
+                                         max_future_skew_ms=settings.max_future_skew_ms).event
+                        if event is None:
+                            consumed["invalid_events"] += 1
+                            continue
+                        pending.append((now + grace_s, event))
+                        consumed["events"] += 1
+                        if max_events is not None and consumed["events"] >= max_events:
+                            events_done = True
+                            consumer.pause(event_partitions)
+                while pending and pending[0][0] <= now:
+                    evaluator.observe_event(pending.popleft()[1])
+            if not events_done and idle_timeout is not None and now - last_arrival >= idle_timeout:
+                events_done = True
+                consumer.pause(event_partitions)
+        with lock:
+            while pending:
+                evaluator.observe_event(pending.popleft()[1])
+            summary = evaluator.summary()
+    finally:
+        consumer.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    summary["consumed"] = consumed
+    return summary
