@@ -502,6 +502,112 @@ def _print_online_summary(summary: dict) -> None:
             f"{variant} " + ", ".join(f"{seg} {rate(cell['by_segment'][seg])}" for seg in segments)
             for variant, cell in summary["variants"].items()))
 
+# --- evaluate ----------------------------------------------------------------------------------------------------
+def _parse_time(value: str) -> int:
+    """Epoch seconds, epoch milliseconds (13+ digits) or an ISO-8601 time (UTC unless it says otherwise) → ms."""
+    import datetime as dt
+
+    text = value.strip()
+    if text.isdigit():
+        return int(text) if len(text) >= 13 else int(text) * 1000
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--train-until {value!r}: give epoch seconds, epoch ms or an ISO time like 2017-11-26T10:00", 2)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@app.command()
+def evaluate(
+    path: Path = typer.Argument(..., help="Behaviour file (.csv, .dat, .gz): Taobao, MovieLens, or any CSV."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="taobao, movielens, csv or auto (sniffed)."),
+    column_map: str = typer.Option("", "--map", help="csv only: contract field=column pairs (see `replay --help`)."),
+    type_map: str = typer.Option("", "--type-map", help="csv only: file value=event type pairs."),
+    ts_unit: str = typer.Option("s", "--ts-unit", help="csv only: timestamp unit, s or ms."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N events (in time order)."),  # noqa: UP007
+    ks: str = typer.Option("10,20", "--k", help="Cut-offs, comma-separated; lists are as long as the largest."),
+    block: int = typer.Option(
+        200, min=1, help="Events between two list refreshes: the live lag in events (rate x ranker interval)."),
+    warmup: int = typer.Option(0, min=0, help="Learn the first N events without scoring them."),
+    train_until: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Learn events before this time without scoring them (epoch s/ms or ISO), to reproduce a "
+        "published train/test split."),
+    holdout: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="A/B: this fraction of users (hash of user_id, as in the worker's "
+        "FUSIONREC_FUSION_HOLDOUT) gets fixed equal weights; both arms are reported."),
+    session_gap: Optional[float] = typer.Option(  # noqa: UP007
+        None, help="Session-aware mode: a user's events more than this many seconds apart start a new session, "
+        "and sessions stand in for users (for click-streams)."),
+    out: Path = typer.Option(Path("evaluation"), help="Directory for report.json and the PNG plots."),
+    device: Optional[str] = typer.Option(None, help="Ranker device: auto, cpu or cuda [env FUSIONREC_RANKER_DEVICE]."),  # noqa: UP007
+    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
+) -> None:
+    """Prequential evaluation (test, then train) of every source, equal-weight fusion and bandit fusion.
+
+    Replays the file in time order through the production models, bandit and ranker in-process (no broker or Redis
+    needed): before learning each block of events, every target event is checked against the user's lists in
+    effect; then the block is learned and the active users' lists refreshed, as the worker does. Prints a summary
+    table and writes OUT/report.json, OUT/hr_over_time.png and OUT/weights_over_time.png. The protocol is in
+    docs/evaluation.md. Ranker and bandit settings come from FUSIONREC_RANKER_* and FUSIONREC_FUSION_*.
+    """
+    from tqdm import tqdm
+
+    from fusionrec.evaluation import EvalConfig, rating_mae
+    from fusionrec.evaluation import evaluate as run_evaluation
+    from fusionrec.evaluation_report import format_table, write_report
+    from producers.datasets import CsvMapping, read_dataset
+
+    if device is not None:
+        _overrides["ranker_device"] = device
+    conf = settings()
+    try:
+        cutoffs = tuple(sorted({int(k) for k in ks.split(",") if k.strip()}))
+    except ValueError:
+        raise fail(f"--k {ks!r}: give comma-separated integers, e.g. 10,20", 2) from None
+    if not cutoffs or cutoffs[0] < 1:
+        raise fail("--k needs at least one cut-off >= 1", 2)
+    try:
+        mapping = CsvMapping.parse(column_map, type_map, ts_unit) if column_map else None
+        dataset = read_dataset(path, fmt, mapping=mapping, limit=limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    if not dataset.events:
+        raise fail(f"no events could be read from {path}", 1)
+    typer.echo(f"read {len(dataset.events):,} events of {path} ({dataset.format}); "
+               f"{len(dataset.bad_rows):,} unreadable rows")
+    config = EvalConfig(ks=cutoffs, block=block, warmup=warmup,
+                        train_until=_parse_time(train_until) if train_until else None, holdout=holdout,
+                        session_gap_ms=int(session_gap * 1000) if session_gap else None, settings=conf)
+    bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="evaluate",
+               disable=None if progress else True, smoothing=0.05)
+    try:
+        report = run_evaluation(dataset.events, config, progress=bar.update)
+    finally:
+        bar.close()
+    report["dataset"] = {"path": str(path), "format": dataset.format, "events": len(dataset.events)}
+    mae = rating_mae(dataset.events)
+    if mae is not None:
+        report["rating_mae"] = mae
+    run = report["run"]
+    typer.echo(f"\n{run['events']:,} events ({run['targets']:,} targets) in {run['seconds']:.1f} s: "
+               f"{run['events_per_s']:,.0f} events/s; block {block}, lists of {max(cutoffs)}")
+    typer.echo(format_table(report))
+    ratio = report.get("fusion_vs_best_single")
+    if ratio is not None:
+        typer.echo(f"\nbandit fusion HR@{max(cutoffs)} / best single source ({report['best_single']}): {ratio:.2f}x")
+    if mae is not None:
+        typer.echo(f"rating MAE (progressive validation, {mae['ratings']:,} ratings): fusionrec CF "
+                   f"{mae['mae']['cf']:.4f}, River BiasedMF {mae['mae']['river']:.4f}")
+    if holdout > 0:
+        arms = report["variants"]
+        typer.echo(f"A/B: bandit arm HR@{max(cutoffs)} {arms['ab:bandit']['all'][f'hr@{max(cutoffs)}']:.4f} "
+                   f"({arms['ab:bandit']['all']['targets']:,} targets), fixed arm "
+                   f"{arms['ab:fixed']['all'][f'hr@{max(cutoffs)}']:.4f} ({arms['ab:fixed']['all']['targets']:,})")
+    for written in write_report(report, out):
+        typer.echo(f"wrote {written}")
+
 
 def main() -> None:
     app()

@@ -148,10 +148,11 @@ class Settings(BaseSettings):
     ranker_k: int = Field(20, ge=1, le=1000, description="Items per published list.")
     ranker_candidates: int = Field(100, ge=1, le=10_000, description="Candidates each source proposes per user.")
     ranker_category_cap: int = Field(
-        4, ge=0, le=1000, description="Most items of one category in a list (diversity; 0: no cap).",
+        0, ge=0, le=1000, description="Most items of one category in a list (diversity; 0: no cap). A cap costs "
+        "hit rate where shoppers browse within one category (see docs/evaluation.md).",
     )
     ranker_normalise: Literal["max", "rank"] = Field(
-        "max", description="How each source's scores are brought to one scale before fusion: max (divide by the "
+        "rank", description="How each source's scores are brought to one scale before fusion: max (divide by the "
         "user's best score from that source) or rank (the DCG discount of the candidate's position).",
     )
     ranker_device: Literal["auto", "cpu", "cuda"] = Field(
@@ -161,7 +162,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=60, description="The serving copy of a list in Redis expires this long after it was made.",
     )
     fusion_epsilon: float = Field(
-        0.1, ge=0.0, le=1.0,
+        0.05, ge=0.0, le=1.0,
         description="Share of lists served with exploring weights (one source boosted, chosen uniformly).",
     )
     fusion_half_life_s: float = Field(

@@ -161,11 +161,11 @@ class FusionBandit:
         self,
         sources: Sequence[str],
         segments: Sequence[str] = SEGMENTS,
-        epsilon: float = 0.1,
+        epsilon: float = 0.05,
         boost: float = 0.5,
         half_life_ms: float = 86_400_000.0,
         prior_exposure: float = 20.0,
-        sharpness: float = 2.0,
+        sharpness: float = 1.0,
         min_weight: float = 0.001,
         seed: int | None = None,
     ):

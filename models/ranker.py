@@ -112,7 +112,7 @@ class FusionRanker:
 
     """
 
-    def __init__(self, k: int = 20, candidates: int = 100, category_cap: int = 4, normalise: str = "max",
+    def __init__(self, k: int = 20, candidates: int = 100, category_cap: int = 0, normalise: str = "rank",
                  device: str = "auto", max_chunk_bytes: int = 64 * 2**20):
         if k < 1 or candidates < 1 or category_cap < 0:
             raise ValueError("k and candidates must be >= 1, category_cap >= 0")
