@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         description="How often the ranker refreshes the lists of users whose state changed since the last refresh.",
     )
     ranker_k: int = Field(20, ge=1, le=1000, description="Items per published list.")
-    ranker_candidates: int = Field(100, ge=1, le=10_000, description="Candidates each source proposes per user.")
+    ranker_candidates: int = Field(50, ge=1, le=10_000, description="Candidates each source proposes per user.")
     ranker_category_cap: int = Field(
         0, ge=0, le=1000, description="Most items of one category in a list (diversity; 0: no cap). A cap costs "
         "hit rate where shoppers browse within one category (see docs/evaluation.md).",

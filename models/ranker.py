@@ -20,7 +20,7 @@ CPU and CUDA give the same lists within float tolerance (ties are broken by a st
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +50,8 @@ class RankedItem:
 @dataclass(slots=True)
 class Candidates:
     """Every user's filtered, normalised candidates (:meth:`FusionRanker.prepare`): ``dense[b, m, j]`` is source
-    ``j``'s normalised score of ``unions[b][m]`` (0: not proposed), ``valid`` masks the padding."""
+    ``j``'s normalised score of ``unions[b][m]`` (0: not proposed), ``valid`` masks the padding; categories are
+    looked up (``category_of``) only for the items a list keeps."""
 
     users: list[str]
     sources: list[str]
@@ -58,7 +59,7 @@ class Candidates:
     source_lists: list[dict[str, list[str]]]
     dense: np.ndarray
     valid: np.ndarray
-    categories: list[list[str | None]] | None
+    category_of: Callable[[str], str | None] | None
 
 
 @dataclass(slots=True)
@@ -102,7 +103,8 @@ class FusionRanker:
     >>> models = {"popular": Popularity(), "recent": RecentItems()}
     >>> for model in models.values():
     ...     model.learn_many(events)
-    >>> [ann] = FusionRanker(k=5, device="cpu").rank(models, ["ann"], [{"popular": 0.5, "recent": 0.5}])
+    >>> ranker = FusionRanker(k=5, normalise="max", device="cpu")
+    >>> [ann] = ranker.rank(models, ["ann"], [{"popular": 0.5, "recent": 0.5}])
 
     Ann bought the mug, so only the tea is left. Both sources put it there: ``recent`` with its best score,
     ``popular`` with a tenth of its best (the mug's):
@@ -112,7 +114,7 @@ class FusionRanker:
 
     """
 
-    def __init__(self, k: int = 20, candidates: int = 100, category_cap: int = 0, normalise: str = "rank",
+    def __init__(self, k: int = 20, candidates: int = 50, category_cap: int = 0, normalise: str = "rank",
                  device: str = "auto", max_chunk_bytes: int = 64 * 2**20):
         if k < 1 or candidates < 1 or category_cap < 0:
             raise ValueError("k and candidates must be >= 1, category_cap >= 0")
@@ -235,8 +237,7 @@ class FusionRanker:
         for b, (rows, cols, vals) in enumerate(coords):
             dense[b, rows, cols] = vals
             valid[b, : len(unions[b])] = True
-        categories = [[category_of(item) for item in union] for union in unions] if category_of else None
-        return Candidates(list(users), sources, unions, source_lists, dense, valid, categories)
+        return Candidates(list(users), sources, unions, source_lists, dense, valid, category_of)
 
     def fuse(self, prepared: Candidates, weights: Sequence[Mapping[str, float]]) -> list[RankedList]:
         """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k."""
@@ -257,9 +258,9 @@ class FusionRanker:
             fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
         dense = prepared.dense
         cap, k = self.category_cap, self.k
+        category_of = prepared.category_of
         for b, result in enumerate(results):
             union = prepared.unions[b]
-            categories = prepared.categories[b] if prepared.categories is not None else None
             per_category: dict[str, int] = {}
             chosen = result.items
             wb = w[b]
@@ -267,7 +268,7 @@ class FusionRanker:
                 score = float(fused_np[b, m])
                 if score <= 0.0:
                     break
-                cat = categories[m] if categories is not None else None
+                cat = category_of(union[m]) if category_of is not None else None
                 if cap and cat is not None:
                     seen = per_category.get(cat, 0)
                     if seen >= cap:

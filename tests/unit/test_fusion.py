@@ -78,12 +78,12 @@ def test_decay_lets_the_weights_follow_drift():
     for t in range(100):
         bandit.expose("returning", {"a": 1.0, "b": 1.0}, t * 60_000)
         bandit.update("returning", {"a": 0.5}, t * 60_000)
-    assert bandit.weights("returning")["a"] > 0.9
+    assert bandit.weights("returning")["a"] > 0.8
     start = 100 * 60_000
     for t in range(300):  # five hours in which b is the good one
         bandit.expose("returning", {"a": 1.0, "b": 1.0}, start + t * 60_000)
         bandit.update("returning", {"b": 0.5}, start + t * 60_000)
-    assert bandit.weights("returning")["b"] > 0.9
+    assert bandit.weights("returning")["b"] > 0.8
 
 
 def test_bandit_state_round_trips_through_json():
@@ -114,7 +114,7 @@ def test_fixed_weights_never_learn():
 
 
 def _fused(bandit=None, **kwargs) -> FusedRecommender:
-    return FusedRecommender(["good", "bad"], FusionRanker(k=5, candidates=10, device="cpu"), bandit, **kwargs)
+    return FusedRecommender(["good", "bad"], FusionRanker(k=5, candidates=10, normalise="max", device="cpu"), bandit, **kwargs)
 
 
 def test_credit_goes_to_the_sources_behind_the_item_by_position_and_type():
