@@ -250,8 +250,7 @@ class FusionRanker:
         w = np.array([[float(ws.get(s, 0.0)) for s in sources] for ws in weights], dtype=np.float32)
         with torch.inference_mode():
             x = torch.from_numpy(prepared.dense).to(self.device)
-            contrib = x * torch.from_numpy(w).to(self.device)[:, None, :]
-            fused = contrib.sum(dim=2)
+            fused = torch.bmm(x, torch.from_numpy(w).to(self.device)[:, :, None]).squeeze(2)
             fused = torch.where(torch.from_numpy(prepared.valid).to(self.device), fused,
                                 torch.tensor(float("-inf"), device=self.device))
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
@@ -274,9 +273,8 @@ class FusionRanker:
                     if seen >= cap:
                         continue
                     per_category[cat] = seen + 1
-                row = dense[b, m] * wb
-                chosen.append(RankedItem(union[m], score,
-                                         {s: float(row[j]) for j, s in enumerate(sources) if row[j] > 0.0}, cat))
+                row = (dense[b, m] * wb).tolist()
+                chosen.append(RankedItem(union[m], score, {s: c for s, c in zip(sources, row) if c > 0.0}, cat))
                 if len(chosen) == k:
                     break
         return results
