@@ -14,7 +14,9 @@ the counts as Prometheus metrics.
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
+import math
 import threading
 import time
 import uuid
@@ -64,8 +66,8 @@ class OnlineEvaluator:
     """Hit rate at ``k`` of the fused lists and of every source, on the events that followed them.
 
     Feed it lists (:meth:`observe_list`) and events (:meth:`observe_event`); an event is judged against the lists
-    seen so far, so feed a list before the events that come after it (:func:`run_online_eval` waits a grace
-    period for that).
+    seen so far, so feed a list before the events that come after it, and not long before the events that come
+    before it (``max_lists_per_user``): :func:`run_online_eval` feeds both in event time.
 
     Parameters
     ----------
@@ -256,6 +258,95 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(meta.partitions)
 
 
+#: Lists read ahead of the events being judged, and events read ahead of the lists, that :func:`run_online_eval`
+#: keeps in memory before it pauses that topic (resumed at half).
+MAX_HELD_LISTS = 10_000
+MAX_PENDING_EVENTS = 100_000
+#: An event is judged at the latest this long after it was read, whatever the lists are doing.
+MAX_WAIT_S = 60.0
+
+
+class _TimeOrderedJoin:
+    """Feeds an :class:`OnlineEvaluator` from the two topics in event time, whatever the order they are read in.
+
+    Events wait in ``pending`` (arrival order) until the lists made before them have been read:
+
+    * while lists are arriving (a recommendations partition is *active* if it delivered one in the last grace
+      period, or is paused), until every active partition has delivered a list made more than ``grace_ms`` after
+      the event (a worker publishes a partition's lists in the order it makes them; the margin covers several
+      workers writing one partition). A backlog of lists, or a worker that lags, is waited for;
+    * while none is arriving, ``grace_ms`` of wall time after the event was read;
+    * and at the latest :data:`MAX_WAIT_S` after it was read, or at once when :data:`MAX_HELD_LISTS` lists are
+      held (the lists cannot be read further until the events move on).
+
+    Lists wait in ``held`` (by ``generated_at``) until no event before them is left to judge: the lists made at
+    or before an event are handed to the evaluator just before it is judged, the others once every events
+    partition has moved past them. So the evaluator's memory of a user's lists holds the lists in effect now, not
+    lists read ahead of the events (a backlog, a run from the beginning), which would push the list in effect
+    out of it. Assumes each events partition is roughly in time order (a user's events are: keyed by user).
+    """
+
+    def __init__(self, evaluator: OnlineEvaluator, grace_ms: int, list_partitions: Iterable[int],
+                 event_partitions: Iterable[int], now: float):
+        self.evaluator = evaluator
+        self.grace_ms = grace_ms
+        self.lists_paused = False  # set by the reader while it has paused the recommendations topic
+        self.pending: deque[tuple[float, Event]] = deque()  # (read at, monotonic seconds; event)
+        self.held: list[tuple[int, int, Recommendation]] = []  # heap of (generated_at, arrival, list)
+        self._arrivals = 0
+        # Per recommendations partition: newest generated_at read, and when a list last arrived (the start counts,
+        # so lists get one grace period to start arriving).
+        self._list_marks = dict.fromkeys(list_partitions, -math.inf)
+        self._list_arrived = dict.fromkeys(self._list_marks, now)
+        self._event_marks = dict.fromkeys(event_partitions, -math.inf)  # newest event ts read, per partition
+
+    def add_list(self, partition: int, rec: Recommendation, now: float) -> None:
+        heapq.heappush(self.held, (rec.generated_at, self._arrivals, rec))
+        self._arrivals += 1
+        self._list_arrived[partition] = now
+        if rec.generated_at > self._list_marks.get(partition, -math.inf):
+            self._list_marks[partition] = rec.generated_at
+
+    def add_event(self, partition: int, event: Event, now: float) -> None:
+        self.pending.append((now, event))
+        if event.ts > self._event_marks.get(partition, -math.inf):
+            self._event_marks[partition] = event.ts
+
+    def _release(self, until: float) -> None:
+        """Hand the held lists made at or before ``until`` to the evaluator, oldest first."""
+        held = self.held
+        while held and held[0][0] <= until:
+            self.evaluator.observe_list(heapq.heappop(held)[2])
+
+    def judge_due(self, now: float) -> None:
+        """Judge the pending events that are due, then hand over the lists no event still to come precedes."""
+        grace_s = self.grace_ms / 1000
+        active = [mark for partition, mark in self._list_marks.items()
+                  if self.lists_paused or now - self._list_arrived[partition] < grace_s]
+        lists_mark = min(active) if active else None
+        pending = self.pending
+        while pending:
+            read_at, event = pending[0]
+            waited = now - read_at
+            due = (waited >= grace_s if lists_mark is None else lists_mark > event.ts + self.grace_ms) \
+                or waited >= MAX_WAIT_S or len(self.held) >= MAX_HELD_LISTS
+            if not due:
+                break
+            pending.popleft()
+            self._release(event.ts)
+            self.evaluator.observe_event(event)
+        events_mark = min(self._event_marks.values(), default=-math.inf)
+        self._release(min(events_mark, pending[0][1].ts) if pending else events_mark)
+
+    def drain(self) -> None:
+        """Judge every pending event with the lists read so far, then hand over the rest of the lists."""
+        while self.pending:
+            event = self.pending.popleft()[1]
+            self._release(event.ts)
+            self.evaluator.observe_event(event)
+        self._release(math.inf)
+
+
 def run_online_eval(
     settings: Settings,
     *,
@@ -271,10 +362,14 @@ def run_online_eval(
 ) -> dict[str, Any]:
     """Evaluate the published lists against the events topic; return :meth:`OnlineEvaluator.summary`.
 
-    One consumer, without a group, is assigned every partition of both topics. Lists are remembered as they
-    arrive; each event is judged ``grace_ms`` of wall time after it was consumed, so that the lists generated
-    before it have had time to arrive from the other topic. Invalid event records are skipped (the worker
-    dead-letters them), as are records that are not valid lists.
+    One consumer, without a group, is assigned every partition of both topics, and the two streams are joined in
+    event time (:class:`_TimeOrderedJoin`): while lists are arriving, an event is judged once every partition
+    that delivers them has delivered one made ``grace_ms`` after the event; while none is arriving, ``grace_ms``
+    of wall time after it was consumed. Either way the lists generated before it have arrived from the other
+    topic. A list reaches the evaluator only when the events before it have been judged, so reading one topic
+    ahead of the other (a backlog, a run from the beginning) judges the same events against the same lists as
+    reading them live. Invalid event records are skipped (the worker dead-letters them), as are records that are
+    not valid lists.
 
     Parameters
     ----------
@@ -296,7 +391,7 @@ def run_online_eval(
     registry
         Where the metrics are registered (default: a new registry, so repeated runs never collide).
     stop
-        Set it (from a signal handler, another thread) to stop; events still in their grace period are judged
+        Set it (from a signal handler, another thread) to stop; events still waiting for their lists are judged
         with the lists that have arrived.
 
     The summary has an extra ``"consumed"`` entry: events, invalid event records and invalid list records read.
@@ -313,15 +408,17 @@ def run_online_eval(
     consumed = {"events": 0, "invalid_events": 0, "invalid_lists": 0}
     try:
         event_partitions = [TopicPartition(event_topic, p) for p in _partitions(consumer, event_topic)]
+        rec_partitions = [TopicPartition(rec_topic, p) for p in _partitions(consumer, rec_topic)]
         consumer.assign(
-            [TopicPartition(rec_topic, p, OFFSET_BEGINNING) for p in _partitions(consumer, rec_topic)]
+            [TopicPartition(rec_topic, tp.partition, OFFSET_BEGINNING) for tp in rec_partitions]
             + [TopicPartition(event_topic, tp.partition, OFFSET_BEGINNING if from_beginning else OFFSET_END)
                for tp in event_partitions])
-        grace_s = grace_ms / 1000
-        pending: deque[tuple[float, Event]] = deque()  # (judge at, event), in arrival order
+        join = _TimeOrderedJoin(evaluator, grace_ms, [tp.partition for tp in rec_partitions],
+                                [tp.partition for tp in event_partitions], time.monotonic())
+        events_paused = False  # for flow control (events_done pauses them for good)
         events_done = False  # no more events wanted: drain the pending ones, still reading lists
         last_arrival = time.monotonic()
-        while not (events_done and not pending):
+        while not (events_done and not join.pending):
             if stop is not None and stop.is_set():
                 break
             messages = consumer.consume(1000, timeout=0.1)
@@ -339,7 +436,7 @@ def run_online_eval(
                         if msg.value() is None:
                             continue
                         try:
-                            evaluator.observe_list(decode(msg.value()))
+                            join.add_list(msg.partition(), decode(msg.value()), now)
                         except RecommendationFormatError as exc:
                             consumed["invalid_lists"] += 1
                             log.warning("skipping invalid list at %s[%d]@%d: %s", rec_topic, msg.partition(),
@@ -350,19 +447,31 @@ def run_online_eval(
                         if event is None:
                             consumed["invalid_events"] += 1
                             continue
-                        pending.append((now + grace_s, event))
+                        join.add_event(msg.partition(), event, now)
                         consumed["events"] += 1
                         if max_events is not None and consumed["events"] >= max_events:
                             events_done = True
                             consumer.pause(event_partitions)
-                while pending and pending[0][0] <= now:
-                    evaluator.observe_event(pending.popleft()[1])
+                join.judge_due(now)
+            # Flow control: what one topic has read ahead of the other waits in memory; bound it.
+            if not join.lists_paused and len(join.held) >= MAX_HELD_LISTS:
+                consumer.pause(rec_partitions)
+                join.lists_paused = True
+            elif join.lists_paused and len(join.held) <= MAX_HELD_LISTS // 2:
+                consumer.resume(rec_partitions)
+                join.lists_paused = False
+            if not events_done:
+                if not events_paused and len(join.pending) >= MAX_PENDING_EVENTS:
+                    consumer.pause(event_partitions)
+                    events_paused = True
+                elif events_paused and len(join.pending) <= MAX_PENDING_EVENTS // 2:
+                    consumer.resume(event_partitions)
+                    events_paused = False
             if not events_done and idle_timeout is not None and now - last_arrival >= idle_timeout:
                 events_done = True
                 consumer.pause(event_partitions)
         with lock:
-            while pending:
-                evaluator.observe_event(pending.popleft()[1])
+            join.drain()
             summary = evaluator.summary()
     finally:
         consumer.close()

@@ -229,14 +229,15 @@ def _lists_needed(events: list[Event], kinds: list[str | None], scored: list[boo
     """For each block, the users whose list made after it will be judged: those with a scored target among their
     events in the next block where they are active (every event of that block sees the same list)."""
     needed: list[set[str]] = [set() for _ in range(math.ceil(len(events) / block))]
-    last_block: dict[str, int] = {}  # user -> the block of their latest event so far
+    blocks: dict[str, tuple[int, int | None]] = {}  # user -> (block of their latest event, block active before it)
     for n, event in enumerate(events):
         b = n // block
-        previous = last_block.get(event.user_id)
-        if previous is not None and previous != b and kinds[n] is not None and scored[n]:
-            needed[previous].add(event.user_id)
-        if previous != b:
-            last_block[event.user_id] = b
+        latest, before = blocks.get(event.user_id, (None, None))
+        if latest != b:
+            latest, before = b, latest
+            blocks[event.user_id] = (latest, before)
+        if before is not None and kinds[n] is not None and scored[n]:
+            needed[before].add(event.user_id)
     return needed
 
 

@@ -111,3 +111,19 @@ def test_rating_mae_runs_ours_and_river_side_by_side():
     assert result["ratings"] == 2000
     assert abs(result["mae"]["cf"] - result["mae"]["river"]) < 0.05
     assert rating_mae(four_events()) is None
+
+
+def test_a_list_is_made_when_any_event_of_the_next_active_block_is_a_target():
+    """u1's next block starts with a repeat view (not a target) and then views a new item: the list made after
+    block 0 must exist for that second event."""
+    events = [
+        Event("a", "u1", "i1", "view", T0 + 1),
+        Event("d", "u2", "i3", "view", T0 + 2),
+        Event("b", "u1", "i1", "view", T0 + 3),  # block 1: repeat view, not a target
+        Event("c", "u1", "i3", "view", T0 + 4),  # block 1: new item, judged against the list made after block 0
+    ]
+    report = evaluate(events, EvalConfig(block=2, settings=SETTINGS))
+    popular = report["variants"]["popular"]["all"]
+    # targets: a and d (unserved: first events), c (served: after block 0 popular is [i3, i1], so i3 at rank 0)
+    assert popular["targets"] == 3 and popular["served"] == pytest.approx(1 / 3, abs=1e-3)
+    assert popular["hits@20"] == 1 and popular["mrr@20"] == pytest.approx(1 / 3, abs=1e-3)
