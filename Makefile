@@ -17,13 +17,15 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit
 
-# Every benchmark behind BENCHMARKS.md (about 6 minutes).
+# Every benchmark behind BENCHMARKS.md (several minutes: run nothing else heavy meanwhile).
 bench: setup
 	$(BIN)/python benchmarks/bench_replay.py $(DATA)
 	$(BIN)/python benchmarks/bench_faust_delivery.py $(DATA)
 	$(BIN)/python benchmarks/bench_worker.py $(DATA)
 	$(BIN)/python benchmarks/bench_worker.py $(ML1M)
 	$(BIN)/python benchmarks/bench_worker.py $(DATA) --latency --rate 1000 --limit 30000
+	$(BIN)/python benchmarks/bench_freshness.py $(DATA)
+	$(BIN)/python benchmarks/bench_ranker.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

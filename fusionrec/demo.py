@@ -2,20 +2,24 @@
 
 Starts the broker and Redis, creates the topics, starts a stream worker, replays a real dataset into the events
 topic (plus a few malformed messages, to show the dead-letter path), waits until the worker has applied every
-event, then shows what it built: throughput, latency, profiles, and each recommender's list for a few users.
-Stops what it started unless asked to keep it running.
+event and published the lists of the users they changed, then shows what it built: throughput, latency and
+freshness, profiles, each recommender's list and the published fused list with its attributions for a few users,
+and the bandit's fusion weights per segment. Stops what it started unless asked to keep it running.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import redis
 from tqdm import tqdm
 
+from consumers.client import RecommendationStore, format_recommendation
 from fusionrec.profiles import ProfileStore
 from fusionrec.settings import Settings
 from fusionrec.stack import Stack
@@ -34,6 +38,12 @@ MALFORMED = [b'{"event_id": "bad-1", "user_id": "u1", "item_id": "i1", "type": "
 #: The demo's own Redis namespace, cleared at the start of every run: a system Redis outlives the embedded
 #: memory broker, and state from an earlier run would name offsets the fresh topic does not have.
 DEMO_PREFIX = "fr-demo:"
+#: Items of each fused list shown (the rest are counted).
+SHOWN_ITEMS = 8
+#: How long the demo waits for the ranker to catch up after the replay: an unpaced replay of the whole Taobao slice
+#: changes 66k users, about 20 s of ranking on 2 cores, so the demo shows what is published by then.
+LISTS_WAIT_S = 3.0
+FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 
 
 def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int | None, keep_running: bool,
@@ -44,7 +54,7 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
     settings = settings.model_copy(update={"redis_prefix": DEMO_PREFIX})
     stack = Stack(settings)
     started = time.perf_counter()
-    step("1/5 starting the embedded stack (Tansu broker, Redis)")
+    step("1/6 starting the embedded stack (Tansu broker, Redis)")
     services = stack.up()
     for svc in services:
         say(f"  {svc.name:<7} {svc.state:<8} {svc.address}" + (f" pid {svc.pid}" if svc.pid else ""))
@@ -54,18 +64,18 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         cleared = rebuild_state(settings).keys_deleted
         if cleared:
             say(f"  cleared {cleared:,} Redis keys of an earlier demo run (namespace {DEMO_PREFIX!r})")
-        step("2/5 creating topics")
+        step("2/6 creating topics")
         for state in ensure_topics(settings):
             say(f"  {state.spec.name:<28} {'created' if state.created else 'exists':<8} "
                 f"partitions={state.partitions}")
 
-        step("3/5 starting a stream worker")
+        step("3/6 starting a stream worker")
         log_dir = Path(tempfile.mkdtemp(prefix="fusionrec-demo-"))
         worker = WorkerChild(settings, log_dir / "worker.log")
         say(f"  pid {worker.pid}, metrics on 127.0.0.1:{worker.metrics_port}/metrics, log {worker.log_path}")
         before = worker.wait_for(lambda m: True, timeout=60)
 
-        step(f"4/5 replaying {path}")
+        step(f"4/6 replaying {path}")
         dataset = read_dataset(path, limit=limit)
         say(f"  {len(dataset.events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, "
             f"spanning {dataset.span_ms / 1000:,.0f} s of shop time; plus {len(MALFORMED)} malformed messages")
@@ -79,7 +89,7 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         say(f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
             f"{result.delivered:,} acknowledged")
 
-        step("5/5 waiting for the worker to apply every event")
+        step("5/6 waiting for the worker to apply every event")
         total = len(dataset.events) + len(MALFORMED)
         key_done = ("fusionrec_worker_events_total", "fusionrec_worker_duplicates_skipped_total",
                     "fusionrec_worker_dead_letter_total")
@@ -111,7 +121,11 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         latency = "fusionrec_worker_processing_latency_seconds"
         say(f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:.0f} ms, "
             f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:.0f} ms{pace}")
-        worker.stop()  # writes the final snapshot
+
+        step(f"6/6 waiting (at most {LISTS_WAIT_S:.0f} s) for the ranker to publish the lists of the users the "
+             "events changed")
+        metrics = _wait_for_lists(worker, before, metrics, applied, say, paced=rate is not None)
+        worker.stop()  # ranks the changed users once more, writes the final snapshot and the final fusion weights
         worker = None
         _show_what_was_built(settings, dataset.events, say)
         ok = result.delivered == result.sent and handled(metrics) >= total
@@ -127,26 +141,128 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
             say(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
 
 
+def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: Callable[[str], None], *,
+                    paced: bool):
+    """Wait until every applied event is reflected in a published list, or ``LISTS_WAIT_S``; report; return the
+    worker's latest metrics."""
+    from streams.processor import MAX_USERS_PER_REFRESH
+
+    reflected_key = f"{FRESHNESS}_count"
+    bar = tqdm(total=int(applied), unit="ev", unit_scale=True, desc="  reflected in a list", disable=None)
+    progress = {"n": 0.0}
+    begun = time.perf_counter()
+    deadline = begun + LISTS_WAIT_S
+    while True:
+        metrics = worker.metrics() or metrics  # empty when a scrape fails: keep the last one
+        reflected = metrics[reflected_key] - before[reflected_key]
+        bar.update(reflected - progress["n"])
+        progress["n"] = reflected
+        if reflected >= applied or time.perf_counter() >= deadline:
+            break
+        time.sleep(0.2)
+    bar.close()
+    seconds = time.perf_counter() - begun
+    published_key = "fusionrec_recommendations_published_total"
+    published = metrics[published_key] - before[published_key]
+    lists = {key: value - before[key] for key, value in metrics.items()
+             if key.startswith("fusionrec_fusion_lists_total{")}
+    explored = sum(v for key, v in lists.items() if 'action="boost"' in key)
+    holdout = sum(v for key, v in lists.items() if 'arm="fixed"' in key)
+    if reflected >= applied:
+        say(f"  published {published:,.0f} lists (topic and Redis): every applied event is in its user's list, "
+            f"{seconds:.1f} s after the last one was applied")
+    else:
+        say(f"  published {published:,.0f} lists (topic and Redis) so far, reflecting {reflected:,.0f} of "
+            f"{applied:,.0f} events: ranking every user of an unpaced replay takes the ranker longer than the demo "
+            f"waits (docs/ranking.md); the worker ranks up to {MAX_USERS_PER_REFRESH:,} more as it stops")
+    say(f"  {100 * explored / max(published, 1):.1f} % of the lists explored (one source boosted), "
+        f"{100 * holdout / max(published, 1):.1f} % in the fixed-weight holdout; event time → list published: p50 "
+        f"{histogram_quantile(metrics, FRESHNESS, 0.5) * 1000:,.0f} ms, p99 "
+        f"{histogram_quantile(metrics, FRESHNESS, 0.99) * 1000:,.0f} ms ({'' if paced else 'catch-up again; '}"
+        "BENCHMARKS.md has freshness at a steady 1k ev/s)")
+    return metrics
+
+
 def _show_what_was_built(settings: Settings, events, say: Callable[[str], None]) -> None:
     from streams.state import SnapshotStore
 
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
     profiles = ProfileStore(client, prefix=settings.redis_prefix)
-    states = {state.partition: state for state in SnapshotStore(client, settings, settings.topic_events).load_all()}
+    snapshots = SnapshotStore(client, settings, settings.topic_events)
+    partitions = sorted(int(key.decode().rsplit(":", 1)[1])
+                        for key in client.scan_iter(match=f"{settings.redis_prefix}snap:{settings.topic_events}:*"))
     busiest: dict[str, int] = {}
     for event in events:
         busiest[event.user_id] = busiest.get(event.user_id, 0) + 1
-    users = sorted(busiest, key=lambda u: (-busiest[u], u))[:2]
-    say(f"\nwhat the worker built: {len(states)} partition snapshots in Redis")
+    # The busiest users whose list is published (an unpaced replay may not have every list yet).
+    candidates = sorted(busiest, key=lambda u: (-busiest[u], u))[:200]
+    lists = {user: rec for user, rec in RecommendationStore(client, settings.redis_prefix).get_many(candidates).items()
+             if rec is not None}
+    users = [user for user in candidates if user in lists][:2] or candidates[:2]
+    redis_key = f"{settings.redis_prefix}rec:"
+    say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis")
+    states: dict[int, object] = {}
     for user in users:
         profile = profiles.get(user)
         say(f"\n  user {user}: {sum(profile.counts.values())} events "
             f"({', '.join(f'{k}={v}' for k, v in sorted(profile.counts.items()))}); recent "
             f"{profile.recent_items[:4]}; bought {profile.bought_items[:3]}")
-        # The user's partition is the one whose recent-items model knows them.
-        home = next((s for s in states.values() if s.models["recent"].candidates(user, 1)), None)
+        rec = lists.get(user)
+        # The user's partition: the list names it (model_version "… p{partition}@{offset}"); without a list, the
+        # one whose recent-items model knows the user.
+        named = _partition_of(rec) if rec is not None else None
+        for partition in [named] if named is not None else partitions:
+            if partition not in states:
+                states[partition] = snapshots.load(partition)
+            if states[partition].models["recent"].candidates(user, 1):
+                home = states[partition]
+                break
+        else:
+            home = None
+        say("    each source's own top 3 (its score):")
         for name, model in (home.models.items() if home else ()):
             top = model.candidates(user, 3)
             shown = ", ".join(f"{item} ({score:.2f})" for item, score in top) or "—"
-            say(f"    {name:<9} {shown}")
+            say(f"      {name:<9} {shown}")
+        if rec is None:
+            say("    no published list yet")
+            continue
+        say(f"    published fused list ({redis_key}{user}), each item's score split by source:")
+        lines = format_recommendation(rec).splitlines()
+        more = len(lines) - 1 - SHOWN_ITEMS
+        for line in lines[: 1 + SHOWN_ITEMS]:
+            say(f"      {line}")
+        if more > 0:
+            say(f"      … {more} more")
+    _show_weights(settings, client, say)
     client.close()
+
+
+def _partition_of(rec) -> int | None:
+    match = re.search(r" p(\d+)@", rec.model_version)
+    return int(match.group(1)) if match else None
+
+
+def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], None]) -> None:
+    """The bandit's weights per segment, as the worker wrote them to Redis (mean over partitions)."""
+    entries = [orjson.loads(client.get(key)) for key in sorted(
+        client.scan_iter(match=f"{settings.redis_prefix}weights:{settings.topic_events}:*"))]
+    if not entries:
+        say("\n  no fusion weights in Redis")
+        return
+    sums: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        for segment, weights in entry["weights"].items():
+            for source, weight in weights.items():
+                row = sums.setdefault(segment, {})
+                row[source] = row.get(source, 0.0) + weight
+    sources = list(next(iter(sums.values())))
+    rewards = sum(entry["rewards"] for entry in entries)
+    say(f"\n  fusion weights per segment (the bandit's exploit weights; mean of {len(entries)} partitions' "
+        f"{settings.redis_prefix}weights:* keys; learned from {rewards:,} rewarded events):")
+    say("    " + f"{'segment':<10}" + "".join(f"{source:>10}" for source in sources))
+    for segment, row in sums.items():
+        say("    " + f"{segment:<10}" + "".join(f"{row.get(s, 0.0) / len(entries):>10.3f}" for s in sources))
+    if rewards < 100:
+        say("    (a reward is an event on an item of the list the user was being served; an unpaced replay mostly "
+            "lists users after their events, so the weights stay near equal: replay with --rate to see them learn)")

@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     # --- Fusion and ranking ----------------------------------------------------------------------------------
     ranker_interval_ms: int = Field(
         200, ge=10, le=600_000,
-        description="How often the ranker refreshes the lists of users whose state changed since the last refresh.",
+        description="How often the ranker refreshes the lists of users whose state changed since the last refresh "
+        "(start to start; a list waits up to this long, plus the ranking, after its user's event was processed).",
     )
     ranker_k: int = Field(20, ge=1, le=1000, description="Items per published list.")
     ranker_candidates: int = Field(50, ge=1, le=10_000, description="Candidates each source proposes per user.")
@@ -157,6 +158,12 @@ class Settings(BaseSettings):
     )
     ranker_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the ranker's tensors live: auto picks CUDA when available, else CPU.",
+    )
+    ranker_threads: int = Field(
+        1, ge=0, le=1024,
+        description="torch threads of a worker's ranker on the CPU (0: torch's default, one per core). Workers "
+        "scale out one per core; a second thread contends with the broker, Redis and the worker's own threads and "
+        "made refreshes slower, not faster, on a 2-core machine.",
     )
     recommendations_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="The serving copy of a list in Redis expires this long after it was made.",

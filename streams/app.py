@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import faust
 import redis
+import torch
 from faust.types import TP
 
 from fusionrec.profiles import ProfileStore
 from fusionrec.settings import Settings
 from streams.batching import BatchingApp, BatchSchema, RecordBatch
 from streams.metrics import WorkerMetrics
-from streams.processor import BatchProcessor
+from streams.processor import MAX_USERS_PER_REFRESH, RANK_BATCH, BatchProcessor
 from streams.publisher import RecommendationPublisher
 from streams.state import SnapshotStore, build_ranker
 
@@ -108,9 +109,11 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
     ranker = build_ranker(settings)
-    log.info("ranker: top %d of %d candidates per source, category cap %d, device %s, every %d ms",
+    if ranker.device.type == "cpu" and settings.ranker_threads:
+        torch.set_num_threads(settings.ranker_threads)
+    log.info("ranker: top %d of %d candidates per source, category cap %d, device %s (%d threads), every %d ms",
              settings.ranker_k, settings.ranker_candidates, settings.ranker_category_cap, ranker.device,
-             settings.ranker_interval_ms)
+             torch.get_num_threads(), settings.ranker_interval_ms)
     processor = BatchProcessor(settings, profile_store(settings, client),
                                SnapshotStore(client, settings, settings.topic_events, ranker), metrics,
                                RecommendationPublisher(settings, client, metrics))
@@ -155,10 +158,19 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
                 pending = [await dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
                 await asyncio.gather(*pending)  # delivered before this batch can be acknowledged
 
+    async def best_effort(fn, what: str):
+        """Run ``fn`` on the state thread; log a failure (Redis down, say) instead of crashing the app: lists and
+        weights are derived data, rewritten on the next tick."""
+        try:
+            return await on_state_thread(fn)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+            return None
+
     @app.timer(settings.snapshot_interval_s)
     async def snapshot_partitions():
         allow_commits(await on_state_thread(processor.snapshot_in_background))
-        report = await on_state_thread(processor.publish_weights)
+        report = await best_effort(processor.publish_weights, "writing the fusion weights to Redis")
         loop_time = asyncio.get_running_loop().time()
         if report and loop_time - weights_logged[0] >= WEIGHTS_LOG_INTERVAL_S:
             weights_logged[0] = loop_time
@@ -169,13 +181,29 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     weights_logged = [float("-inf")]
 
-    @app.timer(settings.ranker_interval_ms / 1000)
+    @app.task
     async def refresh_recommendations():
-        """Rank and publish the lists of users whose state changed, off the event loop (on the state thread)."""
-        try:
-            await on_state_thread(processor.refresh)
-        except Exception:  # noqa: BLE001 - a failed refresh leaves the users marked changed for the next tick
-            log.exception("ranker refresh failed")
+        """Every ranker interval, rank and publish the lists of users whose state changed, off the event loop.
+
+        One slice of ``RANK_BATCH`` users per turn of the state thread, so batches waiting for it run in between
+        (and the users they change join this tick's later slices). The interval runs from the start of one tick to
+        the next: a Faust timer sleeps the whole interval *after* each run, which would add the refresh's own time
+        to every list's wait, and more users per tick make that time longer still.
+        """
+        loop = asyncio.get_running_loop()
+        interval = settings.ranker_interval_ms / 1000
+        while not app.should_stop:
+            began = loop.time()
+            budget = MAX_USERS_PER_REFRESH
+            try:
+                while budget > 0:
+                    done = await on_state_thread(processor.refresh, min(RANK_BATCH, budget))
+                    budget -= done
+                    if done < RANK_BATCH:
+                        break
+            except Exception:  # noqa: BLE001 - a failed refresh leaves the users marked changed for the next tick
+                log.exception("ranker refresh failed")
+            await app.sleep(max(interval - (loop.time() - began), 0.0))
 
     @app.on_partitions_revoked.connect
     async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
@@ -196,10 +224,11 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     @app.on_before_shutdown.connect
     async def final_snapshot(app, **kwargs):  # noqa: ARG001
-        await on_state_thread(processor.refresh)
+        await best_effort(processor.refresh, "the last ranker refresh")
         if processor.publisher is not None:
-            await on_state_thread(processor.publisher.flush)
+            await best_effort(processor.publisher.flush, "flushing the last lists")
         allow_commits(await on_state_thread(processor.snapshot))
+        await best_effort(processor.publish_weights, "writing the final fusion weights")
         log.info("final snapshot written")
 
     return worker

@@ -58,7 +58,9 @@ class WorkerMetrics:
                                       "Lists the broker did not acknowledge (the next change republishes them).",
                                       registry=registry)
         self.refresh_seconds = Histogram("fusionrec_ranker_refresh_seconds",
-                                         "Time of one ranker refresh (all changed users of this worker).",
+                                         "Time of one ranker refresh call on the state thread (at most "
+                                         "streams.processor.RANK_BATCH users; a tick makes as many calls as its "
+                                         "changed users need).",
                                          buckets=LATENCY_BUCKETS, registry=registry)
         self.lists = Counter("fusionrec_fusion_lists_total", "Lists served, by arm and action kind.",
                              ["arm", "action"], registry=registry)

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 import orjson
 
@@ -26,13 +27,14 @@ from streams.metrics import WorkerMetrics
 from streams.publisher import RecommendationPublisher
 from streams.state import PartitionState, SnapshotStore
 
-__all__ = ["BatchOutcome", "BatchProcessor"]
+__all__ = ["MAX_USERS_PER_REFRESH", "RANK_BATCH", "BatchOutcome", "BatchProcessor"]
 
 log = logging.getLogger("fusionrec.worker")
 
-#: Users ranked together in one batched tensor pass, and the most refreshed in one tick: under a backlog the
-#: rest wait for the next tick, so batches keep flowing and freshness, not throughput, gives way.
-RANK_BATCH = 256
+#: Most users ranked in one call of :meth:`BatchProcessor.refresh` (one batched tensor pass per partition, and one
+#: turn of the state thread: batches wait at most this long), and the most refreshed in one tick: under a backlog
+#: the rest wait for the next tick, so batches keep flowing and freshness, not throughput, gives way.
+RANK_BATCH = 128
 MAX_USERS_PER_REFRESH = 4096
 #: How long the set of unavailable items read from Redis is reused.
 UNAVAILABLE_TTL_S = 1.0
@@ -65,6 +67,7 @@ class BatchProcessor:
         self.states: dict[int, PartitionState] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
         self._child: tuple[int, dict[int, int], list[PartitionState], float] | None = None
+        self._turn = 0  # which partition ranks first in the next refresh
 
     def state(self, partition: int) -> PartitionState:
         state = self.states.get(partition)
@@ -154,32 +157,36 @@ class BatchProcessor:
             self._unavailable = (now, items)
         return items
 
-    def refresh(self) -> int:
-        """Rank and publish the lists of users whose state changed since their last list; return how many.
+    def refresh(self, max_users: int = MAX_USERS_PER_REFRESH) -> int:
+        """Rank and publish the lists of up to ``max_users`` users whose state changed since their last list;
+        return how many.
 
-        Runs on the state thread between batches (the models do not move underneath it). Users are ranked in
-        tensor batches of ``RANK_BATCH``, at most ``MAX_USERS_PER_REFRESH`` per call, longest-waiting first.
+        Runs on the state thread between batches (the models do not move underneath it). Each partition's users
+        are ranked longest-waiting first, in tensor batches of at most ``RANK_BATCH``; partitions take turns at
+        going first, so under a backlog none waits behind the others. The worker calls it in slices of
+        ``RANK_BATCH`` users (:mod:`streams.app`), so batches are processed between slices instead of waiting for
+        every changed user to be ranked.
         """
-        if self.publisher is None:
+        if self.publisher is None or max_users <= 0:
+            return 0
+        states = [state for state in self.states.values() if state.changed and state.fusion is not None]
+        if not states:
             return 0
         started = time.perf_counter()
-        budget = MAX_USERS_PER_REFRESH
+        first = self._turn % len(states)
+        self._turn += 1
+        unavailable = self.unavailable()
+        budget = max_users
         published = 0
-        unavailable = None
-        for state in list(self.states.values()):
-            if not state.changed or state.fusion is None or budget <= 0:
-                continue
-            if unavailable is None:
-                unavailable = self.unavailable()
-            users = list(state.changed)[:budget]
-            budget -= len(users)
+        for state in states[first:] + states[:first]:
             clock = max(model.clock_ms for model in state.models.values())
-            for start in range(0, len(users), RANK_BATCH):
-                chunk = users[start:start + RANK_BATCH]
-                lists = state.fusion.recommend(state.models, chunk, now_ms=clock, unavailable=unavailable)
-                changed = {user: state.changed[user] for user in chunk}
+            while budget > 0 and state.changed:
+                users = list(islice(state.changed, min(budget, RANK_BATCH)))  # the longest-waiting first
+                budget -= len(users)
+                lists = state.fusion.recommend(state.models, users, now_ms=clock, unavailable=unavailable)
+                changed = {user: state.changed[user] for user in users}
                 published += self.publisher.publish(lists, changed, partition=state.partition, offset=state.offset)
-                for user in chunk:  # only now: a failed refresh leaves them for the next tick
+                for user in users:  # only now: a failed refresh leaves them for the next one
                     del state.changed[user]
                 state.dirty = True  # the served lists are part of the snapshot
         if published and self.metrics:

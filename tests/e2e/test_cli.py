@@ -79,6 +79,9 @@ def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
     assert "demo OK" in out.stdout and "3,000 acknowledged" in out.stdout
     assert "applied 3,000 events, skipped 0 duplicates, dead-lettered 2 malformed messages" in out.stdout
     assert "what the worker built: 6 partition snapshots" in out.stdout and "popular" in out.stdout
+    # 3,000 events are few enough for the ranker to publish every changed user's list while the demo waits.
+    assert "every applied event is in its user's list" in out.stdout, out.stdout
+    assert "published fused list (fr-demo:rec:" in out.stdout and "fusion weights per segment" in out.stdout
     assert "stopped the embedded stack" in out.stdout
     assert pids_of(env) == []
 
