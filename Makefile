@@ -3,6 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
 ML1M ?= ../shared/data/movielens-1m-partial/ratings_first2999users.dat.gz
+ML100K ?= ../shared/data/movielens-100k/u.data.gz
 
 .PHONY: setup demo test test-unit bench clean
 setup:
@@ -26,6 +27,11 @@ bench: setup
 	$(BIN)/python benchmarks/bench_worker.py $(DATA) --latency --rate 1000 --limit 30000
 	$(BIN)/python benchmarks/bench_freshness.py $(DATA)
 	$(BIN)/python benchmarks/bench_ranker.py
+	$(BIN)/python benchmarks/bench_parity.py $(DATA) --limit 30000 --rate 1000
+	$(BIN)/python benchmarks/bench_parity.py $(ML100K) --limit 30000 --rate 1000
+	$(BIN)/fusionrec evaluate $(DATA) --out build/evaluation/taobao --no-progress
+	$(BIN)/fusionrec evaluate $(ML100K) --out build/evaluation/ml100k --no-progress
+	$(BIN)/fusionrec evaluate $(ML1M) --out build/evaluation/ml1m --no-progress
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
