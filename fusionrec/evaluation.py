@@ -189,7 +189,7 @@ class _Run:
         if not users:
             return
         models = self.state.models
-        now = max(model.clock_ms for model in models.values())
+        now = self.state.clock_ms
         for start in range(0, len(users), 256):
             chunk = users[start:start + 256]
             prepared = self.ranker.prepare(models, chunk, now)

@@ -179,11 +179,10 @@ class BatchProcessor:
         budget = max_users
         published = 0
         for state in states[first:] + states[:first]:
-            clock = max(model.clock_ms for model in state.models.values())
             while budget > 0 and state.changed:
                 users = list(islice(state.changed, min(budget, RANK_BATCH)))  # the longest-waiting first
                 budget -= len(users)
-                lists = state.fusion.recommend(state.models, users, now_ms=clock, unavailable=unavailable)
+                lists = state.fusion.recommend(state.models, users, now_ms=state.clock_ms, unavailable=unavailable)
                 changed = {user: state.changed[user] for user in users}
                 published += self.publisher.publish(lists, changed, partition=state.partition, offset=state.offset)
                 for user in users:  # only now: a failed refresh leaves them for the next one
@@ -191,27 +190,12 @@ class BatchProcessor:
                 state.dirty = True  # the served lists are part of the snapshot
         if published and self.metrics:
             self.metrics.refresh_seconds.observe(time.perf_counter() - started)
-            self._observe_weights()
         return published
 
-    def _observe_weights(self) -> None:
-        sums: dict[tuple[str, str], float] = {}
-        count = 0
-        rewards = 0
-        for state in self.states.values():
-            if state.fusion is None:
-                continue
-            count += 1
-            rewards += state.fusion.rewards
-            for segment, weights in state.fusion.weights().items():
-                for source, weight in weights.items():
-                    sums[segment, source] = sums.get((segment, source), 0.0) + weight
-        for (segment, source), total in sums.items():
-            self.metrics.weights.labels(segment, source).set(total / count)
-
     def publish_weights(self) -> dict[int, dict]:
-        """Write each held partition's bandit weights to Redis (``{prefix}weights:{topic}:{partition}``, JSON)
-        and return them: ``{partition: {"weights": {segment: {source: w}}, "version": n, "rewards": n}}``."""
+        """Write each held partition's bandit weights to Redis (``{prefix}weights:{topic}:{partition}``, JSON),
+        set the weight gauges to their mean over the partitions, and return them:
+        ``{partition: {"weights": {segment: {source: w}}, "version": n, "rewards": n}}``."""
         report = {}
         pipe = self.profiles.client.pipeline(transaction=False)
         for partition, state in self.states.items():
@@ -224,6 +208,11 @@ class BatchProcessor:
             pipe.set(f"{self.settings.redis_prefix}weights:{self.snapshots.topic}:{partition}", orjson.dumps(entry))
         if report:
             pipe.execute()
+            if self.metrics:
+                for segment, weights in next(iter(report.values()))["weights"].items():
+                    for source in weights:
+                        mean = sum(e["weights"][segment][source] for e in report.values()) / len(report)
+                        self.metrics.weights.labels(segment, source).set(mean)
         return report
 
     def snapshot(self, partitions: list[int] | None = None, force: bool = False) -> dict[int, int]:

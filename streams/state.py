@@ -88,6 +88,11 @@ class PartitionState:
     pending: dict[str, list[Event]] = field(default_factory=dict)
     changed: dict[str, list[int]] = field(default_factory=dict)
 
+    @property
+    def clock_ms(self) -> int:
+        """The latest event time any of the partition's models has seen (0 before any event)."""
+        return max((model.clock_ms for model in self.models.values()), default=0)
+
     def learn(self, events: list[tuple[Event, int]], last_offset: int) -> None:
         """Feed ``(event, offset)`` pairs (in order) to every model and advance the offset to ``last_offset``.
 
@@ -137,8 +142,7 @@ class PartitionState:
             if dropped:
                 self.evicted[name] = self.evicted.get(name, 0) + dropped
         if self.fusion is not None:
-            clock = max((model.clock_ms for model in self.models.values()), default=0)
-            dropped = self.fusion.evict(clock)
+            dropped = self.fusion.evict(self.clock_ms)
             if dropped:
                 self.evicted["fusion"] = self.evicted.get("fusion", 0) + dropped
 
