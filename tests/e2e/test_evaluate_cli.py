@@ -27,6 +27,8 @@ def evaluate(tmp_path, *args):
 
 @pytest.mark.parametrize("dataset", [TAOBAO_SLICE, MOVIELENS], ids=["taobao", "movielens"])
 def test_evaluate_a_slice_of_each_format(tmp_path, dataset):
+    if not dataset.exists():  # like the other tests on shared data: a missing file is a failure, not a skip
+        pytest.fail(f"shared data not found at {dataset} (set FUSIONREC_SHARED_DATA to its folder)")
     stdout, report = evaluate(tmp_path, str(dataset), "--limit", "4000", "--block", "50")
     variants = report["variants"]
     assert {"fused:bandit", "fused:equal", "cf", "covisit", "popular", "trending", "category", "recent"} <= set(variants)
