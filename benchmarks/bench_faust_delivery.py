@@ -2,7 +2,7 @@
 
 Both agents parse every record's JSON and count; nothing else. The stock agent uses ``stream.take(2000,
 within=0.05)`` (the usual Faust micro-batching); the batched agent receives whole partition batches
-(:mod:`streams.batching`). Each runs in its own process and group, from the start of the same topic.
+(:mod:`fusionrec.streams.batching`). Each runs in its own process and group, from the start of the same topic.
 
     python benchmarks/bench_faust_delivery.py ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
 """
@@ -24,7 +24,7 @@ AGENT = r'''
 import os, sys, time
 sys.path.insert(0, os.environ["REPO"])
 import faust, orjson
-from streams.batching import BatchingApp, BatchSchema
+from fusionrec.streams.batching import BatchingApp, BatchSchema
 
 mode, topic, n = os.environ["MODE"], os.environ["TOPIC"], int(os.environ["N"])
 common = dict(broker="kafka://" + os.environ["BOOTSTRAP"], broker_session_timeout=6, broker_heartbeat_interval=1,
@@ -69,12 +69,12 @@ app.main()
 
 
 def run_agent(mode: str, settings, n: int, tmp: Path) -> float:
-    from fusionrec.stack import free_port
+    from fusionrec.infra.stack import free_port
 
     script = tmp / "agent.py"
     script.write_text(AGENT)
-    env = os.environ | {"REPO": str(REPO), "MODE": mode, "TOPIC": settings.topic_events, "N": str(n),
-                        "BOOTSTRAP": settings.kafka_bootstrap_servers, "WEB_PORT": str(free_port()),
+    env = os.environ | {"REPO": str(REPO), "MODE": mode, "TOPIC": settings.topic.events, "N": str(n),
+                        "BOOTSTRAP": settings.kafka.bootstrap_servers, "WEB_PORT": str(free_port()),
                         "DATADIR": str(tmp / f"faust-{mode}")}
     proc = subprocess.run([sys.executable, str(script), "worker", "-l", "warn", "--without-web"], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -91,17 +91,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
-    from fusionrec.settings import load_settings
-    from fusionrec.stack import Stack, free_port
-    from fusionrec.topics import ensure_topics
-    from producers.datasets import read_dataset
-    from producers.producer import EventProducer
-    from producers.replay import replay_events
+    from fusionrec.contracts.settings import load_settings
+    from fusionrec.infra.stack import Stack, free_port
+    from fusionrec.infra.admin import ensure_topics
+    from fusionrec.producers.datasets import read_dataset
+    from fusionrec.producers.producer import EventProducer
+    from fusionrec.producers.replay import replay_events
 
     events = read_dataset(args.path, limit=args.limit).events
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-faust-"))
     settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=6,
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
                              topic_events=f"bench-faust-{time.time_ns()}")
     stack = Stack(settings)
     stack.up()
@@ -114,7 +114,7 @@ def main() -> None:
         stack.down()
     print(f"\n{len(events):,} events from {args.path.name}, 6 partitions; each agent parses every record's JSON")
     print(f"{'Faust agent, per-record delivery (take 2000)':<48}{stock:>12,.0f} ev/s")
-    print(f"{'Faust agent, batch delivery (streams.batching)':<48}{batch:>12,.0f} ev/s")
+    print(f"{'Faust agent, batch delivery (fusionrec.streams.batching)':<48}{batch:>12,.0f} ev/s")
     print(f"batch / per-record: {batch / stock:.1f}x")
 
 

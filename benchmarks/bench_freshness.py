@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 import torch  # noqa: E402
 
-from fusionrec.settings import Settings, load_settings  # noqa: E402
-from fusionrec.stack import Stack, free_port  # noqa: E402
-from fusionrec.topics import ensure_topics  # noqa: E402
-from producers.datasets import read_dataset  # noqa: E402
-from producers.producer import EventProducer  # noqa: E402
-from producers.replay import replay_events  # noqa: E402
-from streams.child import WorkerChild  # noqa: E402
-from streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.contracts.settings import Settings, load_settings  # noqa: E402
+from fusionrec.infra.stack import Stack, free_port  # noqa: E402
+from fusionrec.infra.admin import ensure_topics  # noqa: E402
+from fusionrec.producers.datasets import read_dataset  # noqa: E402
+from fusionrec.producers.producer import EventProducer  # noqa: E402
+from fusionrec.producers.replay import replay_events  # noqa: E402
+from fusionrec.streams.child import WorkerChild  # noqa: E402
+from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
 
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 PROCESSING = "fusionrec_worker_processing_latency_seconds"
@@ -77,21 +77,22 @@ def ms(values: list[float]) -> str:
 def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     """Feed ``events`` through an in-process :class:`BatchProcessor` one tick's worth at a time, refreshing after
     each; return per-refresh times, users per refresh and a cProfile breakdown of the refresh by stage."""
-    from streams.app import profile_store, tune_gc
-    from streams.batching import Record, RecordBatch
-    from streams.processor import BatchProcessor
-    from streams.publisher import RecommendationPublisher
-    from streams.state import SnapshotStore, build_ranker
+    from fusionrec.streams.app import tune_gc
+    from fusionrec.stores.profiles import ProfileStore
+    from fusionrec.streams.batching import Record, RecordBatch
+    from fusionrec.streams.processor import BatchProcessor
+    from fusionrec.streams.publisher import RecommendationPublisher
+    from fusionrec.streams.state import SnapshotStore, build_ranker
 
     tune_gc()  # as the worker does, and its torch threads
-    if settings.ranker_threads:
-        torch.set_num_threads(settings.ranker_threads)
-    client = redis.Redis.from_url(settings.redis_url)
-    conf = settings.model_copy(update={"redis_prefix": "bench-refresh:"})
-    processor = BatchProcessor(conf, profile_store(conf, client),
-                               SnapshotStore(client, conf, "bench", build_ranker(conf)),
+    if settings.ranker.threads:
+        torch.set_num_threads(settings.ranker.threads)
+    client = redis.Redis.from_url(settings.redis.url)
+    conf = settings.replace(redis_prefix="bench-refresh:")
+    processor = BatchProcessor(conf, ProfileStore.from_settings(conf, client),
+                               SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)),
                                publisher=RecommendationPublisher(conf, client))
-    partitions = settings.events_partitions
+    partitions = settings.topic.events_partitions
     offsets = [0] * partitions
     now = int(time.time() * 1000)
     times: list[float] = []
@@ -162,7 +163,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     overrides = {"ranker_interval_ms": args.interval_ms} if args.interval_ms else {}
     settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=6,
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
                              topic_events=f"bench-events-{time.time_ns()}",
                              topic_recommendations=f"bench-recs-{time.time_ns()}", redis_prefix="bench:",
                              worker_group=f"bench-{time.time_ns()}", kafka_fetch_wait_max_ms=args.fetch_wait_ms,
@@ -197,10 +198,10 @@ def main() -> None:
         worker.stop()
         worker = None
 
-        interval = settings.ranker_interval_ms
-        from models.topk import pick_device
+        interval = settings.ranker.interval_ms
+        from fusionrec.models.topk import pick_device
 
-        device = pick_device(settings.ranker_device)
+        device = pick_device(settings.ranker.device)
         print(f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s (timestamps stamped at "
               f"send); one worker, ranker every {interval} ms on {device.type}; after a {len(warm)}-event "
               "warm-up. Quantiles from the worker's histograms, interpolated within buckets.")

@@ -6,11 +6,11 @@ One run, on a private embedded stack (Tansu + Redis on loopback):
    clock when sent, into a one-partition events topic (so the worker keeps one model state, as the offline run
    does); one ``fusionrec worker`` learns them and publishes lists every ``--interval-ms``. Once every event is
    reflected in a published list, the worker is stopped (it flushes its last lists) and
-   :func:`consumers.online_eval.run_online_eval` reads both topics from their beginning: HR@20 of the published
+   :func:`fusionrec.consumers.online_eval.run_online_eval` reads both topics from their beginning: HR@20 of the published
    (``fused``) list and of every source's own list in the message.
 2. **Offline.** The events are read back from the events topic, with the timestamps the replay gave them (so time
    decays, trending's half-life and the bandit's, behave as they did live), and run through
-   :func:`fusionrec.evaluation.evaluate` with the same settings, at ``block = rate × interval`` (the nominal live
+   :func:`fusionrec.apps.evaluation.evaluate` with the same settings, at ``block = rate × interval`` (the nominal live
    lag in events) and at the *lag-matched* block, whose mean lag (block / 2) is the live mean freshness (event →
    the list reflecting it published, from the worker's histogram).
 3. **Side by side**, per variant: HR@20 with unserved targets (no list in effect) counted as misses, as the offline
@@ -52,21 +52,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.online_eval import OnlineEvaluator, run_online_eval  # noqa: E402
-from consumers.reader import read_topic  # noqa: E402
-from consumers.recommendations import Recommendation, RecommendationFormatError, decode  # noqa: E402
-from fusionrec.evaluation import EvalConfig, evaluate  # noqa: E402
-from fusionrec.events import Event, validate  # noqa: E402
-from fusionrec.settings import Settings, load_settings  # noqa: E402
-from fusionrec.stack import Stack, free_port  # noqa: E402
-from fusionrec.topics import ensure_topics  # noqa: E402
-from models import SOURCES  # noqa: E402
-from models.targets import TargetFilter  # noqa: E402
-from producers.datasets import read_dataset  # noqa: E402
-from producers.producer import EventProducer  # noqa: E402
-from producers.replay import replay_events  # noqa: E402
-from streams.child import WorkerChild  # noqa: E402
-from streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.consumers.online_eval import OnlineEvaluator, run_online_eval  # noqa: E402
+from fusionrec.consumers.reader import read_topic  # noqa: E402
+from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode  # noqa: E402
+from fusionrec.apps.evaluation import EvalConfig, evaluate  # noqa: E402
+from fusionrec.contracts.events import Event, validate  # noqa: E402
+from fusionrec.contracts.settings import Settings, load_settings  # noqa: E402
+from fusionrec.infra.stack import Stack, free_port  # noqa: E402
+from fusionrec.infra.admin import ensure_topics  # noqa: E402
+from fusionrec.models import SOURCES  # noqa: E402
+from fusionrec.models.targets import TargetFilter  # noqa: E402
+from fusionrec.producers.datasets import read_dataset  # noqa: E402
+from fusionrec.producers.producer import EventProducer  # noqa: E402
+from fusionrec.producers.replay import replay_events  # noqa: E402
+from fusionrec.streams.child import WorkerChild  # noqa: E402
+from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
 
 K = 20
 GOAL_PP = 2.0
@@ -98,7 +98,7 @@ def run_live(settings: Settings, events: list[Event], rate: float, tmp: Path) ->
 def read_events(settings: Settings, n: int) -> list[Event]:
     """The events topic as the worker saw it: offset order (one partition), the timestamps the replay gave."""
     out = []
-    for _partition, _offset, _key, value in read_topic(settings, settings.topic_events, max_messages=n,
+    for _partition, _offset, _key, value in read_topic(settings, settings.topic.events, max_messages=n,
                                                        idle_timeout=10):
         event = validate(value, max_future_skew_ms=10**12).event
         if event is not None:
@@ -109,7 +109,7 @@ def read_events(settings: Settings, n: int) -> list[Event]:
 def read_lists(settings: Settings) -> list[Recommendation]:
     """Every list on the recommendations topic, in topic order."""
     out = []
-    for _partition, _offset, _key, value in read_topic(settings, settings.topic_recommendations, idle_timeout=5):
+    for _partition, _offset, _key, value in read_topic(settings, settings.topic.recommendations, idle_timeout=5):
         if value is None:
             continue
         try:
@@ -203,8 +203,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-parity-"))
     stamp = time.time_ns()
     settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=1,
-                             recommendations_partitions=1, topic_events=f"parity-events-{stamp}",
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=1,
+                             topic_recommendations_partitions=1, topic_events=f"parity-events-{stamp}",
                              topic_recommendations=f"parity-recs-{stamp}", redis_prefix="parity:",
                              worker_group=f"parity-{stamp}", ranker_interval_ms=args.interval_ms,
                              kafka_fetch_wait_max_ms=args.fetch_wait_ms, ranker_device=args.device)
@@ -261,7 +261,7 @@ def main() -> None:
         if abs(run["unserved_reported"] - run["unserved"]) > 1 + targets / 10_000:  # served is rounded to 1e-4
             print(f"WARNING: at block {run['block']} evaluate() judged {run['unserved_reported']:,} targets without "
                   f"a list where its protocol gives {run['unserved']:,}: it made fewer lists than its rule says "
-                  "(fusionrec.evaluation._lists_needed)")
+                  "(fusionrec.apps.evaluation._lists_needed)")
 
     print("\nHR@20 = hits / all targets (unserved = miss, as offline counts it); 'served' = hits / targets with a list")
     print(f"{'variant':<21}{'online':>8}{'served':>8}{f'offline b={block}':>15}{'served':>8}{'Δ pp':>7}"

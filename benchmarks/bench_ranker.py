@@ -1,4 +1,4 @@
-"""Exhaustive matrix-factorisation top-k: ``models.topk.exhaustive_top_k`` (torch, chunked) against the plain numpy
+"""Exhaustive matrix-factorisation top-k: ``fusionrec.models.topk.exhaustive_top_k`` (torch, chunked) against the plain numpy
 path (``numpy_top_k``: matmul + ``argpartition`` per user chunk), same synthetic factors, one run.
 
 Prints, for both: wall seconds, users/s, scored (user, item) pairs/s, the speed-up, and the peak RSS growth
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks  # noqa: E402
+from fusionrec.models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks  # noqa: E402
 
 
 def status_mb(field: str) -> float:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.reader import read_topic, summarize_events  # noqa: E402
-from fusionrec.settings import load_settings  # noqa: E402
-from fusionrec.stack import Stack, free_port  # noqa: E402
-from fusionrec.topics import ensure_topics  # noqa: E402
-from producers.datasets import read_dataset  # noqa: E402
-from producers.producer import EventProducer  # noqa: E402
-from producers.replay import replay_events  # noqa: E402
+from fusionrec.consumers.reader import read_topic, summarize_events  # noqa: E402
+from fusionrec.contracts.settings import load_settings  # noqa: E402
+from fusionrec.infra.stack import Stack, free_port  # noqa: E402
+from fusionrec.infra.admin import ensure_topics  # noqa: E402
+from fusionrec.producers.datasets import read_dataset  # noqa: E402
+from fusionrec.producers.producer import EventProducer  # noqa: E402
+from fusionrec.producers.replay import replay_events  # noqa: E402
 
 
 def produce(settings, topic, events, *, validate, rate=None):
@@ -71,7 +71,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     settings = load_settings(
         state_dir=tmp, kafka_bootstrap_servers=args.bootstrap or f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=6,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
     )
     stack = Stack(settings)
     if not args.bootstrap:
@@ -83,14 +83,14 @@ def main() -> None:
         for run in range(args.repeat):
             for validate in (False, True):
                 topic = f"bench-{run}-{int(validate)}-{time.time_ns()}"
-                ensure_topics(settings.model_copy(update={"topic_events": topic}))
+                ensure_topics(settings.replace(topic_events=topic))
                 key = "produce (validated)" if validate else "produce (no validation)"
                 figures[key].append(produce(settings, topic, events, validate=validate))
                 if not validate:
                     figures["consume raw"].append(consume_raw(settings, topic, n))
                     figures["consume + validate"].append(consume_validated(settings, topic, n))
             topic = f"bench-paced-{run}-{time.time_ns()}"
-            ensure_topics(settings.model_copy(update={"topic_events": topic}))
+            ensure_topics(settings.replace(topic_events=topic))
             figures[f"paced at {args.rate:,.0f}/s"].append(produce(settings, topic, events, validate=False,
                                                                    rate=args.rate))
             print(f"run {run + 1}/{args.repeat} done", file=sys.stderr)

@@ -30,16 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from consumers.reader import read_topic  # noqa: E402
-from fusionrec.settings import load_settings  # noqa: E402
-from fusionrec.stack import Stack, free_port  # noqa: E402
-from fusionrec.topics import ensure_topics  # noqa: E402
-from models.base import DEFAULT_EVENT_WEIGHTS  # noqa: E402
-from producers.datasets import read_dataset  # noqa: E402
-from producers.producer import EventProducer  # noqa: E402
-from producers.replay import replay_events  # noqa: E402
-from streams.child import WorkerChild  # noqa: E402
-from streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.consumers.reader import read_topic  # noqa: E402
+from fusionrec.contracts.settings import load_settings  # noqa: E402
+from fusionrec.infra.stack import Stack, free_port  # noqa: E402
+from fusionrec.infra.admin import ensure_topics  # noqa: E402
+from fusionrec.models.base import DEFAULT_EVENT_WEIGHTS  # noqa: E402
+from fusionrec.producers.datasets import read_dataset  # noqa: E402
+from fusionrec.producers.producer import EventProducer  # noqa: E402
+from fusionrec.producers.replay import replay_events  # noqa: E402
+from fusionrec.streams.child import WorkerChild  # noqa: E402
+from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
 
 
 def latency_quantiles(m: Counter) -> tuple[float, float, int]:
@@ -74,7 +74,7 @@ def river_rate(events) -> float:
 
 def cf_rate(events) -> float:
     """fusionrec's CF model alone, fed in its blocks as the worker feeds it: the like-for-like River comparison."""
-    from models import MatrixFactorization
+    from fusionrec.models import MatrixFactorization
 
     model = MatrixFactorization(seed=42)
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def cf_rate(events) -> float:
 
 
 def _batches(events):
-    from streams.batching import Record, RecordBatch
+    from fusionrec.streams.batching import Record, RecordBatch
 
     return [RecordBatch("bench", 0, [Record(start + i, e.key, e.to_json(), e.ts)
                                      for i, e in enumerate(events[start:start + 5000])])
@@ -92,17 +92,18 @@ def _batches(events):
 
 def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], float]:
     """The in-process batch path on up to 60k events: its rate, then a cProfile breakdown by stage."""
-    from streams.app import profile_store, tune_gc
-    from streams.processor import BatchProcessor
-    from streams.state import SnapshotStore
+    from fusionrec.streams.app import tune_gc
+    from fusionrec.stores.profiles import ProfileStore
+    from fusionrec.streams.processor import BatchProcessor
+    from fusionrec.streams.state import SnapshotStore
 
     tune_gc()  # as the worker does
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     events = dataset_events[:60_000]
 
     def processor(prefix):
-        conf = settings.model_copy(update={"redis_prefix": prefix})
-        return BatchProcessor(conf, profile_store(conf, client), SnapshotStore(client, conf, "bench"))
+        conf = settings.replace(redis_prefix=prefix)
+        return BatchProcessor(conf, ProfileStore.from_settings(conf, client), SnapshotStore(client, conf, "bench"))
 
     timed = processor("bench-rate:")
     batches = _batches(events)
@@ -154,9 +155,9 @@ def main() -> None:
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=6,
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
                              topic_events=f"bench-events-{time.time_ns()}", redis_prefix="bench:",
-                             worker_group=f"bench-{time.time_ns()}", snapshot_interval_s=args.snapshot_interval,
+                             worker_group=f"bench-{time.time_ns()}", worker_snapshot_interval_s=args.snapshot_interval,
                              kafka_fetch_wait_max_ms=args.fetch_wait_ms)
     stack = Stack(settings)
     stack.up()
@@ -184,7 +185,7 @@ def main() -> None:
         producer = EventProducer(settings, validate=False)
         replay_events(events, producer, timestamps="original")
         start = time.perf_counter()
-        consumed = sum(1 for _ in read_topic(settings, settings.topic_events, max_messages=n, idle_timeout=5))
+        consumed = sum(1 for _ in read_topic(settings, settings.topic.events, max_messages=n, idle_timeout=5))
         raw_rate = consumed / (time.perf_counter() - start)
         river = river_rate(events)
         cf = cf_rate(events)
@@ -202,10 +203,10 @@ def main() -> None:
         last = time.perf_counter()
         worker_rate = (n - progress["first_done"]) / (last - progress["first"])
         rss = rss_mb(worker.pid)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis.url)
         users = {e.user_id for e in events}
         sample = list(users)[:2000]
-        profile_bytes = sum(client.memory_usage(f"{settings.redis_prefix}p:{u}") or 0 for u in sample) / len(sample)
+        profile_bytes = sum(client.memory_usage(f"{settings.redis.prefix}p:{u}") or 0 for u in sample) / len(sample)
         used = client.info("memory")["used_memory"]
         worker.stop()
         worker = None

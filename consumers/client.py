@@ -2,7 +2,7 @@
 
 Imports confluent-kafka and the message format only: no Faust, torch or models, so a web service can use it.
 
-* :class:`RecommendationsConsumer` reads the topic and yields :class:`~consumers.recommendations.Recommendation`
+* :class:`RecommendationsConsumer` reads the topic and yields :class:`~fusionrec.contracts.recommendations.Recommendation`
   objects. Records that are not valid version-1 lists are logged with their partition and offset, counted in
   :attr:`RecommendationsConsumer.invalid`, and skipped: a bad record never stops a consumer.
 * :class:`RecommendationStore` reads the latest list of given users from Redis (what a serving path calls).
@@ -31,8 +31,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumers.recommendations import Recommendation, RecommendationFormatError, decode, redis_key
-from fusionrec.settings import Settings
+from fusionrec.contracts.keys import RedisKeys
+from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
+from fusionrec.contracts.settings import Settings
 
 __all__ = ["RecommendationStore", "RecommendationsConsumer", "format_recommendation"]
 
@@ -45,7 +46,7 @@ class RecommendationsConsumer:
     Parameters
     ----------
     settings
-        Connection settings; the topic is ``settings.topic_recommendations``.
+        Connection settings; the topic is ``settings.topic.recommendations``.
     group_id
         ``None`` (default): no consumer group; every partition is assigned, read from the beginning or from the end.
         A group id: subscribe as a member of that group (partitions are shared with its other members, offsets are
@@ -75,7 +76,7 @@ class RecommendationsConsumer:
         idle_timeout: float | None = None,
         overrides: dict[str, Any] | None = None,
     ):
-        self.topic = settings.topic_recommendations
+        self.topic = settings.topic.recommendations
         self.idle_timeout = idle_timeout
         #: Records that were not valid version-1 lists (skipped).
         self.invalid = 0
@@ -84,7 +85,7 @@ class RecommendationsConsumer:
         self._not_before_ms: int | None = None
         extra: dict[str, Any] = {"enable.auto.commit": group_id is not None,
                                  "auto.offset.reset": "earliest" if from_beginning else "latest"}
-        conf = settings.consumer_config(group_id or f"{settings.kafka_client_id}-recs-{uuid.uuid4().hex[:8]}",
+        conf = settings.consumer_config(group_id or f"{settings.kafka.client_id}-recs-{uuid.uuid4().hex[:8]}",
                                         **(extra | (overrides or {})))
         self._consumer = Consumer(conf)
         try:
@@ -181,14 +182,14 @@ class RecommendationStore:
 
     A value that is not a valid version-1 list is logged, counted in :attr:`invalid` and read as missing.
 
-    >>> store = RecommendationStore(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)  # doctest: +SKIP
+    >>> store = RecommendationStore(redis.Redis.from_url(settings.redis.url), settings.redis.keys)  # doctest: +SKIP
     >>> store.get("u42").item_ids[:3]                                                                 # doctest: +SKIP
     ['i7', 'i9', 'i2']
     """
 
-    def __init__(self, redis_client: _RedisReader, prefix: str):
+    def __init__(self, redis_client: _RedisReader, keys: RedisKeys):
         self._redis = redis_client
-        self.prefix = prefix
+        self.keys = keys
         self.invalid = 0
 
     @classmethod
@@ -196,18 +197,18 @@ class RecommendationStore:
         """A store on a new Redis client built from ``settings`` (URL, password, TLS, prefix)."""
         import redis
 
-        return cls(redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs()), settings.redis_prefix)
+        return cls(redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs()), settings.redis.keys)
 
     def get(self, user_id: str) -> Recommendation | None:
         """``user_id``'s latest list, or ``None`` when there is none (never made, expired, or invalid)."""
-        return self._decode(user_id, self._redis.get(redis_key(self.prefix, user_id)))
+        return self._decode(user_id, self._redis.get(self.keys.recommendation(user_id)))
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, Recommendation | None]:
         """The lists of several users with one ``MGET``, in the order given (``None`` where there is none)."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        values = self._redis.mget([redis_key(self.prefix, user) for user in users])
+        values = self._redis.mget([self.keys.recommendation(user) for user in users])
         return {user: self._decode(user, value) for user, value in zip(users, values, strict=True)}
 
     def _decode(self, user_id: str, value: bytes | str | None) -> Recommendation | None:
@@ -217,7 +218,7 @@ class RecommendationStore:
             return decode(value)
         except RecommendationFormatError as exc:
             self.invalid += 1
-            log.warning("invalid list in Redis at %s: %s", redis_key(self.prefix, user_id), exc)
+            log.warning("invalid list in Redis at %s: %s", self.keys.recommendation(user_id), exc)
             return None
 
 

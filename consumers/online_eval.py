@@ -1,6 +1,6 @@
 """Online evaluation: were the users' next interactions on the lists they were being served?
 
-Joins the recommendations topic with the events topic. For each target event (:mod:`models.targets`: a discovery
+Joins the recommendations topic with the events topic. For each target event (:mod:`fusionrec.models.targets`: a discovery
 ``"new"`` or a conversion ``"repeat"``) it finds the user's *list in effect*: the latest list generated at or before
 the event's time (``generated_at <= event.ts``), so the list a user's own event caused never counts for it. It
 then records, for the fused list (variant ``"fused"``, its first ``k`` items) and for each source's own top
@@ -31,10 +31,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from consumers.recommendations import Recommendation, RecommendationFormatError, decode
-from fusionrec.events import Event, validate
-from fusionrec.settings import Settings
-from models.targets import TARGET_KINDS, TargetFilter
+from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
+from fusionrec.contracts.events import Event, validate
+from fusionrec.contracts.settings import Settings
+from fusionrec.models.targets import TARGET_KINDS, TargetFilter
 
 __all__ = ["FUSED", "OnlineEvaluator", "OnlineEvalCollector", "run_online_eval"]
 
@@ -82,12 +82,12 @@ class OnlineEvaluator:
     max_users
         Users whose lists are remembered; a new user beyond it first drops the least recently updated 1/16.
     targets
-        The target rule (default: a fresh :class:`~models.targets.TargetFilter`).
+        The target rule (default: a fresh :class:`~fusionrec.models.targets.TargetFilter`).
 
     Examples
     --------
 
-    >>> from consumers.recommendations import Policy, Recommendation, RecommendedItem
+    >>> from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
     >>> def rec(user, at, items, sources):
     ...     return Recommendation(user, tuple(RecommendedItem(i, 1.0) for i in items), sources, "new",
     ...                           Policy("bandit", "exploit", 0.9), 1, "test", at, at)
@@ -376,7 +376,7 @@ def run_online_eval(
     k
         Hit rate at ``k``.
     metrics_port
-        Serve the metrics on ``settings.metrics_bind:metrics_port`` while running (``None`` or 0: not served).
+        Serve the metrics on ``settings.metrics.bind:metrics_port`` while running (``None`` or 0: not served).
     max_events
         Stop after this many valid events (once each is judged). ``None``: no limit.
     idle_timeout
@@ -400,11 +400,11 @@ def run_online_eval(
     lock = threading.Lock()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     registry.register(OnlineEvalCollector(evaluator, lock))
-    server = start_http_server(metrics_port, addr=settings.metrics_bind, registry=registry)[0] if metrics_port \
+    server = start_http_server(metrics_port, addr=settings.metrics.bind, registry=registry)[0] if metrics_port \
         else None
-    conf = settings.consumer_config(f"{settings.kafka_client_id}-online-eval-{uuid.uuid4().hex[:8]}")
+    conf = settings.consumer_config(f"{settings.kafka.client_id}-online-eval-{uuid.uuid4().hex[:8]}")
     consumer = Consumer(conf | {"enable.auto.commit": False})
-    rec_topic, event_topic = settings.topic_recommendations, settings.topic_events
+    rec_topic, event_topic = settings.topic.recommendations, settings.topic.events
     consumed = {"events": 0, "invalid_events": 0, "invalid_lists": 0}
     try:
         event_partitions = [TopicPartition(event_topic, p) for p in _partitions(consumer, event_topic)]
@@ -442,8 +442,8 @@ def run_online_eval(
                             log.warning("skipping invalid list at %s[%d]@%d: %s", rec_topic, msg.partition(),
                                         msg.offset(), exc)
                     elif not events_done:
-                        event = validate(msg.value(), max_bytes=settings.max_event_bytes,
-                                         max_future_skew_ms=settings.max_future_skew_ms).event
+                        event = validate(msg.value(), max_bytes=settings.event.max_bytes,
+                                         max_future_skew_ms=settings.event.max_future_skew_ms).event
                         if event is None:
                             consumed["invalid_events"] += 1
                             continue

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from fusionrec.events import validate
-from fusionrec.settings import Settings
+from fusionrec.contracts.events import validate
+from fusionrec.contracts.settings import Settings
 
 __all__ = ["read_topic", "EventSummary", "summarize_events"]
 
@@ -30,7 +30,7 @@ def read_topic(
     overrides: dict | None = None,
 ) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
     """Yield ``(partition, offset, key, value)`` for every record of ``topic``, partition by partition interleaved."""
-    conf = settings.consumer_config(f"{settings.kafka_client_id}-reader", **(overrides or {}))
+    conf = settings.consumer_config(f"{settings.kafka.client_id}-reader", **(overrides or {}))
     consumer = Consumer(conf | {"enable.auto.commit": False, "fetch.min.bytes": 1})
     try:
         metadata = consumer.list_topics(topic, timeout=10)

@@ -1,7 +1,7 @@
 """Online recommenders: each one a *source* of candidates and scores that the fusion layer combines.
 
-Every model implements :class:`~models.base.Recommender` (``learn_one``/``learn_many`` on
-:class:`fusionrec.events.Event`, ``score``/``rank``/``candidates``, ``evict``, ``snapshot``/``restore``).
+Every model implements :class:`~fusionrec.models.base.Recommender` (``learn_one``/``learn_many`` on
+:class:`fusionrec.contracts.events.Event`, ``score``/``rank``/``candidates``, ``evict``, ``snapshot``/``restore``).
 This package is pure: numpy, river and torch only, no Kafka, Redis, Faust or Prometheus.
 
 >>> sorted(SOURCES)

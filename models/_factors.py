@@ -1,4 +1,4 @@
-"""Storage for :mod:`models.cf`: contiguous rows of latent factors with an id index, and two numpy helpers."""
+"""Storage for :mod:`fusionrec.models.cf`: contiguous rows of latent factors with an id index, and two numpy helpers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The interface every fusionrec recommender implements.
 
 A recommender is one *source* of recommendations (``"cf"``, ``"covisit"``, ``"popular"``, ...). The fusion layer
-treats every source alike: it feeds each one the same :class:`~fusionrec.events.Event` stream with
+treats every source alike: it feeds each one the same :class:`~fusionrec.contracts.events.Event` stream with
 :meth:`Recommender.learn_one` (or :meth:`Recommender.learn_many`), gathers proposals with
 :meth:`Recommender.candidates` and compares items with :meth:`Recommender.score`.
 
@@ -14,9 +14,9 @@ Conventions shared by every model in this package:
   weight is scaled by its rating, see :func:`event_weight`); every model takes an ``event_weights`` mapping that
   overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier
   ``add_to_cart`` already counted as interest, a negative weight would push decayed counters below zero, and the
-  models that care about removals (:class:`~models.recent.RecentItems`, whose carted items stop counting as carted)
+  models that care about removals (:class:`~fusionrec.models.recent.RecentItems`, whose carted items stop counting as carted)
   read the event type itself. Models skip events whose weight is 0; only
-  :class:`~models.cf.MatrixFactorization` uses negative weights (as negative feedback).
+  :class:`~fusionrec.models.cf.MatrixFactorization` uses negative weights (as negative feedback).
 * **Randomness is injected**: a ``seed`` parameter feeds private generators, never the global ones.
 * **Bounded memory**: caps (``max_users``, ``max_items``, ...) are enforced as state is added: a new entry that
   would pass a cap first drops the least recently touched 1/16 of the entries (at once, so that finding them is
@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from fusionrec.events import EVENT_TYPES, Event
+from fusionrec.contracts.events import EVENT_TYPES, Event
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS", "Recommender", "SnapshotError", "event_weight", "resolve_event_weights"]
 
@@ -114,7 +114,7 @@ def event_weight(weights: Mapping[str, float], event: Event) -> float:
     Ratings are read on the usual 1–5 star scale: 5 stars counts the full ``rate`` weight, 4 half of it, 3 nothing,
     and 2 or 1 star count negatively (only the CF model learns from negative weights; the others skip them).
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> [event_weight(DEFAULT_EVENT_WEIGHTS, Event("e", "u", "i", "rate", 1, rating=r)) for r in (5, 4, 3, 1)]
     [3.0, 1.5, 0.0, -3.0]
     >>> event_weight(DEFAULT_EVENT_WEIGHTS, Event("e", "u", "i", "purchase", 1))

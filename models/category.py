@@ -24,7 +24,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 from .base import (
     Recommender,
@@ -54,7 +54,7 @@ class CategoryAffinity(Recommender):
     items_per_category
         Items kept per category, the most popular; pruned back to this size when grown by half again.
     event_weights
-        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
     max_users
         Most users tracked; a new user beyond it first drops the least recently active 1/16.
     max_items
@@ -65,7 +65,7 @@ class CategoryAffinity(Recommender):
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import CategoryAffinity
 
     >>> t = 1_700_000_000_000

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 from ._factors import FactorTable, occurrence, top_indices
 from .base import Recommender, cap_chunk, event_weight, make_rngs, resolve_event_weights
@@ -74,7 +74,7 @@ class MatrixFactorization(Recommender):
     batch_size
         Events per mini-batch in :meth:`learn_many`.
     event_weights
-        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. 0 is ignored; a negative weight is a negative.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. 0 is ignored; a negative weight is a negative.
     max_users
         Most users held; a new user beyond it first drops the least recently active 1/16.
     max_items
@@ -104,7 +104,7 @@ class MatrixFactorization(Recommender):
 
     Implicit events: shoppers of one kind buy tea, of another coffee.
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> t = 1_700_000_000_000
     >>> model = MatrixFactorization(seed=1)
     >>> events = []

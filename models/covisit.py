@@ -6,7 +6,7 @@ When a user interacts with item ``j`` shortly after item ``i``, both links ``i -
 never paired). Each direction is weighted by the event on the item it points to: viewing a kettle then buying a
 mug adds the purchase weight (5) to ``kettle -> mug`` and the view weight (1) to ``mug -> kettle``.
 
-Links decay exponentially with ``half_life_ms``, stored in forward-decay form (see :mod:`models.popularity`), so the
+Links decay exponentially with ``half_life_ms``, stored in forward-decay form (see :mod:`fusionrec.models.popularity`), so the
 order of an item's neighbours never changes with time and pruning them to the strongest ``max_neighbours`` is a
 plain sort. A user's candidates are the neighbours of their recent items, the most recent item counting most
 (``1 / rank``); the recent items themselves are not proposed (that is the ``recent`` source's job).
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 from .base import (
     Recommender,
@@ -52,7 +52,7 @@ class CoVisitation(Recommender):
         Neighbours kept per item, the strongest; an item's list is pruned back to this size when it has grown by
         half again.
     event_weights
-        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
     max_users
         Most users whose recent items are tracked; a new user beyond it first drops the least recently active 1/16.
     max_items
@@ -63,7 +63,7 @@ class CoVisitation(Recommender):
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import CoVisitation
 
     Shoppers who view a kettle tend to buy a mug next, in the same session:

@@ -3,7 +3,7 @@
 One :class:`FusedRecommender` sits beside a set of source models (a worker keeps one per partition; the offline
 evaluation one per run). It learns from the same events as the sources, but what it learns is *which sources to
 trust*: an event on an item of the list last served to that user rewards the sources that put the item there
-(:mod:`models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit, or fixed
+(:mod:`fusionrec.models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit, or fixed
 weights for users in the holdout), ranks, and remembers the served lists and their exposure.
 
 Pure: no I/O. The worker publishes what :meth:`~FusedRecommender.recommend` returns; the evaluation scores it.
@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight, idle_keys, touch
 from .fusion import SEGMENTS, FixedWeights, FusionBandit, Pull, holdout_arm, position_discount
@@ -59,11 +59,11 @@ class FusedRecommender:
     sources
         The source names fused, in order (the keys of the models passed to :meth:`recommend`).
     ranker
-        The :class:`~models.ranker.FusionRanker` that builds the lists.
+        The :class:`~fusionrec.models.ranker.FusionRanker` that builds the lists.
     bandit
         Learns the weights; ``None`` for fixed equal weights for everyone (equal-weight fusion).
     holdout
-        Fraction of users (by :func:`~models.fusion.holdout_arm`) served with fixed equal weights even when a
+        Fraction of users (by :func:`~fusionrec.models.fusion.holdout_arm`) served with fixed equal weights even when a
         bandit is given: the control arm of a live A/B test.
     new_user_events
         Users with fewer events than this are in the ``new`` segment, the others ``returning``.
@@ -77,9 +77,9 @@ class FusedRecommender:
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import Popularity
-    >>> from models.ranker import FusionRanker
+    >>> from fusionrec.models.ranker import FusionRanker
     >>> popular = Popularity()
     >>> popular.learn_many([Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2)])
     >>> fused = FusedRecommender(["popular"], FusionRanker(k=2, device="cpu"))
@@ -134,7 +134,7 @@ class FusedRecommender:
     def learn_one(self, event: Event) -> None:
         """Count the user's activity and reward the sources if ``event`` is on an item of the served list.
 
-        Only events that are recommendation targets (:class:`~models.targets.TargetFilter`: a first interaction
+        Only events that are recommendation targets (:class:`~fusionrec.models.targets.TargetFilter`: a first interaction
         with an item, or a cart/purchase) earn a reward: a second look at an item the user already knew is no
         evidence that the list helped, and rewarding it would teach the bandit to recommend what users have seen.
         """
@@ -170,7 +170,7 @@ class FusedRecommender:
         """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources.
 
         ``prepared``: the ranker's candidates for exactly ``users``, when already prepared
-        (:meth:`FusionRanker.prepare <models.ranker.FusionRanker.prepare>`), to fuse them under several policies."""
+        (:meth:`FusionRanker.prepare <fusionrec.models.ranker.FusionRanker.prepare>`), to fuse them under several policies."""
         if not users:
             return []
         segments = [self.segment(user) for user in users]

@@ -8,7 +8,7 @@ weights from the shop's own events, River-style (:meth:`~FusionBandit.pull` / :m
   exposed more than one that contributed to the tenth.
 * **Reward.** When the user then views, carts or buys an item of that list, the sources that put it there share a
   reward of ``event weight × position discount`` in proportion to their contributions (purchase > cart > view,
-  :data:`~models.base.DEFAULT_EVENT_WEIGHTS`).
+  :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`).
 * **Value.** A source's value is its reward per unit of exposure, shrunk towards the segment's pooled rate with a
   prior worth ``prior_exposure`` units (so a source seen little stays near the average instead of swinging to 0
   or 1). The weights are the values raised to ``sharpness`` and normalised, mixed with a floor of ``min_weight``

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 from .base import (
     Recommender,
@@ -46,7 +46,7 @@ class Popularity(Recommender):
     top_n
         How many best items are kept ready for :meth:`candidates`; asking for more scans every item.
     event_weights
-        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
     max_items
         Most items tracked; a new item beyond it first drops the least recently touched 1/16.
     max_idle_ms
@@ -55,7 +55,7 @@ class Popularity(Recommender):
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import Popularity
 
     >>> hour = 3_600_000
@@ -230,7 +230,7 @@ class Trending(Popularity):
     top_n
         How many best items are kept ready for :meth:`candidates`; asking for more scans every item.
     event_weights
-        Overrides of :data:`~models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
     max_items
         Most items tracked; a new item beyond it first drops the least recently touched 1/16.
     max_idle_ms
@@ -239,7 +239,7 @@ class Trending(Popularity):
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import Popularity, Trending
 
     A mug sold four times a day ago; a lamp is bought once now.

@@ -4,7 +4,7 @@ For a batch of users, :meth:`FusionRanker.rank`
 
 1. gathers up to ``candidates`` proposals per user from every source. The CF source's proposals come from an
    exhaustive, chunked scoring of the whole catalogue for all the batch's users at once
-   (:func:`models.topk.exhaustive_top_k`); the others' from their ``candidates``;
+   (:func:`fusionrec.models.topk.exhaustive_top_k`); the others' from their ``candidates``;
 2. normalises each source's scores per user, so that no source dominates by scale: ``"max"`` divides by the
    source's best score for that user (keeping how much better the best is than the rest), ``"rank"`` uses the DCG
    discount of the candidate's position;
@@ -96,7 +96,7 @@ class FusionRanker:
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> from models import Popularity, RecentItems
     >>> events = [Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2),
     ...           Event("e3", "ann", "mug", "purchase", 3)]

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from itertools import islice
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
 
 __all__ = ["MIN_POSITIVE_RATING", "TARGET_KINDS", "TargetFilter"]
 
 #: The kinds :meth:`TargetFilter.classify` returns.
 TARGET_KINDS: tuple[str, ...] = ("new", "repeat")
 
-#: A ``rate`` event is a positive target from this many stars on (the 1–5 scale, as in ``models.base``).
+#: A ``rate`` event is a positive target from this many stars on (the 1–5 scale, as in ``fusionrec.models.base``).
 MIN_POSITIVE_RATING = 4.0
 
 _DISCOVERY_TYPES = frozenset({"view", "favourite", "add_to_cart", "purchase"})
@@ -54,7 +54,7 @@ class TargetFilter:
     Examples
     --------
 
-    >>> from fusionrec.events import Event
+    >>> from fusionrec.contracts.events import Event
     >>> targets = TargetFilter()
     >>> def ev(type, item, rating=None):
     ...     return Event("e", "ann", item, type, 1_700_000_000_000, rating=rating)

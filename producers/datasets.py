@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusionrec.events import EVENT_TYPES, Event
+from fusionrec.contracts.events import EVENT_TYPES, Event
 
 __all__ = ["FORMATS", "BadRow", "CsvMapping", "Dataset", "detect_format", "read_dataset"]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from fusionrec.events import Event, ensure_valid
-from fusionrec.settings import Settings, get_settings
+from fusionrec.contracts.events import Event, ensure_valid
+from fusionrec.contracts.settings import Settings, get_settings
 
 __all__ = ["EventProducer", "DeliveryStats", "DeliveryFailed"]
 
@@ -54,9 +54,9 @@ class EventProducer:
     settings
         Connection, security and batching settings (default: from the environment).
     topic
-        Target topic (default: ``settings.topic_events``).
+        Target topic (default: ``settings.topic.events``).
     validate
-        Check each event against the contract before sending (raises :class:`~fusionrec.events.InvalidEvent`).
+        Check each event against the contract before sending (raises :class:`~fusionrec.contracts.events.InvalidEvent`).
         Replays of trusted files turn it off to save the per-event cost.
     on_delivery
         Called from :meth:`poll`/:meth:`flush` with ``(error, message)`` for every acknowledged or failed event.
@@ -74,7 +74,7 @@ class EventProducer:
         overrides: dict | None = None,
     ):
         self.settings = settings or get_settings()
-        self.topic = topic or self.settings.topic_events
+        self.topic = topic or self.settings.topic.events
         self.validate = validate
         self.stats = DeliveryStats()
         self._lock = threading.Lock()

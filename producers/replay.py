@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusionrec.events import Event
-from producers.producer import EventProducer
+from fusionrec.contracts.events import Event
+from fusionrec.producers.producer import EventProducer
 
 __all__ = ["Pacer", "ReplayResult", "replay_events"]
 

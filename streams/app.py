@@ -1,7 +1,7 @@
 """The stream worker: the Faust app, built in this one module, and its thin agent, timer and rebalance hooks.
 
-The agent receives whole partition batches (:mod:`streams.batching`) and hands each to
-:class:`~streams.processor.BatchProcessor` on a single dedicated thread, which owns all model state: the event
+The agent receives whole partition batches (:mod:`fusionrec.streams.batching`) and hands each to
+:class:`~fusionrec.streams.processor.BatchProcessor` on a single dedicated thread, which owns all model state: the event
 loop stays free for Faust (timers, rebalances, the web server), and batches, snapshots and rebalance hand-overs
 never run at the same time. The snapshots are the position of record: a newly assigned partition resumes just
 after its snapshot (or at the start without one), and offsets are committed to Kafka only up to the snapshots,
@@ -21,13 +21,13 @@ import redis
 import torch
 from faust.types import TP
 
-from fusionrec.profiles import ProfileStore
-from fusionrec.settings import Settings
-from streams.batching import BatchingApp, BatchSchema, RecordBatch
-from streams.metrics import WorkerMetrics
-from streams.processor import MAX_USERS_PER_REFRESH, RANK_BATCH, BatchProcessor
-from streams.publisher import RecommendationPublisher
-from streams.state import SnapshotStore, build_ranker
+from fusionrec.stores.profiles import ProfileStore
+from fusionrec.contracts.settings import Settings
+from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
+from fusionrec.streams.metrics import WorkerMetrics
+from fusionrec.streams.processor import MAX_USERS_PER_REFRESH, RANK_BATCH, BatchProcessor
+from fusionrec.streams.publisher import RecommendationPublisher
+from fusionrec.streams.state import SnapshotStore, build_ranker
 
 __all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc"]
 
@@ -47,21 +47,13 @@ def faust_credentials(settings: Settings) -> dict:
     """Faust's ``broker_credentials`` for the configured Kafka security settings."""
     kwargs = settings.aiokafka_kwargs()
     context = kwargs.get("ssl_context")
-    if settings.kafka_security_protocol.startswith("SASL"):
+    if settings.kafka.security_protocol.startswith("SASL"):
         return {"broker_credentials": faust.SASLCredentials(
             username=kwargs["sasl_plain_username"], password=kwargs["sasl_plain_password"],
-            mechanism=settings.kafka_sasl_mechanism, ssl_context=context)}
+            mechanism=settings.kafka.sasl_mechanism, ssl_context=context)}
     if context is not None:
         return {"broker_credentials": faust.SSLCredentials(context)}
     return {}
-
-
-def profile_store(settings: Settings, client: redis.Redis) -> ProfileStore:
-    return ProfileStore(
-        client, prefix=settings.redis_prefix, profile_ttl_s=settings.profile_ttl_s,
-        dedup_window_s=settings.dedup_window_s, dedup_bucket_s=settings.dedup_bucket_s,
-        limits=(settings.profile_recent_items, settings.profile_bought_items, settings.profile_categories),
-    )
 
 
 @dataclass
@@ -77,45 +69,30 @@ class Worker:
 def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
     """Build the Faust app, its topics, agent, snapshot timer and rebalance hooks from ``settings``."""
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
-    servers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(","))
     app = BatchingApp(
-        settings.worker_group,
-        batched_topics={settings.topic_events},
-        fetch_max_wait_ms=settings.kafka_fetch_wait_max_ms,
-        broker=servers,
-        broker_client_id=f"{settings.kafka_client_id}-worker",
-        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
-        broker_request_timeout=max(30.0, settings.kafka_session_timeout_ms / 1000 + 5),
-        broker_max_poll_records=settings.worker_max_batch,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
-        producer_linger=settings.kafka_linger_ms / 1000,
-        producer_compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        settings.worker.group,
+        batched_topics={settings.topic.events},
+        fetch_max_wait_ms=settings.kafka.fetch_wait_max_ms,
         topic_disable_leader=True,
         topic_allow_declare=False,
         store="memory://",
-        web_enabled=False,
-        web_port=settings.worker_web_port,
-        web_bind=settings.worker_web_bind,
-        web_host=settings.worker_web_bind,
         datadir=str(settings.state_dir / "faust"),
+        **settings.faust_app_kwargs(),
         **faust_credentials(settings),
     )
-    events = app.topic(settings.topic_events, schema=BatchSchema(), internal=False)
-    dead_letters = app.topic(settings.topic_dead_letter, key_serializer="raw", value_serializer="raw",
+    events = app.topic(settings.topic.events, schema=BatchSchema(), internal=False)
+    dead_letters = app.topic(settings.topic.dead_letter, key_serializer="raw", value_serializer="raw",
                              internal=False)
 
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
-    ranker = build_ranker(settings)
-    if ranker.device.type == "cpu" and settings.ranker_threads:
-        torch.set_num_threads(settings.ranker_threads)
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    ranker = build_ranker(settings.ranker)
+    if ranker.device.type == "cpu" and settings.ranker.threads:
+        torch.set_num_threads(settings.ranker.threads)
     log.info("ranker: top %d of %d candidates per source, category cap %d, device %s (%d threads), every %d ms",
-             settings.ranker_k, settings.ranker_candidates, settings.ranker_category_cap, ranker.device,
-             torch.get_num_threads(), settings.ranker_interval_ms)
-    processor = BatchProcessor(settings, profile_store(settings, client),
-                               SnapshotStore(client, settings, settings.topic_events, ranker), metrics,
+             settings.ranker.k, settings.ranker.candidates, settings.ranker.category_cap, ranker.device,
+             torch.get_num_threads(), settings.ranker.interval_ms)
+    processor = BatchProcessor(settings, ProfileStore.from_settings(settings, client),
+                               SnapshotStore(client, settings, settings.topic.events, ranker), metrics,
                                RecommendationPublisher(settings, client, metrics))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-state")
     worker = Worker(app, processor, executor, settings)
@@ -126,7 +103,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
     def allow_commits(snapshotted: dict[int, int]) -> None:
         for partition, offset in snapshotted.items():
             if offset >= 0:
-                app.consumer.limit_commit(TP(settings.topic_events, partition), offset + 1)
+                app.consumer.limit_commit(TP(settings.topic.events, partition), offset + 1)
 
     async def position_of(tp: TP) -> int:
         return await on_state_thread(processor.snapshots.position, tp.partition)
@@ -167,7 +144,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
             log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
             return None
 
-    @app.timer(settings.snapshot_interval_s)
+    @app.timer(settings.worker.snapshot_interval_s)
     async def snapshot_partitions():
         allow_commits(await on_state_thread(processor.snapshot_in_background))
         report = await best_effort(processor.publish_weights, "writing the fusion weights to Redis")
@@ -191,7 +168,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         to every list's wait, and more users per tick make that time longer still.
         """
         loop = asyncio.get_running_loop()
-        interval = settings.ranker_interval_ms / 1000
+        interval = settings.ranker.interval_ms / 1000
         while not app.should_stop:
             began = loop.time()
             budget = MAX_USERS_PER_REFRESH
@@ -207,7 +184,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     @app.on_partitions_revoked.connect
     async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
-        partitions = [tp.partition for tp in revoked if tp.topic == settings.topic_events]
+        partitions = [tp.partition for tp in revoked if tp.topic == settings.topic.events]
         if metrics:
             metrics.assigned.set(0)
         if partitions:
@@ -217,7 +194,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
 
     @app.on_partitions_assigned.connect
     async def count_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
-        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic.events)
         if metrics:
             metrics.assigned.set(len(mine))
         log.info("assigned partitions %s", mine)

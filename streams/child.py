@@ -16,27 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
-from fusionrec.settings import Settings
-from fusionrec.stack import free_port
+from fusionrec.contracts.settings import Settings
+from fusionrec.infra.stack import free_port
 
-__all__ = ["WorkerChild", "settings_env"]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as ``FUSIONREC_*`` environment variables (secrets included: for a child process only)."""
-    env = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"FUSIONREC_{name.upper()}"] = str(value)
-    return env
+__all__ = ["WorkerChild"]
 
 
 class WorkerChild:
@@ -46,13 +30,13 @@ class WorkerChild:
     def __init__(self, settings: Settings, log_path: Path, **overrides: str):
         self.metrics_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
-        self.env |= settings_env(settings) | {
+        self.env |= settings.to_env() | {
             "FUSIONREC_METRICS_PORT": str(self.metrics_port),
             "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
         } | overrides
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "fusionrec.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "fusionrec.apps.cli", "worker"], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property

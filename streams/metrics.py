@@ -59,7 +59,7 @@ class WorkerMetrics:
                                       registry=registry)
         self.refresh_seconds = Histogram("fusionrec_ranker_refresh_seconds",
                                          "Time of one ranker refresh call on the state thread (at most "
-                                         "streams.processor.RANK_BATCH users; a tick makes as many calls as its "
+                                         "fusionrec.streams.processor.RANK_BATCH users; a tick makes as many calls as its "
                                          "changed users need).",
                                          buckets=LATENCY_BUCKETS, registry=registry)
         self.lists = Counter("fusionrec_fusion_lists_total", "Lists served, by arm and action kind.",
@@ -80,7 +80,7 @@ def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) 
 
 def histogram_quantile(samples: Mapping[str, float], histogram: str, q: float) -> float:
     """Prometheus's ``histogram_quantile`` over scraped samples (``{histogram}_bucket{le="…"}`` keys, as
-    :meth:`streams.child.WorkerChild.metrics` returns them): linear interpolation within the bucket; NaN when
+    :meth:`fusionrec.streams.child.WorkerChild.metrics` returns them): linear interpolation within the bucket; NaN when
     empty."""
     prefix = f'{histogram}_bucket{{le="'
     buckets = sorted((float(key[len(prefix):-2]), count) for key, count in samples.items() if key.startswith(prefix))

@@ -19,13 +19,13 @@ from itertools import islice
 
 import orjson
 
-from fusionrec.events import dead_letter_record, validate
-from fusionrec.profiles import DUPLICATE, NEW, ProfileStore
-from fusionrec.settings import Settings
-from streams.batching import RecordBatch
-from streams.metrics import WorkerMetrics
-from streams.publisher import RecommendationPublisher
-from streams.state import PartitionState, SnapshotStore
+from fusionrec.contracts.events import dead_letter_record, validate
+from fusionrec.stores.profiles import DUPLICATE, NEW, ProfileStore
+from fusionrec.contracts.settings import Settings
+from fusionrec.streams.batching import RecordBatch
+from fusionrec.streams.metrics import WorkerMetrics
+from fusionrec.streams.publisher import RecommendationPublisher
+from fusionrec.streams.state import PartitionState, SnapshotStore
 
 __all__ = ["MAX_USERS_PER_REFRESH", "RANK_BATCH", "BatchOutcome", "BatchProcessor"]
 
@@ -84,8 +84,8 @@ class BatchProcessor:
         valid = []
         now_ms = int(time.time() * 1000)
         for record in batch.records:
-            result = validate(record.value, now_ms=now_ms, max_bytes=settings.max_event_bytes,
-                              max_future_skew_ms=settings.max_future_skew_ms)
+            result = validate(record.value, now_ms=now_ms, max_bytes=settings.event.max_bytes,
+                              max_future_skew_ms=settings.event.max_future_skew_ms)
             if result.event is None:
                 out.dead_letters.append((record.key, dead_letter_record(
                     record.value, result.reasons, topic=batch.topic, partition=batch.partition,
@@ -152,7 +152,7 @@ class BatchProcessor:
         read_at, items = self._unavailable
         now = time.monotonic()
         if now - read_at >= UNAVAILABLE_TTL_S:
-            members = self.profiles.client.smembers(f"{self.settings.redis_prefix}unavailable")
+            members = self.profiles.client.smembers(self.settings.redis.keys.unavailable)
             items = frozenset(m.decode() for m in members)
             self._unavailable = (now, items)
         return items
@@ -164,7 +164,7 @@ class BatchProcessor:
         Runs on the state thread between batches (the models do not move underneath it). Each partition's users
         are ranked longest-waiting first, in tensor batches of at most ``RANK_BATCH``; partitions take turns at
         going first, so under a backlog none waits behind the others. The worker calls it in slices of
-        ``RANK_BATCH`` users (:mod:`streams.app`), so batches are processed between slices instead of waiting for
+        ``RANK_BATCH`` users (:mod:`fusionrec.streams.app`), so batches are processed between slices instead of waiting for
         every changed user to be ranked.
         """
         if self.publisher is None or max_users <= 0:
@@ -205,7 +205,7 @@ class BatchProcessor:
             entry = {"weights": state.fusion.weights(), "version": 0 if bandit is None else bandit.version,
                      "rewards": state.fusion.rewards, "updated_at": int(time.time() * 1000)}
             report[partition] = entry
-            pipe.set(f"{self.settings.redis_prefix}weights:{self.snapshots.topic}:{partition}", orjson.dumps(entry))
+            pipe.set(self.settings.redis.keys.weights(self.snapshots.topic, partition), orjson.dumps(entry))
         if report:
             pipe.execute()
             if self.metrics:

@@ -2,7 +2,7 @@
 
 The lists are derived data: a list lost in a crash is replaced by the user's next change, so the topic is written
 without waiting for each acknowledgement (failures are logged and counted), while the Redis copy is written in one
-pipeline per refresh. Both carry the same JSON (:mod:`consumers.recommendations`).
+pipeline per refresh. Both carry the same JSON (:mod:`fusionrec.contracts.recommendations`).
 """
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ import time
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 
-from consumers.recommendations import Policy, RecommendedItem, Recommendation, encode, redis_key
+from fusionrec.contracts.recommendations import Policy, RecommendedItem, Recommendation, encode
 from fusionrec import __version__
-from fusionrec.settings import Settings
-from models.fused import FusedList
-from streams.metrics import WorkerMetrics
+from fusionrec.contracts.settings import Settings
+from fusionrec.models.fused import FusedList
+from fusionrec.streams.metrics import WorkerMetrics
 
 __all__ = ["RecommendationPublisher", "to_recommendation"]
 
 log = logging.getLogger("fusionrec.ranker")
 
 
-def to_recommendation(fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int
-                      ) -> Recommendation:
+def to_recommendation(fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int,
+                      partition: int | None = None) -> Recommendation:
     """The topic message for one fused list."""
     ranked, pull = fused.ranked, fused.pull
     return Recommendation(
@@ -40,6 +40,7 @@ def to_recommendation(fused: FusedList, *, model_version: str, generated_at: int
         model_version=model_version,
         generated_at=generated_at,
         newest_event_ts=newest_event_ts,
+        partition=partition,
     )
 
 
@@ -50,7 +51,7 @@ class RecommendationPublisher:
         self.settings = settings
         self.client = client
         self.metrics = metrics
-        self.producer = Producer(settings.producer_config(**{"client.id": f"{settings.kafka_client_id}-ranker"}))
+        self.producer = Producer(settings.producer_config(**{"client.id": f"{settings.kafka.client_id}-ranker"}))
         self.errors = 0
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -69,13 +70,14 @@ class RecommendationPublisher:
         generated_at = int(time.time() * 1000)
         model_version = f"fusionrec-{__version__} p{partition}@{offset}"
         pipe = self.client.pipeline(transaction=False)
-        ttl = settings.recommendations_ttl_s
-        topic = settings.topic_recommendations
+        ttl = settings.ranker.list_ttl_s
+        keys = settings.redis.keys
+        topic = settings.topic.recommendations
         produce = self.producer.produce
         for fused in lists:
             stamps = changed.get(fused.user_id) or [generated_at]
             value = encode(to_recommendation(fused, model_version=model_version, generated_at=generated_at,
-                                             newest_event_ts=max(stamps)))
+                                             newest_event_ts=max(stamps), partition=partition))
             key = fused.user_id.encode()
             while True:
                 try:
@@ -83,7 +85,7 @@ class RecommendationPublisher:
                     break
                 except BufferError:  # the local queue is full: let librdkafka drain it
                     self.producer.poll(0.1)
-            pipe.set(redis_key(settings.redis_prefix, fused.user_id), value, ex=ttl)
+            pipe.set(keys.recommendation(fused.user_id), value, ex=ttl)
         pipe.execute()
         self.producer.poll(0)
         published_at = time.time() * 1000

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
-from fusionrec.settings import Settings
+from fusionrec.contracts.settings import Settings
 
 __all__ = ["RebuildReport", "rebuild_state"]
 
@@ -22,11 +22,11 @@ class RebuildReport:
 
 
 def rebuild_state(settings: Settings) -> RebuildReport:
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
     deleted = 0
     batch = []
     try:
-        for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+        for key in client.scan_iter(match=settings.redis.keys.everything, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += client.delete(*batch)

@@ -2,8 +2,9 @@
 
 Model state is kept per partition, not per worker: a partition's users (events are keyed by user) always land on
 the same partition, so user-side state moves with the partition when the group rebalances, and one worker or
-five produce the same models. Item-side state (popularity, co-visitation, item factors) is merged across
-partitions by the readers (the ranker sums counts and averages item factors).
+five produce the same models. Item-side state (popularity, co-visitation, item factors) is kept per partition as
+well and learned from that partition's users only; the ranker ranks a partition's users from that partition's
+models, with no merge (docs/ranking.md).
 
 Models that learn in mini-batches (those with a ``batch_size``, e.g. the CF model's vectorised SGD) would end up
 in a state that depends on how fetches happened to cut the stream, so a crash and replay, or just different
@@ -11,9 +12,11 @@ timing, would give different models. They are fed in fixed blocks of ``batch_siz
 partition instead; the partial block waits in ``pending`` (and in the snapshot). Every other model learns each
 batch at once. So a partition's models are a function of its event sequence alone.
 
-Snapshots go to Redis under ``P snap:{topic}:{partition}`` as one hash: ``offset`` (the last offset learned), one
-field per model, and one ``pending:{model}`` field per block-fed model. The snapshot is the source of truth for "what the models have learned"; offsets are committed
-to Kafka only up to it, so after a crash a worker restores the snapshot and re-reads at most one snapshot interval.
+Snapshots go to Redis under ``P snap:{topic}:{partition}`` (:class:`~fusionrec.contracts.keys.RedisKeys`) as one
+hash: ``offset`` (the last offset learned), ``model:{name}`` per model, ``pending:{name}`` per block-fed model, and
+``fusion`` (the bandit's state and the lists last served, which its rewards are credited against). The snapshot is
+the source of truth for "what the models have learned"; offsets are committed to Kafka only up to it, so after a
+crash a worker restores the snapshot and re-reads at most one snapshot interval.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from dataclasses import dataclass, field
 import orjson
 import redis
 
-from fusionrec.events import Event, validate_dict
-from fusionrec.settings import Settings
-from models import SOURCES, Recommender
-from models.fused import FusedRecommender
-from models.fusion import FusionBandit
-from models.ranker import FusionRanker
+from fusionrec.contracts.events import Event, validate_dict
+from fusionrec.contracts.settings import RankerSettings, Settings
+from fusionrec.models import SOURCES, Recommender
+from fusionrec.models.fused import FusedRecommender
+from fusionrec.models.fusion import FusionBandit
+from fusionrec.models.ranker import FusionRanker
 
 __all__ = ["PartitionState", "SnapshotStore", "build_fusion", "build_models", "build_ranker"]
 
@@ -42,7 +45,7 @@ EVICT_EVERY = 50_000
 
 def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
     """A fresh set of every registered recommender, seeded by partition so runs are reproducible."""
-    idle_ms = settings.model_max_idle_s * 1000
+    idle_ms = settings.model.max_idle_s * 1000
     out: dict[str, Recommender] = {}
     for name, cls in SOURCES.items():
         params = {"max_idle_ms": idle_ms}
@@ -52,20 +55,19 @@ def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
     return out
 
 
-def build_ranker(settings: Settings) -> FusionRanker:
-    """The ranker the settings describe (stateless apart from its device: one per worker)."""
-    return FusionRanker(k=settings.ranker_k, candidates=settings.ranker_candidates,
-                        category_cap=settings.ranker_category_cap, normalise=settings.ranker_normalise,
-                        device=settings.ranker_device)
+def build_ranker(ranker: RankerSettings) -> FusionRanker:
+    """The ranker its settings describe (stateless apart from its device: one per worker)."""
+    return FusionRanker(k=ranker.k, candidates=ranker.candidates, category_cap=ranker.category_cap,
+                        normalise=ranker.normalise, device=ranker.device)
 
 
 def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None = None) -> FusedRecommender:
     """A fresh fused recommender over every registered source, its bandit seeded by partition."""
-    bandit = FusionBandit(list(SOURCES), epsilon=settings.fusion_epsilon,
-                          half_life_ms=settings.fusion_half_life_s * 1000, seed=2000 + partition)
-    return FusedRecommender(list(SOURCES), ranker or build_ranker(settings), bandit, holdout=settings.fusion_holdout,
-                            new_user_events=settings.fusion_new_user_events,
-                            max_idle_ms=settings.model_max_idle_s * 1000)
+    bandit = FusionBandit(list(SOURCES), epsilon=settings.fusion.epsilon,
+                          half_life_ms=settings.fusion.half_life_s * 1000, seed=2000 + partition)
+    return FusedRecommender(list(SOURCES), ranker or build_ranker(settings.ranker), bandit, holdout=settings.fusion.holdout,
+                            new_user_events=settings.fusion.new_user_events,
+                            max_idle_ms=settings.model.max_idle_s * 1000)
 
 
 @dataclass
@@ -154,10 +156,11 @@ class SnapshotStore:
         self.client = client
         self.settings = settings
         self.topic = topic
-        self.ranker = ranker or build_ranker(settings)
+        self.keys = settings.redis.keys
+        self.ranker = ranker or build_ranker(settings.ranker)
 
     def key(self, partition: int) -> str:
-        return f"{self.settings.redis_prefix}snap:{self.topic}:{partition}"
+        return self.keys.snapshot(self.topic, partition)
 
     def save(self, state: PartitionState, client: redis.Redis | None = None) -> int:
         """Write the snapshot atomically; return its size in bytes."""
@@ -178,7 +181,7 @@ class SnapshotStore:
 
     def save_all_fresh_connection(self, states: list[PartitionState]) -> None:
         """Save ``states`` over a new connection (in a forked child the parent's connections are not ours)."""
-        client = redis.Redis.from_url(self.settings.redis_url, **self.settings.redis_kwargs())
+        client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
         for state in states:
             self.save(state, client)
 
@@ -208,6 +211,6 @@ class SnapshotStore:
         return state
 
     def load_all(self) -> Iterable[PartitionState]:
-        """Every partition's snapshot (for readers such as the ranker that merge item-side state)."""
-        for key in self.client.scan_iter(match=f"{self.settings.redis_prefix}snap:{self.topic}:*"):
-            yield self.load(int(key.decode().rsplit(":", 1)[1]))
+        """Every partition's snapshot of this topic (for tools and tests that compare whole runs)."""
+        for key in self.client.scan_iter(match=self.keys.snapshots(self.topic)):
+            yield self.load(self.keys.partition_of(key))

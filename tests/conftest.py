@@ -1,5 +1,5 @@
 """Shared fixtures. Integration tests get a real Tansu broker and a real Redis on free loopback ports, started
-once per session through the same :class:`fusionrec.stack.Stack` that `fusionrec up` uses."""
+once per session through the same :class:`fusionrec.infra.stack.Stack` that `fusionrec up` uses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fusionrec.settings import Settings, load_settings
-from fusionrec.stack import Stack, free_port
+from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.infra.stack import Stack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FUSIONREC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -48,15 +48,14 @@ def stack(tmp_path_factory) -> Stack:
 def settings(stack: Stack) -> Settings:
     """Settings pointing at the session stack, with topics unique to this test."""
     tag = uuid.uuid4().hex[:8]
-    return stack.settings.model_copy(update={
-        "topic_events": f"t-{tag}-events",
-        "topic_dead_letter": f"t-{tag}-dlq",
-        "topic_recommendations": f"t-{tag}-recs",
-        "topic_snapshots": f"t-{tag}-snap",
-        "events_partitions": 3,
-        "recommendations_partitions": 3,
-        "kafka_client_id": f"fr-test-{tag}",
-    })
+    return stack.settings.replace(
+        topic_events=f"t-{tag}-events",
+        topic_dead_letter=f"t-{tag}-dlq",
+        topic_recommendations=f"t-{tag}-recs",
+        topic_events_partitions=3,
+        topic_recommendations_partitions=3,
+        kafka_client_id=f"fr-test-{tag}",
+    )
 
 
 def pytest_collection_modifyitems(items):

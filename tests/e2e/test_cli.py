@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fusionrec.stack import process_start_time
+from fusionrec.infra.stack import process_start_time
 from tests.conftest import TAOBAO_SLICE, isolated_env
 
-FUSIONREC = [sys.executable, "-m", "fusionrec.cli"]
+FUSIONREC = [sys.executable, "-m", "fusionrec.apps.cli"]
 
 
 def run(args, env, timeout=120, check=True):
@@ -90,8 +90,8 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     env = isolated_env(tmp_path)
     missing = run(["replay", str(tmp_path / "nope.csv")], env, check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    bad_env = run(["config"], env | {"FUSIONREC_EVENTS_PARTITIONS": "zero"}, check=False)
-    assert bad_env.returncode == 2 and "FUSIONREC_EVENTS_PARTITIONS" in bad_env.stderr
+    bad_env = run(["config"], env | {"FUSIONREC_TOPIC_EVENTS_PARTITIONS": "zero"}, check=False)
+    assert bad_env.returncode == 2 and "FUSIONREC_TOPIC_EVENTS_PARTITIONS" in bad_env.stderr
     both = run(["replay", "x", "--rate", "1", "--speed", "1"], env, check=False)
     assert both.returncode == 2 and "not both" in both.stderr
 
@@ -112,9 +112,9 @@ def test_up_warns_when_redis_holds_state_from_an_earlier_broker(stack, tmp_path)
     import redis
 
     prefix = f"stale{tmp_path.name[-6:]}:"
-    client = redis.Redis.from_url(stack.settings.redis_url)
+    client = redis.Redis.from_url(stack.settings.redis.url)
     client.set(f"{prefix}snap:fusionrec-events:0", b"old")
-    env = isolated_env(tmp_path, FUSIONREC_REDIS_URL=stack.settings.redis_url, FUSIONREC_REDIS_PREFIX=prefix)
+    env = isolated_env(tmp_path, FUSIONREC_REDIS_URL=stack.settings.redis.url, FUSIONREC_REDIS_PREFIX=prefix)
     try:
         first = run(["up"], env)
         assert "fusionrec rebuild --yes" in first.stderr  # a fresh memory broker next to existing worker state

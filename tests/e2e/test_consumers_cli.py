@@ -9,10 +9,10 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from consumers.recommendations import Policy, Recommendation, RecommendedItem, encode
-from fusionrec.events import Event
-from fusionrec.topics import ensure_topics
-from producers.producer import EventProducer
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
+from fusionrec.contracts.events import Event
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.producer import EventProducer
 from tests.conftest import isolated_env
 from tests.e2e.test_cli import run
 
@@ -45,15 +45,15 @@ def cli_env(settings, tmp_path):
     ensure_topics(settings)
     return isolated_env(
         tmp_path, TZ="UTC",
-        FUSIONREC_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers, FUSIONREC_REDIS_URL=settings.redis_url,
-        FUSIONREC_TOPIC_RECOMMENDATIONS=settings.topic_recommendations, FUSIONREC_TOPIC_EVENTS=settings.topic_events,
+        FUSIONREC_KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers, FUSIONREC_REDIS_URL=settings.redis.url,
+        FUSIONREC_TOPIC_RECOMMENDATIONS=settings.topic.recommendations, FUSIONREC_TOPIC_EVENTS=settings.topic.events,
     )
 
 
 def publish(settings, values):
     producer = Producer(settings.producer_config())
     for key, value in values:
-        producer.produce(settings.topic_recommendations, value, key)
+        producer.produce(settings.topic.recommendations, value, key)
     assert producer.flush(30) == 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA, TAOBAO_SLICE, isolated_env
 
-FUSIONREC = [sys.executable, "-m", "fusionrec.cli"]
+FUSIONREC = [sys.executable, "-m", "fusionrec.apps.cli"]
 MOVIELENS = SHARED_DATA / "movielens-100k" / "u.data.gz"
 
 

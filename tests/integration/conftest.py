@@ -6,13 +6,13 @@ import uuid
 
 import pytest
 
-from fusionrec.topics import ensure_topics
+from fusionrec.infra.admin import ensure_topics
 
 
 @pytest.fixture
 def worker_settings(settings):
     tag = uuid.uuid4().hex[:8]
-    conf = settings.model_copy(update={"redis_prefix": f"w{tag}:", "worker_group": f"g-{tag}"})
+    conf = settings.replace(redis_prefix=f"w{tag}:", worker_group=f"g-{tag}")
     ensure_topics(conf)
     return conf
 

@@ -16,13 +16,14 @@ import redis
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
-from consumers.client import RecommendationsConsumer, RecommendationStore
-from consumers.online_eval import run_online_eval
-from consumers.recommendations import Policy, Recommendation, RecommendedItem, encode, redis_key
-from fusionrec.events import Event
-from fusionrec.stack import free_port
-from fusionrec.topics import ensure_topics
-from producers.producer import EventProducer
+from fusionrec.consumers.client import RecommendationsConsumer, RecommendationStore
+from fusionrec.consumers.online_eval import run_online_eval
+from fusionrec.contracts.keys import RedisKeys
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
+from fusionrec.contracts.events import Event
+from fusionrec.infra.stack import free_port
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.producer import EventProducer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "consumers.md"
 INVALID_LIST = b'{"v": 2, "user_id": "u1"}'
@@ -46,9 +47,9 @@ def make_rec(user, generated_at, items, sources, segment="returning"):
 def publish(settings, recs, raw=()):
     producer = Producer(settings.producer_config())
     for rec in recs:
-        producer.produce(settings.topic_recommendations, encode(rec), rec.user_id.encode())
+        producer.produce(settings.topic.recommendations, encode(rec), rec.user_id.encode())
     for value in raw:
-        producer.produce(settings.topic_recommendations, value, b"broken")
+        producer.produce(settings.topic.recommendations, value, b"broken")
     assert producer.flush(30) == 0
 
 
@@ -184,29 +185,29 @@ def test_online_eval_serves_metrics_while_running_and_stops_on_request(conf):
 # --- Redis serving copy -------------------------------------------------------------------------------------------
 def test_store_reads_the_serving_copy_under_the_documented_key(stack):
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    client = redis.Redis.from_url(stack.settings.redis_url)
+    client = redis.Redis.from_url(stack.settings.redis.url)
     now = int(time.time() * 1000)
     ann, bob = make_rec("ann", now, ["a", "b"], {"cf": ["a"]}), make_rec("bob", now, ["c"], {})
     try:
         client.set(f"{prefix}rec:ann", encode(ann))  # the key as documented, spelled out
-        client.set(redis_key(prefix, "bob"), encode(bob))
-        client.set(redis_key(prefix, "eve"), b"garbage")
-        store = RecommendationStore(client, prefix)
+        client.set(RedisKeys(prefix).recommendation("bob"), encode(bob))
+        client.set(RedisKeys(prefix).recommendation("eve"), b"garbage")
+        store = RecommendationStore(client, RedisKeys(prefix))
         assert store.get("ann") == ann and store.get("nobody") is None
         assert store.get_many(["bob", "nobody", "ann", "eve"]) == {"bob": bob, "nobody": None, "ann": ann,
                                                                   "eve": None}
         assert store.invalid == 1 and store.get_many([]) == {}
-        from_settings = RecommendationStore.from_settings(stack.settings.model_copy(update={"redis_prefix": prefix}))
+        from_settings = RecommendationStore.from_settings(stack.settings.replace(redis_prefix=prefix))
         assert from_settings.get("bob") == bob
     finally:
-        client.delete(*(redis_key(prefix, user) for user in ("ann", "bob", "eve")))
+        client.delete(*(RedisKeys(prefix).recommendation(user) for user in ("ann", "bob", "eve")))
         client.close()
 
 
 # --- edges -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("module", "forbidden"), [
-    ("consumers.client", ("faust", "torch", "models")),
-    ("consumers.online_eval", ("faust", "torch")),
+    ("fusionrec.consumers.client", ("faust", "torch", "models")),
+    ("fusionrec.consumers.online_eval", ("faust", "torch")),
 ])
 def test_the_client_imports_without_the_stream_framework(module, forbidden):
     code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"
@@ -218,12 +219,12 @@ def test_docs_python_example_runs(conf, stack):
     prefix = f"d{uuid.uuid4().hex[:8]}:"
     rec = make_rec("u42", int(time.time() * 1000), ["i7", "i9"], {"cf": ["i7"]})
     publish(conf, [rec])
-    client = redis.Redis.from_url(stack.settings.redis_url)
-    client.set(redis_key(prefix, "u42"), encode(rec))
+    client = redis.Redis.from_url(stack.settings.redis.url)
+    client.set(RedisKeys(prefix).recommendation("u42"), encode(rec))
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
     assert blocks, "docs/consumers.md has no python example"
-    env = {"FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": conf.kafka_bootstrap_servers,
-           "FUSIONREC_TOPIC_RECOMMENDATIONS": conf.topic_recommendations, "FUSIONREC_REDIS_URL": conf.redis_url,
+    env = {"FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": conf.kafka.bootstrap_servers,
+           "FUSIONREC_TOPIC_RECOMMENDATIONS": conf.topic.recommendations, "FUSIONREC_REDIS_URL": conf.redis.url,
            "FUSIONREC_REDIS_PREFIX": prefix, "PATH": "/usr/bin:/bin"}
     try:
         for block in blocks:
@@ -233,5 +234,5 @@ def test_docs_python_example_runs(conf, stack):
             assert "u42 returning ['i7', 'i9'] exploit" in proc.stdout and "['i7', 'i9']\n" in proc.stdout
             assert "{'u42': True, 'u7': False}" in proc.stdout
     finally:
-        client.delete(redis_key(prefix, "u42"))
+        client.delete(RedisKeys(prefix).recommendation("u42"))
         client.close()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from consumers.reader import read_topic
-from fusionrec.events import Event
-from fusionrec.settings import load_settings
-from fusionrec.stack import Stack, free_port
-from fusionrec.topics import ensure_topics
-from producers.producer import EventProducer
+from fusionrec.consumers.reader import read_topic
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.settings import load_settings
+from fusionrec.infra.stack import Stack, free_port
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.producer import EventProducer
 
 N = 2000
 
@@ -17,7 +17,7 @@ N = 2000
 def test_acknowledged_events_survive_a_broker_crash(tmp_path):
     settings = load_settings(
         state_dir=tmp_path, broker_storage="s3", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", events_partitions=2, kafka_idempotence=False,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=2, kafka_idempotence=False,
     )
     stack = Stack(settings)
     try:
@@ -36,7 +36,7 @@ def test_acknowledged_events_survive_a_broker_crash(tmp_path):
         restarted = stack.up()
         assert restarted[0].state == "running" and restarted[0].pid != broker_pid
 
-        ids = {value for _p, _o, _k, value in read_topic(settings, settings.topic_events, idle_timeout=4)}
+        ids = {value for _p, _o, _k, value in read_topic(settings, settings.topic.events, idle_timeout=4)}
         assert len(ids) == N
     finally:
         stopped = stack.down()

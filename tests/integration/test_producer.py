@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from consumers.reader import read_topic
-from fusionrec.events import Event, InvalidEvent
-from fusionrec.settings import load_settings
-from fusionrec.stack import free_port
-from fusionrec.topics import ensure_topics
-from producers.producer import DeliveryFailed, EventProducer
+from fusionrec.consumers.reader import read_topic
+from fusionrec.contracts.events import Event, InvalidEvent
+from fusionrec.contracts.settings import load_settings
+from fusionrec.infra.stack import free_port
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.producer import DeliveryFailed, EventProducer
 
 
 def test_events_are_delivered_keyed_by_user(settings):
@@ -24,7 +24,7 @@ def test_events_are_delivered_keyed_by_user(settings):
             producer.send(event)
     assert producer.stats.delivered == 50 and producer.stats.failed == 0 and producer.stats.in_flight == 0
     assert seen == [None] * 50
-    records = list(read_topic(settings, settings.topic_events, max_messages=50, idle_timeout=5))
+    records = list(read_topic(settings, settings.topic.events, max_messages=50, idle_timeout=5))
     assert len(records) == 50
     by_user: dict[bytes, set[int]] = {}
     for partition, _offset, key, _value in records:

@@ -7,15 +7,18 @@ import uuid
 import pytest
 import redis
 
-from fusionrec.events import Event
-from fusionrec.profiles import DUPLICATE, NEW, REDELIVERED, ProfileStore
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.keys import RedisKeys
+from fusionrec.contracts.settings import DedupSettings, ProfileSettings
+from fusionrec.stores.profiles import DUPLICATE, NEW, REDELIVERED, ProfileStore
 
 
 @pytest.fixture
 def store(stack):
-    client = redis.Redis.from_url(stack.settings.redis_url)
+    client = redis.Redis.from_url(stack.settings.redis.url)
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    yield ProfileStore(client, prefix=prefix, dedup_window_s=120, limits=(3, 3, 3))
+    yield ProfileStore(client, RedisKeys(prefix), ProfileSettings(recent_items=3, bought_items=3, categories=3),
+                       DedupSettings(window_s=120))
     keys = list(client.scan_iter(match=f"{prefix}*"))
     if keys:
         client.delete(*keys)
@@ -44,8 +47,8 @@ def test_typical_profile_is_small(store):
 
 def test_seen_entries_and_profiles_expire(store):
     store.apply([(Event("e9", "u9", "i9", "view", 1_700_000_000_000), 0, 1)])
-    assert 0 < store.client.ttl(store.profile_key("u9")) <= store.profile_ttl_s
-    seen = next(iter(store.client.scan_iter(match=f"{store.prefix}seen:*")))
+    assert 0 < store.client.ttl(store.profile_key("u9")) <= store.profile.ttl_s
+    seen = next(iter(store.client.scan_iter(match=store.keys.seen("*"))))
     assert 0 < store.client.ttl(seen) <= 120
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fusionrec.topics import ensure_topics
+from fusionrec.infra.admin import ensure_topics
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -16,8 +16,8 @@ def test_readme_python_examples_run(settings, tmp_path):
     ensure_topics(settings)
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python examples"
-    env = {"FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-           "FUSIONREC_TOPIC_EVENTS": settings.topic_events, "FUSIONREC_REDIS_URL": settings.redis_url,
+    env = {"FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+           "FUSIONREC_TOPIC_EVENTS": settings.topic.events, "FUSIONREC_REDIS_URL": settings.redis.url,
            "PATH": "/usr/bin:/bin"}
     for block in blocks:
         proc = subprocess.run([sys.executable, "-c", block], env=env, cwd=README.parent, capture_output=True,

@@ -10,9 +10,9 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumers.recommendations import decode, redis_key
-from fusionrec.events import Event
-from producers.producer import EventProducer
+from fusionrec.contracts.recommendations import decode
+from fusionrec.contracts.events import Event
+from fusionrec.producers.producer import EventProducer
 from tests.integration.workers import WorkerProcess, make_events, send
 
 INTERVAL_MS = 200
@@ -22,10 +22,10 @@ class ListWatcher:
     """Reads the recommendations topic from the start and keeps every list per user, in arrival order."""
 
     def __init__(self, settings):
-        conf = settings.consumer_config(f"{settings.kafka_client_id}-watch")
+        conf = settings.consumer_config(f"{settings.kafka.client_id}-watch")
         self.consumer = Consumer(conf | {"enable.auto.commit": False, "fetch.wait.max.ms": 20})
-        meta = self.consumer.list_topics(settings.topic_recommendations, timeout=10).topics[settings.topic_recommendations]
-        self.consumer.assign([TopicPartition(settings.topic_recommendations, p, OFFSET_BEGINNING)
+        meta = self.consumer.list_topics(settings.topic.recommendations, timeout=10).topics[settings.topic.recommendations]
+        self.consumer.assign([TopicPartition(settings.topic.recommendations, p, OFFSET_BEGINNING)
                               for p in meta.partitions])
         self.lists = {}
 
@@ -50,7 +50,7 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
     now = int(time.time() * 1000)
     history = make_events(3000, seed=11, start_ms=now - 300_000)
     send(worker_settings, history)
-    worker_settings = worker_settings.model_copy(update={"ranker_interval_ms": INTERVAL_MS})
+    worker_settings = worker_settings.replace(ranker_interval_ms=INTERVAL_MS)
     worker = WorkerProcess(worker_settings, tmp_path, "w")
     watcher = ListWatcher(worker_settings)
     producer = EventProducer(worker_settings)
@@ -68,7 +68,7 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
         view = Event("probe-view", "user-7", "item-3", "view", sent, category_id="cat-3")
         send_now(view)
         rec, arrived = watcher.wait_for("user-7", lambda r: r.newest_event_ts == view.ts)
-        assert len(rec.items) == worker_settings.ranker_k
+        assert len(rec.items) == worker_settings.ranker.k
         assert rec.generated_at - view.ts <= INTERVAL_MS + 800, "list made later than the interval allows"
         assert all(item.contributions and abs(sum(item.contributions.values()) - item.score) < 1e-3
                    for item in rec.items)
@@ -84,23 +84,23 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
         assert all(top not in ids for ids in after.sources.values())
 
         # the serving copy in Redis is the latest list
-        client = redis.Redis.from_url(worker_settings.redis_url)
+        client = redis.Redis.from_url(worker_settings.redis.url)
         deadline = time.monotonic() + 5
-        while decode(client.get(redis_key(worker_settings.redis_prefix, "user-7"))).newest_event_ts != buy.ts:
+        while decode(client.get(worker_settings.redis.keys.recommendation("user-7"))).newest_event_ts != buy.ts:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert client.ttl(redis_key(worker_settings.redis_prefix, "user-7")) > 0
+        assert client.ttl(worker_settings.redis.keys.recommendation("user-7")) > 0
 
         # a brand-new user gets a list at once (cold start: popular, trending, category)
         newcomer = Event("probe-new", "newcomer", "item-9", "view", int(time.time() * 1000), category_id="cat-9")
         send_now(newcomer)
         fresh, _ = watcher.wait_for("newcomer", lambda r: r.newest_event_ts == newcomer.ts)
-        assert fresh.segment == "new" and len(fresh.items) == worker_settings.ranker_k
+        assert fresh.segment == "new" and len(fresh.items) == worker_settings.ranker.k
         assert {"trending", "category"} <= {s for item in fresh.items for s in item.contributions}
 
         metrics = worker.metrics()
         assert metrics["fusionrec_recommendations_freshness_seconds_count"] >= len(history)
-        [key, *_] = client.scan_iter(match=f"{worker_settings.redis_prefix}weights:*")
+        [key, *_] = client.scan_iter(match=f"{worker_settings.redis.prefix}weights:*")
         weights = orjson.loads(client.get(key))
         assert set(weights["weights"]) == {"new", "returning"}
         assert sum(weights["weights"]["returning"].values()) == pytest.approx(1.0)

@@ -6,11 +6,11 @@ import gzip
 
 import pytest
 
-from consumers.reader import read_topic, summarize_events
-from fusionrec.topics import ensure_topics
-from producers.datasets import read_dataset
-from producers.producer import EventProducer
-from producers.replay import replay_events
+from fusionrec.consumers.reader import read_topic, summarize_events
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
 from tests.conftest import TAOBAO_SLICE
 
 N = 5000
@@ -35,15 +35,15 @@ def replay_into(settings, topic, path, **kwargs):
 
 def test_n_rows_in_n_events_back_with_stable_ids(settings, slice_file):
     ensure_topics(settings)
-    second_topic = settings.topic_events + "-again"
-    ensure_topics(settings.model_copy(update={"topic_events": second_topic}))
+    second_topic = settings.topic.events + "-again"
+    ensure_topics(settings.replace(topic_events=second_topic))
 
-    dataset, result = replay_into(settings, settings.topic_events, slice_file, timestamps="original")
+    dataset, result = replay_into(settings, settings.topic.events, slice_file, timestamps="original")
     assert (result.sent, result.delivered, result.failed, result.undelivered) == (N, N, 0, 0)
     _, again = replay_into(settings, second_topic, slice_file, rate=20_000)
     assert again.delivered == N
 
-    first = summarize_events(read_topic(settings, settings.topic_events, idle_timeout=3))
+    first = summarize_events(read_topic(settings, settings.topic.events, idle_timeout=3))
     second = summarize_events(read_topic(settings, second_topic, idle_timeout=3))
     assert first.records == first.valid == N and first.duplicates == 0 and first.key_mismatches == 0
     assert second.records == second.valid == N
@@ -53,6 +53,6 @@ def test_n_rows_in_n_events_back_with_stable_ids(settings, slice_file):
 
 def test_rate_limit_holds(settings, slice_file):
     ensure_topics(settings)
-    _, result = replay_into(settings, settings.topic_events, slice_file, rate=10_000)
+    _, result = replay_into(settings, settings.topic.events, slice_file, rate=10_000)
     assert result.delivered == N
     assert 0.45 <= result.seconds  # 5000 events at 10k/s cannot finish in under half a second

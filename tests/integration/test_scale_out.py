@@ -7,7 +7,7 @@ import uuid
 
 import redis
 
-from fusionrec.profiles import ProfileStore
+from fusionrec.stores.profiles import ProfileStore
 from tests.integration.workers import (
     WorkerProcess,
     all_snapshotted,
@@ -24,8 +24,8 @@ def test_two_workers_match_one(worker_settings, tmp_path):
     send(worker_settings, events[:3000])
 
     single = worker_settings
-    pair = worker_settings.model_copy(update={"redis_prefix": f"pair{uuid.uuid4().hex[:6]}:",
-                                              "worker_group": worker_settings.worker_group + "-pair"})
+    pair = worker_settings.replace(redis_prefix=f"pair{uuid.uuid4().hex[:6]}:",
+                                              worker_group=worker_settings.worker.group + "-pair")
     one = WorkerProcess(single, tmp_path, "one")
     a = WorkerProcess(pair, tmp_path, "pair-a")
     b = None
@@ -50,7 +50,7 @@ def test_two_workers_match_one(worker_settings, tmp_path):
     assert sum(held) == 3 and min(held) > 0, f"the group did not split the topic: {held}"
 
     users = sorted(expected_counts(events))
-    single_profiles = ProfileStore(redis.Redis.from_url(single.redis_url), prefix=single.redis_prefix)
-    pair_profiles = ProfileStore(redis.Redis.from_url(pair.redis_url), prefix=pair.redis_prefix)
+    single_profiles = ProfileStore(redis.Redis.from_url(single.redis.url), single.redis.keys)
+    pair_profiles = ProfileStore(redis.Redis.from_url(pair.redis.url), pair.redis.keys)
     assert pair_profiles.get_many(users) == single_profiles.get_many(users)
     assert model_fingerprint(pair) == model_fingerprint(single)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from fusionrec.settings import load_settings
-from fusionrec.stack import Stack, StackError, free_port, process_start_time
+from fusionrec.contracts.settings import load_settings
+from fusionrec.infra.stack import Stack, StackError, free_port, process_start_time
 
 
 def test_session_stack_is_healthy_and_up_is_idempotent(stack):
@@ -14,13 +14,13 @@ def test_session_stack_is_healthy_and_up_is_idempotent(stack):
     again = stack.up()
     assert [(s.name, s.state) for s in again] == [("broker", "running"), ("redis", "running")]
     assert {s.name: s.pid for s in again} == before
-    client = redis.Redis.from_url(stack.settings.redis_url)
+    client = redis.Redis.from_url(stack.settings.redis.url)
     assert client.ping()
     client.close()
 
 
 def test_a_second_stack_sees_the_first_as_external_and_stops_nothing(stack, tmp_path):
-    other = Stack(stack.settings.model_copy(update={"state_dir": tmp_path}))
+    other = Stack(stack.settings.replace(state_dir=tmp_path))
     services = other.up()
     assert [(s.name, s.state) for s in services] == [("broker", "external"), ("redis", "external")]
     assert other.down() == []
@@ -47,8 +47,8 @@ def test_remote_broker_is_never_started(tmp_path):
 
 
 def test_a_port_taken_by_something_else_is_reported(stack, tmp_path):
-    redis_port = stack.settings.redis_url.rsplit(":", 1)[1].split("/")[0]
-    settings = stack.settings.model_copy(update={"state_dir": tmp_path,
-                                                 "kafka_bootstrap_servers": f"127.0.0.1:{redis_port}"})
+    redis_port = stack.settings.redis.url.rsplit(":", 1)[1].split("/")[0]
+    settings = stack.settings.replace(state_dir=tmp_path,
+                                                 kafka_bootstrap_servers=f"127.0.0.1:{redis_port}")
     with pytest.raises(StackError, match="does not answer as a Kafka broker"):
         Stack(settings, health_timeout=3).up()

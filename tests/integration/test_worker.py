@@ -12,8 +12,8 @@ from collections import Counter
 import orjson
 import redis
 
-from consumers.reader import read_topic
-from fusionrec.profiles import ProfileStore
+from fusionrec.consumers.reader import read_topic
+from fusionrec.stores.profiles import ProfileStore
 from tests.integration.workers import (
     MALFORMED,
     WorkerProcess,
@@ -42,16 +42,16 @@ def test_profiles_and_dead_letters_are_exact(worker_settings, tmp_path):
     finally:
         worker.stop()
 
-    store = ProfileStore(redis.Redis.from_url(worker_settings.redis_url), prefix=worker_settings.redis_prefix)
+    store = ProfileStore(redis.Redis.from_url(worker_settings.redis.url), worker_settings.redis.keys)
     expected = expected_counts(events)
     profiles = store.get_many(sorted(expected))
     assert {p.user_id: Counter(p.counts) for p in profiles} == expected
 
-    letters = [orjson.loads(v) for _p, _o, _k, v in read_topic(worker_settings, worker_settings.topic_dead_letter,
+    letters = [orjson.loads(v) for _p, _o, _k, v in read_topic(worker_settings, worker_settings.topic.dead_letter,
                                                                idle_timeout=3)]
     assert len(letters) == len(MALFORMED)
     assert sorted(base64.b64decode(r["original_b64"]) for r in letters) == sorted(MALFORMED)
-    assert all(r["reasons"] and r["source"]["topic"] == worker_settings.topic_events for r in letters)
+    assert all(r["reasons"] and r["source"]["topic"] == worker_settings.topic.events for r in letters)
     codes = Counter(r["reasons"][0]["code"] for r in letters)
     assert codes == Counter({"not_json": 1, "missing_field": 1, "bad_encoding": 1, "not_an_object": 1,
                              "unknown_type": 1})
@@ -78,8 +78,8 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
         restarted.stop()
     assert metrics.get("fusionrec_worker_duplicates_skipped_total", 0) == 0
 
-    clean = worker_settings.model_copy(update={"redis_prefix": worker_settings.redis_prefix + "clean:",
-                                               "worker_group": worker_settings.worker_group + "-clean"})
+    clean = worker_settings.replace(redis_prefix=worker_settings.redis.prefix + "clean:",
+                                               worker_group=worker_settings.worker.group + "-clean")
     reference = WorkerProcess(clean, tmp_path, "reference")
     try:
         reference.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(first) + len(second)
@@ -87,8 +87,8 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
     finally:
         reference.stop()
 
-    store = ProfileStore(redis.Redis.from_url(worker_settings.redis_url), prefix=worker_settings.redis_prefix)
-    clean_store = ProfileStore(redis.Redis.from_url(clean.redis_url), prefix=clean.redis_prefix)
+    store = ProfileStore(redis.Redis.from_url(worker_settings.redis.url), worker_settings.redis.keys)
+    clean_store = ProfileStore(redis.Redis.from_url(clean.redis.url), clean.redis.keys)
     users = sorted(expected_counts(first + second))
     assert store.get_many(users) == clean_store.get_many(users)
     assert {p.user_id: Counter(p.counts) for p in store.get_many(users)} == expected_counts(first + second)
@@ -105,12 +105,12 @@ def test_rebuild_replays_everything_from_the_topic(worker_settings, tmp_path):
     finally:
         first.stop()
 
-    out = subprocess.run([sys.executable, "-m", "fusionrec.cli", "rebuild", "--yes"], env=first.env,
+    out = subprocess.run([sys.executable, "-m", "fusionrec.apps.cli", "rebuild", "--yes"], env=first.env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "deleted" in out.stdout
-    client = redis.Redis.from_url(worker_settings.redis_url)
-    assert not list(client.scan_iter(match=f"{worker_settings.redis_prefix}*"))
+    client = redis.Redis.from_url(worker_settings.redis.url)
+    assert not list(client.scan_iter(match=f"{worker_settings.redis.prefix}*"))
 
     again = WorkerProcess(worker_settings, tmp_path, "after")
     try:
@@ -118,6 +118,6 @@ def test_rebuild_replays_everything_from_the_topic(worker_settings, tmp_path):
     finally:
         again.stop()
     assert metrics["fusionrec_worker_events_total"] == len(events)  # all new again: state was rebuilt from zero
-    store = ProfileStore(client, prefix=worker_settings.redis_prefix)
+    store = ProfileStore(client, worker_settings.redis.keys)
     expected = expected_counts(events)
     assert {p.user_id: Counter(p.counts) for p in store.get_many(sorted(expected))} == expected

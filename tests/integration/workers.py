@@ -8,9 +8,9 @@ from collections import Counter
 import orjson
 import redis
 
-from fusionrec.events import Event
-from producers.producer import EventProducer
-from streams.child import WorkerChild
+from fusionrec.contracts.events import Event
+from fusionrec.producers.producer import EventProducer
+from fusionrec.streams.child import WorkerChild
 
 TYPES = ["view"] * 6 + ["add_to_cart", "favourite", "purchase", "remove_from_cart"]
 
@@ -30,7 +30,7 @@ class WorkerProcess(WorkerChild):
 
     def __init__(self, settings, tmp_path, name: str):
         super().__init__(settings, tmp_path / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp_path / name),
-                         FUSIONREC_SNAPSHOT_INTERVAL_S="0.5")
+                         FUSIONREC_WORKER_SNAPSHOT_INTERVAL_S="0.5")
 
 
 def handled(metrics) -> float:
@@ -58,11 +58,11 @@ def send(settings, events, raw=(), duplicates=()):
 
 def model_fingerprint(settings) -> dict:
     """What the models would recommend, per partition snapshot: comparable across runs."""
-    from streams.state import SnapshotStore
+    from fusionrec.streams.state import SnapshotStore
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     out = {}
-    for state in SnapshotStore(client, settings, settings.topic_events).load_all():
+    for state in SnapshotStore(client, settings, settings.topic.events).load_all():
         users = sorted({f"user-{i}" for i in range(0, 300, 7)})
         out[state.partition] = (state.offset, {
             name: [model.candidates(user, 5) for user in users] for name, model in sorted(state.models.items())
@@ -72,8 +72,8 @@ def model_fingerprint(settings) -> dict:
 
 def all_snapshotted(settings, total: int) -> bool:
     """True when the partition snapshots together cover ``total`` records (offsets are per partition)."""
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}snap:{settings.topic_events}:*"))
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = list(client.scan_iter(match=f"{settings.redis.prefix}snap:{settings.topic.events}:*"))
     covered = sum(int(client.hget(k, "offset")) + 1 for k in keys)
     client.close()
     return covered >= total

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.datasets import CsvMapping, detect_format, load_movielens_genres, read_dataset
+from fusionrec.producers.datasets import CsvMapping, detect_format, load_movielens_genres, read_dataset
 from tests.conftest import TAOBAO_SLICE
 
 TAOBAO_ROWS = """1,100,7,pv,1511658001

@@ -44,8 +44,8 @@ def exported_metrics() -> set[str]:
     """Every sample name the worker and the online-eval consumer export (the two processes Prometheus scrapes)."""
     from prometheus_client import CollectorRegistry
 
-    from consumers.online_eval import OnlineEvalCollector, OnlineEvaluator
-    from streams.metrics import WorkerMetrics
+    from fusionrec.consumers.online_eval import OnlineEvalCollector, OnlineEvaluator
+    from fusionrec.streams.metrics import WorkerMetrics
 
     worker = CollectorRegistry()
     WorkerMetrics(worker)
@@ -72,7 +72,7 @@ def test_dashboard_metrics_exist():
 def test_compose_services_run_real_commands_and_are_scraped():
     import typer.main
 
-    from fusionrec.cli import app
+    from fusionrec.apps.cli import app
 
     commands = set(typer.main.get_command(app).commands)
     compose = load("docker-compose.yml")

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from fusionrec.evaluation import EvalConfig, RankMetrics, evaluate, rating_mae, sessionize
-from fusionrec.events import Event
-from fusionrec.settings import load_settings
+from fusionrec.apps.evaluation import EvalConfig, RankMetrics, evaluate, rating_mae, sessionize
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.settings import load_settings
 
 T0 = 1_700_000_000_000
 SETTINGS = load_settings(ranker_device="cpu")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusionrec.events import EVENT_TYPES, Event, InvalidEvent, Reason, ensure_valid, validate, validate_dict
+from fusionrec.contracts.events import EVENT_TYPES, Event, InvalidEvent, Reason, ensure_valid, validate, validate_dict
 
 NOW = 1_700_000_000_000
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 5}
@@ -124,7 +124,7 @@ def test_valid_events_round_trip_through_json(event_id, user, item, etype, ts, p
 def test_dead_letter_record_keeps_the_original_bytes(raw, key):
     import base64
 
-    from fusionrec.events import dead_letter_record
+    from fusionrec.contracts.events import dead_letter_record
 
     reasons = validate(raw, now_ms=NOW).reasons or [Reason("x", "", "y")]
     record = orjson.loads(dead_letter_record(raw, reasons, topic="t", partition=2, offset=9, key=key, now_ms=NOW))
@@ -142,13 +142,13 @@ def test_dead_letter_record_keeps_the_original_bytes(raw, key):
     | st.text(max_size=130) | st.sampled_from(sorted(EVENT_TYPES)) | st.integers(788_918_400_000, NOW),
 ))
 def test_fast_path_agrees_with_the_full_validator(obj):
-    from fusionrec.events import _validate_full
+    from fusionrec.contracts.events import _validate_full
 
     assert validate_dict(obj, now_ms=NOW) == _validate_full(obj, now_ms=NOW)
 
 
 def test_fast_path_agrees_on_typical_events():
-    from fusionrec.events import _validate_full
+    from fusionrec.contracts.events import _validate_full
 
     for obj in (GOOD, GOOD | {"session_id": "s", "category_id": "c"}, GOOD | {"v": 1}, GOOD | {"v": True},
                 GOOD | {"type": "rate", "rating": 3}, GOOD | {"category_id": ""}, GOOD | {"ts": NOW + 10**9}):

@@ -9,11 +9,11 @@ import numpy as np
 import orjson
 import pytest
 
-from fusionrec.events import Event
-from models.base import Recommender
-from models.fused import FusedRecommender
-from models.fusion import FixedWeights, FusionBandit, holdout_arm, position_discount
-from models.ranker import FusionRanker
+from fusionrec.contracts.events import Event
+from fusionrec.models.base import Recommender
+from fusionrec.models.fused import FusedRecommender
+from fusionrec.models.fusion import FixedWeights, FusionBandit, holdout_arm, position_discount
+from fusionrec.models.ranker import FusionRanker
 
 
 class Scripted(Recommender):

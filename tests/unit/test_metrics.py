@@ -2,7 +2,7 @@
 
 import math
 
-from streams.metrics import histogram_quantile
+from fusionrec.streams.metrics import histogram_quantile
 
 H = "h_seconds"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fusionrec.events import Event
-from models import CategoryAffinity
+from fusionrec.contracts.events import Event
+from fusionrec.models import CategoryAffinity
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from river import optim, reco
 
-from fusionrec.events import Event
-from models import MatrixFactorization
-from models._factors import top_indices
+from fusionrec.contracts.events import Event
+from fusionrec.models import MatrixFactorization
+from fusionrec.models._factors import top_indices
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

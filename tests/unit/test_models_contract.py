@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fusionrec.events import Event
-from models import (
+from fusionrec.contracts.events import Event
+from fusionrec.models import (
     SOURCES,
     CategoryAffinity,
     CoVisitation,
@@ -28,7 +28,7 @@ from models import (
     SnapshotError,
     Trending,
 )
-from models.base import _MAGIC
+from fusionrec.models.base import _MAGIC
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000
@@ -419,12 +419,12 @@ def test_a_truncated_snapshot_is_refused_clearly():
 
 def test_models_import_no_broker_cache_or_metrics_client():
     code = (
-        "import importlib, pkgutil, sys, models\n"
-        "for m in pkgutil.walk_packages(models.__path__, 'models.'):\n"
+        "import importlib, pkgutil, sys, fusionrec.models as models\n"
+        "for m in pkgutil.walk_packages(models.__path__, 'fusionrec.models.'):\n"
         "    importlib.import_module(m.name)\n"
         "bad = {'confluent_kafka', 'aiokafka', 'faust', 'redis', 'prometheus_client'}\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in bad)))\n"
-        "print(len([m for m in sys.modules if m.startswith('models.')]))\n"
+        "print(len([m for m in sys.modules if m.startswith('fusionrec.models.')]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == ""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fusionrec.events import Event
-from models import CoVisitation
+from fusionrec.contracts.events import Event
+from fusionrec.models import CoVisitation
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000

@@ -8,9 +8,9 @@ import pkgutil
 
 import pytest
 
-import models
+import fusionrec.models
 
-MODULES = ["models", *sorted(m.name for m in pkgutil.walk_packages(models.__path__, "models."))]
+MODULES = ["fusionrec.models", *sorted(m.name for m in pkgutil.walk_packages(fusionrec.models.__path__, "fusionrec.models."))]
 
 
 @pytest.mark.parametrize("name", MODULES)

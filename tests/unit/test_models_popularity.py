@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusionrec.events import Event
-from models import Popularity, Trending
+from fusionrec.contracts.events import Event
+from fusionrec.models import Popularity, Trending
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

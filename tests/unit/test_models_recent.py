@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fusionrec.events import Event
-from models import RecentItems
+from fusionrec.contracts.events import Event
+from fusionrec.models import RecentItems
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-import consumers.online_eval
-from consumers.online_eval import OnlineEvaluator
-from consumers.recommendations import Policy, Recommendation, RecommendedItem
-from fusionrec.events import Event
+import fusionrec.consumers.online_eval
+from fusionrec.consumers.online_eval import OnlineEvaluator
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
+from fusionrec.contracts.events import Event
 
 
 def rec(user, generated_at, items, sources=None, segment="returning"):
@@ -162,5 +162,5 @@ def test_bad_sizes_are_refused(kwargs):
 
 
 def test_docstring_examples_pass():
-    result = doctest.testmod(consumers.online_eval, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(fusionrec.consumers.online_eval, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0

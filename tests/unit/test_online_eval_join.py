@@ -3,10 +3,10 @@ hand-made read orders whose judgements were worked out by hand."""
 
 from __future__ import annotations
 
-import consumers.online_eval
-from consumers.online_eval import OnlineEvaluator, _TimeOrderedJoin
-from consumers.recommendations import Policy, Recommendation, RecommendedItem
-from fusionrec.events import Event
+import fusionrec.consumers.online_eval
+from fusionrec.consumers.online_eval import OnlineEvaluator, _TimeOrderedJoin
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
+from fusionrec.contracts.events import Event
 
 GRACE_MS = 100
 
@@ -77,7 +77,7 @@ def test_without_lists_arriving_an_event_is_judged_after_the_grace_period():
 
 
 def test_a_full_list_buffer_lets_the_events_move_on(monkeypatch):
-    monkeypatch.setattr(consumers.online_eval, "MAX_HELD_LISTS", 2)
+    monkeypatch.setattr(fusionrec.consumers.online_eval, "MAX_HELD_LISTS", 2)
     evaluator, joined = join()
     joined.add_event(0, ev(1500, "ann", "a"), now=0.0)
     joined.add_list(0, rec("ann", 1000, "a"), now=0.0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from producers.replay import Pacer
+from fusionrec.producers.replay import Pacer
 
 
 class FakeClock:

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from fusionrec.events import Event
-from fusionrec.settings import load_settings
-from streams import state as state_module
-from streams.state import PartitionState, build_models
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.settings import load_settings
+from fusionrec.streams import state as state_module
+from fusionrec.streams.state import PartitionState, build_models
 
 TYPES = ["view"] * 6 + ["add_to_cart", "favourite", "purchase", "remove_from_cart"]
 

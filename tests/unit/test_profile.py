@@ -1,7 +1,7 @@
 """Profile folding (pure): counts, caps, bought items, category affinities."""
 
-from fusionrec.events import Event
-from fusionrec.profiles import Profile
+from fusionrec.contracts.events import Event
+from fusionrec.stores.profiles import Profile
 
 
 def ev(item, etype="view", ts=1, cat=None):

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from fusionrec.events import Event
-from models import SOURCES
-from models.ranker import FusionRanker
+from fusionrec.contracts.events import Event
+from fusionrec.models import SOURCES
+from fusionrec.models.ranker import FusionRanker
 
 T0 = 1_700_000_000_000
 

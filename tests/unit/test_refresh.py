@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from fusionrec.events import Event
-from fusionrec.settings import load_settings
-from streams import processor as processor_module
-from streams.processor import BatchProcessor
-from streams.state import PartitionState, build_fusion, build_models
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.settings import load_settings
+from fusionrec.streams import processor as processor_module
+from fusionrec.streams.processor import BatchProcessor
+from fusionrec.streams.state import PartitionState, build_fusion, build_models
 
 
 class _Redis:

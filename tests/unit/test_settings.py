@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fusionrec.settings import Settings, SettingsError, load_settings, redact_url
+from fusionrec.contracts.settings import Settings, SettingsError, load_settings, redact_url
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -22,18 +22,18 @@ def clean_env(monkeypatch, tmp_path):
 
 def test_defaults_and_env(monkeypatch):
     monkeypatch.setenv("FUSIONREC_KAFKA_BOOTSTRAP_SERVERS", "k1:9092, k2:9093")
-    monkeypatch.setenv("FUSIONREC_EVENTS_PARTITIONS", "12")
+    monkeypatch.setenv("FUSIONREC_TOPIC_EVENTS_PARTITIONS", "12")
     settings = load_settings()
-    assert settings.kafka_bootstrap_servers == "k1:9092,k2:9093"
-    assert settings.bootstrap_hosts == [("k1", 9092), ("k2", 9093)]
-    assert settings.events_partitions == 12
+    assert settings.kafka.bootstrap_servers == "k1:9092,k2:9093"
+    assert settings.kafka.bootstrap_hosts == [("k1", 9092), ("k2", 9093)]
+    assert settings.topic.events_partitions == 12
     with pytest.raises(Exception):  # noqa: B017,PT011 - pydantic's frozen error
-        settings.events_partitions = 3  # type: ignore[misc]
+        settings.topic.events_partitions = 3  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("var", "value", "fragment"), [
     ("FUSIONREC_KAFKA_BOOTSTRAP_SERVERS", "nohostport", "is not host:port"),
-    ("FUSIONREC_EVENTS_PARTITIONS", "0", "greater than or equal to 1"),
+    ("FUSIONREC_TOPIC_EVENTS_PARTITIONS", "0", "greater than or equal to 1"),
     ("FUSIONREC_TOPIC_EVENTS", "bad topic!", "not a legal Kafka topic name"),
     ("FUSIONREC_REDIS_URL", "http://x", "must start with redis://"),
     ("FUSIONREC_KAFKA_COMPRESSION", "brotli", "Input should be"),
@@ -95,7 +95,7 @@ def test_redact_url_without_password_is_unchanged():
 def test_every_setting_is_documented_with_its_variable():
     text = DOC.read_text()
     documented = set(re.findall(r"`(FUSIONREC_[A-Z0-9_]+)`", text))
-    expected = {f"FUSIONREC_{name.upper()}" for name in Settings.model_fields}
+    expected = {f"FUSIONREC_{name.upper()}" for name, _ in Settings.documented_fields()}
     assert documented == expected
-    for name, info in Settings.model_fields.items():
+    for name, info in Settings.documented_fields():
         assert info.description, f"{name} has no description"

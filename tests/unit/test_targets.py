@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from fusionrec.events import Event
-from models.targets import TargetFilter
+from fusionrec.contracts.events import Event
+from fusionrec.models.targets import TargetFilter
 
 
 def ev(user, item, type, rating=None, ts=1_700_000_000_000):

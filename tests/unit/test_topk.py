@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks
+from fusionrec.models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks
 
 TOL = 1e-4
 

@@ -1,8 +1,7 @@
-"""Topic names, layouts and their creation: one place that knows every topic fusionrec uses.
+"""Creating and describing fusionrec's topics (the layouts are in :mod:`fusionrec.contracts.topics`).
 
-Partition counts are fixed at creation (Tansu cannot add partitions, and adding them on Kafka would move users
-between partitions), so :func:`ensure_topics` reports an existing topic whose layout differs instead of
-changing it.
+Partition counts are fixed at creation, so :func:`ensure_topics` reports an existing topic whose layout differs
+instead of changing it.
 """
 
 from __future__ import annotations
@@ -13,20 +12,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from fusionrec.settings import Settings
+from fusionrec.contracts.settings import Settings
+from fusionrec.contracts.topics import TopicSpec, topic_specs
 
-__all__ = ["TopicSpec", "TopicState", "topic_specs", "ensure_topics", "describe_topics"]
+__all__ = ["TopicState", "describe_topics", "ensure_topics"]
 
-log = logging.getLogger("fusionrec.topics")
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    role: str
-    name: str
-    partitions: int
-    config: dict[str, str] = field(default_factory=dict)
-    purpose: str = ""
+log = logging.getLogger("fusionrec.infra.admin")
 
 
 @dataclass
@@ -37,24 +28,6 @@ class TopicState:
     created: bool = False
     config: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-
-
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic fusionrec reads or writes, with its intended layout."""
-    return [
-        TopicSpec("events", settings.topic_events, settings.events_partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
-                  "the shop's events (contract v1), keyed by user_id"),
-        TopicSpec("dead_letter", settings.topic_dead_letter, settings.dead_letter_partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
-                  "rejected events: original bytes, reasons, source topic/partition/offset"),
-        TopicSpec("recommendations", settings.topic_recommendations, settings.recommendations_partitions,
-                  {"cleanup.policy": "compact"},
-                  "latest fused list per user (compacted, keyed by user_id)"),
-        TopicSpec("snapshots", settings.topic_snapshots, 1,
-                  {"cleanup.policy": "compact"},
-                  "internal: model snapshots (compacted, keyed by model)"),
-    ]
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -102,7 +75,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     missing = [s.spec for s in states if not s.exists]
     if missing:
         admin = _admin(settings)
-        new = [NewTopic(spec.name, spec.partitions, settings.kafka_replication_factor, config=dict(spec.config))
+        new = [NewTopic(spec.name, spec.partitions, settings.kafka.replication_factor, config=dict(spec.config))
                for spec in missing]
         for name, future in admin.create_topics(new, request_timeout=timeout).items():
             try:

@@ -19,16 +19,16 @@ import orjson
 import redis
 from tqdm import tqdm
 
-from consumers.client import RecommendationStore, format_recommendation
-from fusionrec.profiles import ProfileStore
-from fusionrec.settings import Settings
-from fusionrec.stack import Stack
-from fusionrec.topics import ensure_topics
-from producers.datasets import read_dataset
-from producers.producer import EventProducer
-from producers.replay import replay_events
-from streams.child import WorkerChild
-from streams.metrics import histogram_quantile
+from fusionrec.consumers.client import RecommendationStore, format_recommendation
+from fusionrec.stores.profiles import ProfileStore
+from fusionrec.contracts.settings import Settings
+from fusionrec.infra.stack import Stack
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
+from fusionrec.streams.child import WorkerChild
+from fusionrec.streams.metrics import histogram_quantile
 
 __all__ = ["run_demo"]
 
@@ -49,9 +49,9 @@ FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int | None, keep_running: bool,
              say: Callable[[str], None], step: Callable[[str], None]) -> bool:
     """Run the demo; return True when every event was accounted for."""
-    from streams.rebuild import rebuild_state
+    from fusionrec.streams.rebuild import rebuild_state
 
-    settings = settings.model_copy(update={"redis_prefix": DEMO_PREFIX})
+    settings = settings.replace(redis_prefix=DEMO_PREFIX)
     stack = Stack(settings)
     started = time.perf_counter()
     step("1/6 starting the embedded stack (Tansu broker, Redis)")
@@ -135,7 +135,7 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         if worker is not None:
             worker.stop()
         if ours and not keep_running:
-            if settings.broker_storage == "memory":  # the events are gone with the broker: so goes their state
+            if settings.broker.storage == "memory":  # the events are gone with the broker: so goes their state
                 rebuild_state(settings)
             stopped = stack.down()
             say(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
@@ -145,7 +145,7 @@ def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: C
                     paced: bool):
     """Wait until every applied event is reflected in a published list, or ``LISTS_WAIT_S``; report; return the
     worker's latest metrics."""
-    from streams.processor import MAX_USERS_PER_REFRESH
+    from fusionrec.streams.processor import MAX_USERS_PER_REFRESH
 
     reflected_key = f"{FRESHNESS}_count"
     bar = tqdm(total=int(applied), unit="ev", unit_scale=True, desc="  reflected in a list", disable=None)
@@ -184,22 +184,21 @@ def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: C
 
 
 def _show_what_was_built(settings: Settings, events, say: Callable[[str], None]) -> None:
-    from streams.state import SnapshotStore
+    from fusionrec.streams.state import SnapshotStore
 
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_kwargs())
-    profiles = ProfileStore(client, prefix=settings.redis_prefix)
-    snapshots = SnapshotStore(client, settings, settings.topic_events)
-    partitions = sorted(int(key.decode().rsplit(":", 1)[1])
-                        for key in client.scan_iter(match=f"{settings.redis_prefix}snap:{settings.topic_events}:*"))
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    profiles = ProfileStore(client, settings.redis.keys)
+    snapshots = SnapshotStore(client, settings, settings.topic.events)
+    keys = settings.redis.keys
+    partitions = sorted(keys.partition_of(key) for key in client.scan_iter(match=keys.snapshots(settings.topic.events)))
     busiest: dict[str, int] = {}
     for event in events:
         busiest[event.user_id] = busiest.get(event.user_id, 0) + 1
     # The busiest users whose list is published (an unpaced replay may not have every list yet).
     candidates = sorted(busiest, key=lambda u: (-busiest[u], u))[:200]
-    lists = {user: rec for user, rec in RecommendationStore(client, settings.redis_prefix).get_many(candidates).items()
+    lists = {user: rec for user, rec in RecommendationStore(client, keys).get_many(candidates).items()
              if rec is not None}
     users = [user for user in candidates if user in lists][:2] or candidates[:2]
-    redis_key = f"{settings.redis_prefix}rec:"
     say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis")
     states: dict[int, object] = {}
     for user in users:
@@ -208,9 +207,8 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
             f"({', '.join(f'{k}={v}' for k, v in sorted(profile.counts.items()))}); recent "
             f"{profile.recent_items[:4]}; bought {profile.bought_items[:3]}")
         rec = lists.get(user)
-        # The user's partition: the list names it (model_version "… p{partition}@{offset}"); without a list, the
-        # one whose recent-items model knows the user.
-        named = _partition_of(rec) if rec is not None else None
+        # The user's partition: the list names it; without a list, the one whose recent-items model knows the user.
+        named = rec.partition if rec is not None else None
         for partition in [named] if named is not None else partitions:
             if partition not in states:
                 states[partition] = snapshots.load(partition)
@@ -227,7 +225,7 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         if rec is None:
             say("    no published list yet")
             continue
-        say(f"    published fused list ({redis_key}{user}), each item's score split by source:")
+        say(f"    published fused list ({keys.recommendation(user)}), each item's score split by source:")
         lines = format_recommendation(rec).splitlines()
         more = len(lines) - 1 - SHOWN_ITEMS
         for line in lines[: 1 + SHOWN_ITEMS]:
@@ -238,15 +236,10 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
     client.close()
 
 
-def _partition_of(rec) -> int | None:
-    match = re.search(r" p(\d+)@", rec.model_version)
-    return int(match.group(1)) if match else None
-
-
 def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], None]) -> None:
     """The bandit's weights per segment, as the worker wrote them to Redis (mean over partitions)."""
     entries = [orjson.loads(client.get(key)) for key in sorted(
-        client.scan_iter(match=f"{settings.redis_prefix}weights:{settings.topic_events}:*"))]
+        client.scan_iter(match=settings.redis.keys.all_weights(settings.topic.events)))]
     if not entries:
         say("\n  no fusion weights in Redis")
         return
@@ -259,7 +252,7 @@ def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], 
     sources = list(next(iter(sums.values())))
     rewards = sum(entry["rewards"] for entry in entries)
     say(f"\n  fusion weights per segment (the bandit's exploit weights; mean of {len(entries)} partitions' "
-        f"{settings.redis_prefix}weights:* keys; learned from {rewards:,} rewarded events):")
+        f"{settings.redis.keys.all_weights()} keys; learned from {rewards:,} rewarded events):")
     say("    " + f"{'segment':<10}" + "".join(f"{source:>10}" for source in sources))
     for segment, row in sums.items():
         say("    " + f"{segment:<10}" + "".join(f"{row.get(s, 0.0) / len(entries):>10.3f}" for s in sources))

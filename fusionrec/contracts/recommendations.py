@@ -1,6 +1,6 @@
 """The recommendations topic's message format (version 1): one typed place that encodes and decodes it.
 
-Downstream services import this module (and :mod:`consumers.client`) without pulling in Faust, torch or the models.
+Downstream services import this module (and :mod:`fusionrec.consumers.client`) without pulling in Faust, torch or the models.
 The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON object::
 
     {"v": 1, "user_id": "u42",
@@ -10,7 +10,7 @@ The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON o
      "segment": "returning",
      "policy": {"arm": "bandit", "action": "exploit", "propensity": 0.9, "weights": {"cf": 0.21, ...}},
      "weights_version": 1834, "model_version": "fusionrec-0.1.0 p3@120455",
-     "generated_at": 1700000000123, "newest_event_ts": 1700000000042}
+     "generated_at": 1700000000123, "newest_event_ts": 1700000000042, "partition": 3}
 
 * ``items`` is the fused list, best first. ``contributions`` says how much of the item's ``score`` each source gave
   (its fusion weight times its normalised score): the sources that put the item on the list.
@@ -20,9 +20,10 @@ The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON o
   ``fixed``), the action taken (``exploit``, or ``boost:<source>`` when exploring), the probability with which that
   action was chosen (the propensity, for off-policy evaluation) and the weights used.
 * ``generated_at`` is the wall-clock time the list was made; ``newest_event_ts`` the time of the newest event of
-  this user it reflects (epoch milliseconds both).
+  this user it reflects (epoch milliseconds both); ``partition`` the events partition whose models made it.
 
-The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving (see :func:`redis_key`).
+The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving
+(:meth:`fusionrec.contracts.keys.RedisKeys.recommendation`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ __all__ = [
     "RecommendationFormatError",
     "decode",
     "encode",
-    "redis_key",
 ]
 
 FORMAT_VERSION = 1
@@ -88,6 +88,8 @@ class Recommendation:
     model_version: str
     generated_at: int
     newest_event_ts: int
+    #: The events partition whose models made the list (absent in lists written before it was added).
+    partition: int | None = None
 
     @property
     def item_ids(self) -> list[str]:
@@ -110,6 +112,7 @@ class Recommendation:
             "model_version": self.model_version,
             "generated_at": self.generated_at,
             "newest_event_ts": self.newest_event_ts,
+            "partition": self.partition,
         }
 
 
@@ -147,13 +150,9 @@ def decode(value: bytes | str) -> Recommendation:
             model_version=str(data["model_version"]),
             generated_at=int(data["generated_at"]),
             newest_event_ts=int(data["newest_event_ts"]),
+            partition=None if data.get("partition") is None else int(data["partition"]),
         )
     except KeyError as exc:
         raise RecommendationFormatError(f"missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise RecommendationFormatError(f"bad field value: {exc}") from None
-
-
-def redis_key(prefix: str, user_id: str) -> str:
-    """Where the serving copy of ``user_id``'s list lives in Redis (a string holding the same JSON)."""
-    return f"{prefix}rec:{user_id}"

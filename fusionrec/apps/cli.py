@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from fusionrec import __version__
-from fusionrec.settings import Settings, SettingsError, load_settings
+from fusionrec.contracts.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help="fusionrec: streaming, real-time fused recommendations for shops, on Kafka.\n\n"
@@ -91,7 +91,7 @@ def up(
 
     Idempotent: services already running (ours or not) are left as they are. Only loopback addresses are started.
     """
-    from fusionrec.stack import Stack, StackError
+    from fusionrec.infra.stack import Stack, StackError
 
     if storage:
         _overrides["broker_storage"] = storage
@@ -111,17 +111,17 @@ def _warn_stale_state(conf: Settings, services) -> None:
     topic's offsets: say so (a worker would wait for offsets the new topic has not reached)."""
     import redis
 
-    fresh_memory_broker = conf.broker_storage == "memory" and any(
+    fresh_memory_broker = conf.broker.storage == "memory" and any(
         s.name == "broker" and s.started_now for s in services)
     if not fresh_memory_broker:
         return
-    client = redis.Redis.from_url(conf.redis_url, **conf.redis_kwargs())
+    client = redis.Redis.from_url(conf.redis.url, **conf.redis.client_kwargs())
     try:
-        stale = next(client.scan_iter(match=f"{conf.redis_prefix}snap:*", count=1000), None)
+        stale = next(client.scan_iter(match=conf.redis.keys.snapshots(), count=1000), None)
     finally:
         client.close()
     if stale is not None:
-        typer.secho(f"warning: Redis holds worker state under {conf.redis_prefix!r} from an earlier broker; the "
+        typer.secho(f"warning: Redis holds worker state under {conf.redis.prefix!r} from an earlier broker; the "
                     "embedded memory broker starts empty. Run `fusionrec rebuild --yes` before starting workers.",
                     fg=typer.colors.YELLOW, err=True)
 
@@ -129,7 +129,7 @@ def _warn_stale_state(conf: Settings, services) -> None:
 @app.command()
 def down() -> None:
     """Stop the services `fusionrec up` started (by PID); leave everything else alone."""
-    from fusionrec.stack import Stack
+    from fusionrec.infra.stack import Stack
 
     stopped = Stack(settings()).down()
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
@@ -138,7 +138,7 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Show each service: running (started by fusionrec), external (reachable, someone else's) or down."""
-    from fusionrec.stack import Stack
+    from fusionrec.infra.stack import Stack
 
     services = Stack(settings()).status()
     _print_services(services)
@@ -150,12 +150,12 @@ def status() -> None:
 def _topics(conf: Settings, *, create: bool = True, quiet: bool = False) -> None:
     from confluent_kafka import KafkaException
 
-    from fusionrec.topics import describe_topics, ensure_topics
+    from fusionrec.infra.admin import describe_topics, ensure_topics
 
     try:
         states = ensure_topics(conf) if create else describe_topics(conf)
     except KafkaException as exc:
-        raise fail(f"cannot reach the brokers at {conf.kafka_bootstrap_servers}: {exc}") from None
+        raise fail(f"cannot reach the brokers at {conf.kafka.bootstrap_servers}: {exc}") from None
     for state in states:
         if quiet and not state.created and not state.problems:
             continue
@@ -208,9 +208,9 @@ def replay(
 def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, timestamps, topic, progress):
     from tqdm import tqdm
 
-    from producers.datasets import CsvMapping, read_dataset
-    from producers.producer import EventProducer
-    from producers.replay import replay_events
+    from fusionrec.producers.datasets import CsvMapping, read_dataset
+    from fusionrec.producers.producer import EventProducer
+    from fusionrec.producers.replay import replay_events
 
     try:
         mapping = CsvMapping.parse(column_map, type_map, ts_unit) if column_map else None
@@ -256,9 +256,9 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
     from confluent_kafka import KafkaException
     from tqdm import tqdm
 
-    from consumers.reader import read_topic, summarize_events
+    from fusionrec.consumers.reader import read_topic, summarize_events
 
-    topic = topic or conf.topic_events
+    topic = topic or conf.topic.events
     shown = []
 
     def records():
@@ -299,18 +299,18 @@ def worker(
     """
     import faust
 
-    from streams.app import create_worker, tune_gc
-    from streams.metrics import WorkerMetrics, serve_metrics
+    from fusionrec.streams.app import create_worker, tune_gc
+    from fusionrec.streams.metrics import WorkerMetrics, serve_metrics
 
     if metrics_port is not None:
         _overrides["metrics_port"] = metrics_port
     conf = settings()
     tune_gc()
-    serve_metrics(conf.metrics_port, conf.metrics_bind)
+    serve_metrics(conf.metrics.port, conf.metrics.bind)
     built = create_worker(conf, WorkerMetrics())
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[conf.log_level]
-    log.info("worker %s: events %s, group %s, metrics on %s:%s", __version__, conf.topic_events, conf.worker_group,
-             conf.metrics_bind, conf.metrics_port)
+    log.info("worker %s: events %s, group %s, metrics on %s:%s", __version__, conf.topic.events, conf.worker.group,
+             conf.metrics.bind, conf.metrics.port)
     faust.Worker(built.app, loglevel=level, quiet=True).execute_from_commandline()
 
 
@@ -323,15 +323,15 @@ def rebuild(
     Stop every worker first, then start them again: with no snapshot, a worker reads each partition from the start
     of the topic (as far back as its retention reaches).
     """
-    from streams.rebuild import rebuild_state
+    from fusionrec.streams.rebuild import rebuild_state
 
     conf = settings()
     if not yes:
-        typer.confirm(f"Delete every Redis key under {conf.redis_prefix!r} so the workers replay "
-                      f"{conf.topic_events} from the start?", abort=True)
+        typer.confirm(f"Delete every Redis key under {conf.redis.prefix!r} so the workers replay "
+                      f"{conf.topic.events} from the start?", abort=True)
     report = rebuild_state(conf)
-    typer.echo(f"deleted {report.keys_deleted:,} Redis keys under {conf.redis_prefix!r}; start the workers to "
-               f"rebuild from {conf.topic_events}")
+    typer.echo(f"deleted {report.keys_deleted:,} Redis keys under {conf.redis.prefix!r}; start the workers to "
+               f"rebuild from {conf.topic.events}")
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def config(
 ) -> None:
     """Print the effective settings (secrets masked) or, with --env, every variable and what it does."""
     if env:
-        for name, info in Settings.model_fields.items():
+        for name, info in Settings.documented_fields():
             typer.echo(f"FUSIONREC_{name.upper()}\n    {info.description}")
         return
     for name, value in settings().redacted().items():
@@ -361,8 +361,8 @@ def demo(
     """The whole pipeline on the embedded stack: start it, create topics, run a stream worker, replay the data,
     wait until every event is applied, and show what was built (profiles, each recommender's lists). Stops what
     it started unless --keep-running."""
-    from fusionrec.demo import run_demo
-    from fusionrec.stack import StackError
+    from fusionrec.apps.demo import run_demo
+    from fusionrec.infra.stack import StackError
 
     conf = settings()
     try:
@@ -401,8 +401,8 @@ def tail(
     """Print users' lists with their attributions (help: ``_TAIL_HELP``)."""
     from confluent_kafka import KafkaException
 
-    from consumers.client import RecommendationsConsumer, format_recommendation
-    from consumers.recommendations import encode
+    from fusionrec.consumers.client import RecommendationsConsumer, format_recommendation
+    from fusionrec.contracts.recommendations import encode
 
     conf = settings()
     wanted = set(users or ())
@@ -461,7 +461,7 @@ def online_eval(
 
     from confluent_kafka import KafkaException
 
-    from consumers.online_eval import run_online_eval
+    from fusionrec.consumers.online_eval import run_online_eval
 
     conf = settings()
     stop = threading.Event()
@@ -554,10 +554,10 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from fusionrec.evaluation import EvalConfig, rating_mae
-    from fusionrec.evaluation import evaluate as run_evaluation
-    from fusionrec.evaluation_report import format_table, write_report
-    from producers.datasets import CsvMapping, read_dataset
+    from fusionrec.apps.evaluation import EvalConfig, rating_mae
+    from fusionrec.apps.evaluation import evaluate as run_evaluation
+    from fusionrec.apps.evaluation_report import format_table, write_report
+    from fusionrec.producers.datasets import CsvMapping, read_dataset
 
     if device is not None:
         _overrides["ranker_device"] = device

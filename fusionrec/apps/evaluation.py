@@ -1,8 +1,8 @@
 """Prequential (test-then-train) evaluation of every source, of equal-weight fusion and of bandit fusion.
 
 The run replays an event file in time order through **the production code**: the worker's per-partition state
-(:class:`streams.state.PartitionState`: the six sources fed exactly as the worker feeds them, the fused
-recommender with its bandit), the same :class:`~models.ranker.FusionRanker`, the same refresh rule. Only Kafka and
+(:class:`fusionrec.streams.state.PartitionState`: the six sources fed exactly as the worker feeds them, the fused
+recommender with its bandit), the same :class:`~fusionrec.models.ranker.FusionRanker`, the same refresh rule. Only Kafka and
 Redis are left out, so it runs in-process and fast. The protocol (see ``docs/evaluation.md``):
 
 1. Events are cut into refresh blocks of ``block`` events: the live worker re-ranks a user's list after a change
@@ -10,7 +10,7 @@ Redis are left out, so it runs in-process and fast. The protocol (see ``docs/eva
    in events (at 1,000 events/s and a 200 ms interval: 200).
 2. Before a block is learned, each of its events is judged against the lists in effect: the lists made after the
    block in which the user was last active. Which events are judged is the rule of
-   :class:`models.targets.TargetFilter` (``new`` items, and ``repeat`` carts/purchases, reported apart). A user
+   :class:`fusionrec.models.targets.TargetFilter` (``new`` items, and ``repeat`` carts/purchases, reported apart). A user
    without a list yet (their first event) is a miss, counted as *unserved*.
 3. Then the block is learned (the sources, the bandit's rewards), and every user active in it gets new lists:
    bandit-weighted fusion, equal-weight fusion (the same candidates, fused with equal weights) and each source
@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusionrec.events import Event
-from fusionrec.settings import Settings, load_settings
-from models.fused import FusedList, FusedRecommender
-from models.fusion import SEGMENTS, holdout_arm
-from models.targets import TARGET_KINDS, TargetFilter
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.models.fused import FusedList, FusedRecommender
+from fusionrec.models.fusion import SEGMENTS, holdout_arm
+from fusionrec.models.targets import TARGET_KINDS, TargetFilter
 
 __all__ = ["EvalConfig", "RankMetrics", "evaluate", "rating_mae", "sessionize"]
 
@@ -129,15 +129,15 @@ class _Run:
     """The state of one evaluation run: production state, the equal-weight twin, lists in effect, metrics."""
 
     def __init__(self, config: EvalConfig, sources: list[str]):
-        from streams.state import PartitionState, build_fusion, build_models, build_ranker
+        from fusionrec.streams.state import PartitionState, build_fusion, build_models, build_ranker
 
-        settings = config.settings.model_copy(update={"ranker_k": config.k, "fusion_holdout": config.holdout})
+        settings = config.settings.replace(ranker_k=config.k, fusion_holdout=config.holdout)
         self.config = config
-        self.ranker = build_ranker(settings)
+        self.ranker = build_ranker(settings.ranker)
         self.state = PartitionState(0, build_models(settings, 0), build_fusion(settings, 0, self.ranker))
         self.equal = FusedRecommender(list(self.state.models), self.ranker, None,
-                                      new_user_events=settings.fusion_new_user_events,
-                                      max_idle_ms=settings.model_max_idle_s * 1000)
+                                      new_user_events=settings.fusion.new_user_events,
+                                      max_idle_ms=settings.model.max_idle_s * 1000)
         self.sources = sources
         self.variants = [*FUSED, *sources] + (["ab:bandit", "ab:fixed"] if config.holdout > 0 else [])
         self.served: dict[str, tuple[list[list[str]], str]] = {}  # user -> (lists by variant index, arm)
@@ -248,7 +248,7 @@ def evaluate(events: list[Event], config: EvalConfig | None = None,
     Lists are made only for the users whose list a later event will judge: the others cannot change a metric
     (the bandit then sees the exposure of judged lists only, which shifts every source's exposure alike).
     """
-    from models import SOURCES
+    from fusionrec.models import SOURCES
 
     config = config or EvalConfig()
     if config.session_gap_ms is not None:
@@ -304,7 +304,7 @@ def rating_mae(events: list[Event]) -> dict[str, Any] | None:
     events in the same order. None when the events carry no ratings."""
     from river import optim, reco
 
-    from models.cf import MatrixFactorization
+    from fusionrec.models.cf import MatrixFactorization
 
     ratings = [(e.user_id, e.item_id, float(e.rating), e.ts) for e in events if e.type == "rate" and e.rating is not None]
     if not ratings:

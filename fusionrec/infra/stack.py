@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fusionrec.settings import Settings
+from fusionrec.contracts.settings import Settings
 
 __all__ = ["Stack", "ServiceStatus", "StackError", "free_port", "process_start_time", "tansu_binary"]
 
-log = logging.getLogger("fusionrec.stack")
+log = logging.getLogger("fusionrec.infra.stack")
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -171,7 +171,7 @@ class Stack:
     # --- services --------------------------------------------------------------------------------------------
     @property
     def broker_address(self) -> tuple[str, int]:
-        return self.settings.bootstrap_hosts[0]
+        return self.settings.kafka.bootstrap_hosts[0]
 
     def _broker_healthy(self) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -186,23 +186,23 @@ class Stack:
     def _redis_healthy(self) -> bool:
         import redis
 
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1, **self.settings.redis_kwargs())
+        client = redis.Redis.from_url(self.settings.redis.url, socket_timeout=1, **self.settings.redis.client_kwargs())
         try:
             return bool(client.ping())
         finally:
             client.close()
 
     def _s3_endpoint(self) -> str:
-        if self.settings.broker_s3_endpoint:
-            return self.settings.broker_s3_endpoint
+        if self.settings.broker.s3_endpoint:
+            return self.settings.broker.s3_endpoint
         record = self._load("s3")
         if record:
             return record.address
         return f"http://127.0.0.1:{free_port()}"
 
     def _up_s3(self) -> str:
-        if self.settings.broker_s3_endpoint:
-            return self.settings.broker_s3_endpoint
+        if self.settings.broker.s3_endpoint:
+            return self.settings.broker.s3_endpoint
         record = self._alive("s3")
         if record is None:
             moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
@@ -214,12 +214,12 @@ class Stack:
         endpoint = record.address
         self._wait("s3", record, lambda: _port_open("127.0.0.1", urlsplit(endpoint).port))
         # Create the bucket (idempotent: moto answers 200 or 409 for an existing bucket).
-        request = urllib.request.Request(f"{endpoint}/{self.settings.broker_s3_bucket}", method="PUT")
+        request = urllib.request.Request(f"{endpoint}/{self.settings.broker.s3_bucket}", method="PUT")
         try:
             urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - loopback endpoint we started
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
-                raise StackError(f"could not create bucket {self.settings.broker_s3_bucket}: {exc}") from exc
+                raise StackError(f"could not create bucket {self.settings.broker.s3_bucket}: {exc}") from exc
         return endpoint
 
     def _up_broker(self) -> ServiceStatus:
@@ -240,9 +240,9 @@ class Stack:
                     "(set FUSIONREC_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port> or start your Kafka cluster)"
                 )
             env = {}
-            if self.settings.broker_storage == "s3":
+            if self.settings.broker.storage == "s3":
                 endpoint = self._up_s3()
-                storage = f"s3://{self.settings.broker_s3_bucket}/"
+                storage = f"s3://{self.settings.broker.s3_bucket}/"
                 env = {
                     "AWS_ENDPOINT": endpoint,
                     "AWS_ALLOW_HTTP": "true",
@@ -258,10 +258,10 @@ class Stack:
             record = self._spawn("broker", argv, address, env)
         self._wait("broker", record, self._broker_healthy)
         return ServiceStatus("broker", "running", address, record.pid, record.log_file,
-                             f"tansu, {self.settings.broker_storage} storage", started_now)
+                             f"tansu, {self.settings.broker.storage} storage", started_now)
 
     def _up_redis(self) -> ServiceStatus:
-        parts = urlsplit(self.settings.redis_url)
+        parts = urlsplit(self.settings.redis.url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 6379
         address = f"{host}:{port}"
         record = self._alive("redis")
@@ -278,12 +278,12 @@ class Stack:
             data_dir.mkdir(parents=True, exist_ok=True)
             # State derived from the events must not outlive them: with a memory broker (events gone on restart)
             # Redis keeps nothing either, or snapshots would point at offsets the new topic does not have.
-            durable = "yes" if self.settings.broker_storage == "s3" else "no"
+            durable = "yes" if self.settings.broker.storage == "s3" else "no"
             argv = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir), "--save", "",
                     "--appendonly", durable, "--appendfsync", "everysec", "--daemonize", "no",
                     "--protected-mode", "yes"]
-            if self.settings.redis_password is not None:
-                argv += ["--requirepass", self.settings.redis_password.get_secret_value()]
+            if self.settings.redis.password is not None:
+                argv += ["--requirepass", self.settings.redis.password.get_secret_value()]
             record = self._spawn("redis", argv, address)
         self._wait("redis", record, self._redis_healthy)
         return ServiceStatus("redis", "running", address, record.pid, record.log_file)
@@ -313,11 +313,11 @@ class Stack:
         return out
 
     def _redis_address(self) -> str:
-        parts = urlsplit(self.settings.redis_url)
+        parts = urlsplit(self.settings.redis.url)
         return f"{parts.hostname}:{parts.port or 6379}"
 
     def _redis_reachable(self) -> bool:
-        parts = urlsplit(self.settings.redis_url)
+        parts = urlsplit(self.settings.redis.url)
         return _port_open(parts.hostname or "127.0.0.1", parts.port or 6379)
 
     def down(self, grace: float = 5.0) -> list[str]:

@@ -1,6 +1,6 @@
-"""User profiles and event deduplication in Redis: the key schema and the batch write that keeps both exact.
+"""User profiles and event deduplication in Redis: the stored format and the batch write that keeps both exact.
 
-Key schema (``P`` is ``settings.redis_prefix``, default ``fr:``):
+The keys (built by :class:`fusionrec.contracts.keys.RedisKeys`; ``P`` is ``settings.redis.prefix``, default ``fr:``):
 
 ``P p:{user_id}``  string, one per user, expiring ``profile_ttl_s`` after the user's last event: a compact JSON
     array ``[counts, last_seen_ms, recent_items, bought_items, categories]`` where
@@ -34,7 +34,9 @@ from typing import Any
 import orjson
 import redis
 
-from fusionrec.events import Event
+from fusionrec.contracts.events import Event
+from fusionrec.contracts.keys import RedisKeys
+from fusionrec.contracts.settings import DedupSettings, ProfileSettings, Settings
 
 __all__ = ["NEW", "REDELIVERED", "DUPLICATE", "Profile", "ProfileStore", "TYPE_CODES"]
 
@@ -127,29 +129,25 @@ def _push_front(items: list[str], item: str, cap: int) -> None:
 class ProfileStore:
     """Reads and writes profiles and dedup entries under ``prefix`` in one Redis database."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        prefix: str = "fr:",
-        profile_ttl_s: int = 30 * 24 * 3600,
-        dedup_window_s: int = 3600,
-        dedup_bucket_s: int = 60,
-        limits: tuple[int, int, int] = (20, 50, 10),
-    ):
+    def __init__(self, client: redis.Redis, keys: RedisKeys = RedisKeys(), profile: ProfileSettings = ProfileSettings(),
+                 dedup: DedupSettings = DedupSettings()):
         self.client = client
-        self.prefix = prefix
-        self.profile_ttl_s = profile_ttl_s
-        self.dedup_window_s = dedup_window_s
-        self.dedup_bucket_ms = dedup_bucket_s * 1000
-        self.limits = limits
+        self.keys = keys
+        self.profile = profile
+        self.dedup = dedup
+        self.dedup_bucket_ms = dedup.bucket_s * 1000
+        self.limits = profile.limits
         self._write_batch = client.register_script(_WRITE_BATCH)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis) -> ProfileStore:
+        return cls(client, settings.redis.keys, settings.profile, settings.dedup)
+
     def profile_key(self, user_id: str) -> str:
-        return f"{self.prefix}p:{user_id}"
+        return self.keys.profile(user_id)
 
     def _seen_key(self, ts: int) -> str:
-        return f"{self.prefix}seen:{ts // self.dedup_bucket_ms}"
+        return self.keys.seen(ts // self.dedup_bucket_ms)
 
     def get(self, user_id: str) -> Profile:
         return Profile.decode(user_id, self.client.get(self.profile_key(user_id)))
@@ -215,7 +213,7 @@ class ProfileStore:
         if not new_seen:
             return statuses, _nothing
         keys: list[str] = list(new_seen)
-        args: list[Any] = [self.profile_ttl_s, self.dedup_window_s, len(new_seen)]
+        args: list[Any] = [self.profile.ttl_s, self.dedup.window_s, len(new_seen)]
         for mapping in new_seen.values():
             args.append(len(mapping))
             for event_id, position in mapping.items():

@@ -1,0 +1,75 @@
+"""Every Redis key fusionrec reads or writes, built in this one place.
+
+All keys live under one prefix (``FUSIONREC_REDIS_PREFIX``, default ``fr:``), so one Redis can hold several
+deployments and ``fusionrec rebuild`` can delete exactly one of them.
+
+========================================  =======  ==========================================================
+key                                       type     what (who writes it)
+========================================  =======  ==========================================================
+``P p:{user_id}``                         string   the user's profile (:mod:`fusionrec.stores.profiles`)
+``P seen:{bucket}``                       hash     event_id → "partition:offset" that applied it (dedup)
+``P snap:{topic}:{partition}``            hash     one partition's model state: ``offset``, ``model:{name}``,
+                                                   ``pending:{name}``, ``fusion`` (:mod:`fusionrec.streams.state`)
+``P weights:{topic}:{partition}``         string   the partition's bandit weights, JSON (the worker)
+``P rec:{user_id}``                       string   the serving copy of the user's latest list, JSON, with a TTL
+``P unavailable``                         set      item ids the shop marked unavailable (the shop writes it)
+========================================  =======  ==========================================================
+
+>>> keys = RedisKeys("fr:")
+>>> keys.profile("u1"), keys.snapshot("events", 3), keys.recommendation("u1")
+('fr:p:u1', 'fr:snap:events:3', 'fr:rec:u1')
+>>> keys.partition_of(keys.snapshot("events", 3))
+3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RedisKeys"]
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The key schema under one prefix."""
+
+    prefix: str = "fr:"
+
+    def profile(self, user_id: str) -> str:
+        return f"{self.prefix}p:{user_id}"
+
+    def seen(self, bucket: int | str) -> str:
+        """A dedup bucket (``"*"``: the SCAN pattern of all of them)."""
+        return f"{self.prefix}seen:{bucket}"
+
+    def snapshot(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}snap:{topic}:{partition}"
+
+    def snapshots(self, topic: str = "*") -> str:
+        """The ``SCAN`` pattern of every snapshot of ``topic`` (default: of every topic)."""
+        return f"{self.prefix}snap:{topic}:*"
+
+    def weights(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}weights:{topic}:{partition}"
+
+    def all_weights(self, topic: str = "*") -> str:
+        """The ``SCAN`` pattern of every partition's weights of ``topic``."""
+        return f"{self.prefix}weights:{topic}:*"
+
+    def recommendation(self, user_id: str) -> str:
+        return f"{self.prefix}rec:{user_id}"
+
+    @property
+    def unavailable(self) -> str:
+        return f"{self.prefix}unavailable"
+
+    @property
+    def everything(self) -> str:
+        """The ``SCAN`` pattern of every key of this deployment."""
+        return f"{self.prefix}*"
+
+    @staticmethod
+    def partition_of(key: str | bytes) -> int:
+        """The partition a ``snap:`` or ``weights:`` key belongs to."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return int(text.rsplit(":", 1)[1])

@@ -1,0 +1,624 @@
+"""One frozen settings object for every fusionrec process, in sections: one per component.
+
+Every key is read from a ``FUSIONREC_<SECTION>_<KEY>`` environment variable (or a ``.env`` file), validated when
+the process starts, and documented in ``docs/configuration.md`` (a test keeps that file and this module in step).
+Each section states its defaults once, and each component receives its own section (the ranker
+:class:`RankerSettings`, the profile store :class:`ProfileSettings` and :class:`DedupSettings`, ...).
+
+The flat name of a key (``ranker_interval_ms``: the variable without ``FUSIONREC_``, in lower case) is also how
+:func:`load_settings` and :meth:`Settings.replace` take overrides.
+
+This module is also the single place that turns the settings into client configurations: librdkafka dicts for
+confluent-kafka and keyword arguments for aiokafka/Faust, so broker quirks (Tansu needs a short session timeout
+and a short fetch wait) are tuned here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fusionrec.contracts.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_FUTURE_SKEW_MS
+from fusionrec.contracts.keys import RedisKeys
+
+__all__ = [
+    "BrokerSettings",
+    "DedupSettings",
+    "EventSettings",
+    "FusionSettings",
+    "KafkaSettings",
+    "MetricsSettings",
+    "ModelSettings",
+    "ProfileSettings",
+    "RankerSettings",
+    "RedisSettings",
+    "Settings",
+    "SettingsError",
+    "TopicSettings",
+    "WorkerSettings",
+    "get_settings",
+    "load_settings",
+    "redact_url",
+]
+
+ENV_PREFIX = "FUSIONREC_"
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fusionrec"
+
+
+class SettingsError(ValueError):
+    """Settings failed validation; the message lists every offending ``FUSIONREC_*`` variable."""
+
+
+class _Section(BaseModel):
+    """A frozen group of settings; its field ``x`` in section ``s`` is the variable ``FUSIONREC_S_X``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Connection, security and client tuning of every Kafka client."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:19092",
+        description="Comma-separated host:port list of the Kafka cluster. The embedded broker listens on the "
+        "first entry when `fusionrec up` starts it.",
+    )
+    client_id: str = Field("fusionrec", description="client.id prefix sent to the brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security.protocol for every Kafka client."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; required when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL username.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never printed).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) that signs the brokers' certificates.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client key (never printed).")
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        le=300_000,
+        description="Consumer-group session timeout. Group joins take about half of it on Tansu, so keep it short.",
+    )
+    heartbeat_interval_ms: int = Field(1000, ge=100, le=60_000, description="Consumer heartbeat interval.")
+    fetch_wait_max_ms: int = Field(
+        50,
+        ge=10,
+        le=5000,
+        description="Longest a fetch waits for data. Tansu sleeps about half of it even when data is there; "
+        "50 gives ~15 ms p50 / ~45 ms p99 end to end.",
+    )
+    linger_ms: int = Field(
+        5, ge=0, le=1000, description="Producer batching delay. Tansu slows down with many small batches: keep it >= 5."
+    )
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Producer compression codec."
+    )
+    idempotence: bool = Field(
+        True,
+        description="Use the idempotent producer (no duplicates from retries on real Kafka). Consumers dedupe by "
+        "event_id either way, so turning it off trades duplicates for the Tansu crash case in docs/tansu.md.",
+    )
+    replication_factor: int = Field(1, ge=1, le=16, description="Replication factor for topics we create.")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("must list at least one host:port")
+        for host in hosts:
+            name, sep, port = host.rpartition(":")
+            if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{host!r} is not host:port")
+        return ",".join(hosts)
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                name
+                for name, val in (
+                    ("FUSIONREC_KAFKA_SASL_MECHANISM", self.sasl_mechanism),
+                    ("FUSIONREC_KAFKA_SASL_USERNAME", self.sasl_username),
+                    ("FUSIONREC_KAFKA_SASL_PASSWORD", self.sasl_password),
+                )
+                if val is None
+            ]
+            if missing:
+                raise ValueError(f"security protocol {self.security_protocol} needs {', '.join(missing)}")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms")
+        return self
+
+    @property
+    def bootstrap_hosts(self) -> list[tuple[str, int]]:
+        out = []
+        for host in self.bootstrap_servers.split(","):
+            name, _, port = host.rpartition(":")
+            out.append((name.strip("[]"), int(port)))
+        return out
+
+
+class TopicSettings(_Section):
+    """The topics' names and partition counts (layouts: :mod:`fusionrec.contracts.topics`)."""
+
+    events: str = Field("fusionrec-events", description="The shop's events (contract v1), keyed by user_id.")
+    dead_letter: str = Field(
+        "fusionrec-dead-letter", description="Rejected events with the original bytes and the reasons."
+    )
+    recommendations: str = Field(
+        "recommendations", description="Fused recommendation lists, compacted, keyed by user_id."
+    )
+    events_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the events topic.")
+    dead_letter_partitions: int = Field(1, ge=1, le=1024, description="Partitions of the dead-letter topic.")
+    recommendations_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the recommendations topic.")
+
+    @field_validator("events", "dead_letter", "recommendations")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _TOPIC_NAME.match(value) or value in {".", ".."}:
+            raise ValueError(f"{value!r} is not a legal Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
+
+
+class RedisSettings(_Section):
+    """Where fusionrec keeps profiles, model snapshots and the serving copy of the lists."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; rediss:// for TLS. A password in the URL is redacted in every output.",
+    )
+    password: SecretStr | None = Field(None, description="Redis password, if not in the URL (never printed).")
+    ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss:// connections.")
+    prefix: str = Field(
+        "fr:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of every Redis key fusionrec writes (one namespace per deployment).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @property
+    def keys(self) -> RedisKeys:
+        """The key schema under this deployment's prefix."""
+        return RedisKeys(self.prefix)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis.from_url(settings.redis.url, **kwargs)``."""
+        kwargs: dict[str, Any] = {}
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if self.ssl_ca_certs is not None:
+            kwargs["ssl_ca_certs"] = str(self.ssl_ca_certs)
+        return kwargs
+
+
+class ProfileSettings(_Section):
+    """The user profiles in Redis (:mod:`fusionrec.stores.profiles`)."""
+
+    ttl_s: int = Field(30 * 24 * 3600, ge=60, description="A profile expires this long after its last event.")
+    recent_items: int = Field(20, ge=1, le=1000, description="Recent items kept per profile.")
+    bought_items: int = Field(50, ge=1, le=10_000, description="Bought items kept per profile (filtering).")
+    categories: int = Field(10, ge=1, le=1000, description="Category affinities kept per profile.")
+
+    @property
+    def limits(self) -> tuple[int, int, int]:
+        """The recent, bought and category caps, in the order :meth:`Profile.learn` takes them."""
+        return self.recent_items, self.bought_items, self.categories
+
+
+class DedupSettings(_Section):
+    """How long applied event ids are remembered."""
+
+    window_s: int = Field(
+        3600,
+        ge=60,
+        description="How long an applied event_id is remembered: a duplicate arriving later than this after the "
+        "original's bucket was last written is applied again (redeliveries at the same offset are always caught).",
+    )
+    bucket_s: int = Field(60, ge=1, le=86_400, description="Width of one dedup bucket, by event time.")
+
+
+class WorkerSettings(_Section):
+    """The stream worker: its consumer group, batches, web server and snapshots."""
+
+    group: str = Field("fusionrec-worker", description="Faust app id, which is the consumer group id.")
+    max_batch: int = Field(5000, ge=1, le=100_000, description="Most records fetched and processed at once.")
+    web_port: int = Field(6066, ge=0, le=65535, description="Port of Faust's web server (health, stats).")
+    web_bind: str = Field("127.0.0.1", description="Address Faust's web server binds to.")
+    snapshot_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often each partition's model state is snapshotted to Redis (offsets are committed up to "
+        "the snapshot, so this bounds the replay after a crash).",
+    )
+
+
+class ModelSettings(_Section):
+    """What every online recommender shares."""
+
+    max_idle_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Models evict users and items idle longer than this (event time)."
+    )
+
+
+class RankerSettings(_Section):
+    """The ranker that fuses the sources into one list per user, and where the lists go."""
+
+    interval_ms: int = Field(
+        200,
+        ge=10,
+        le=600_000,
+        description="How often the ranker refreshes the lists of users whose state changed since the last refresh "
+        "(start to start; a list waits up to this long, plus the ranking, after its user's event was processed).",
+    )
+    k: int = Field(20, ge=1, le=1000, description="Items per published list.")
+    candidates: int = Field(50, ge=1, le=10_000, description="Candidates each source proposes per user.")
+    category_cap: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Most items of one category in a list (diversity; 0: no cap). A cap costs hit rate where "
+        "shoppers browse within one category (see docs/evaluation.md).",
+    )
+    normalise: Literal["max", "rank"] = Field(
+        "rank",
+        description="How each source's scores are brought to one scale before fusion: max (divide by the user's "
+        "best score from that source) or rank (the DCG discount of the candidate's position).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the ranker's tensors live: auto picks CUDA when available, else CPU."
+    )
+    threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="torch threads of a worker's ranker on the CPU (0: torch's default, one per core). Workers "
+        "scale out one per core; a second thread contends with the broker, Redis and the worker's own threads and "
+        "made refreshes slower, not faster, on a 2-core machine.",
+    )
+    list_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="The serving copy of a list in Redis expires this long after it was made."
+    )
+
+
+class FusionSettings(_Section):
+    """The bandit that learns how much to trust each source."""
+
+    epsilon: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of lists served with exploring weights (one source boosted, chosen uniformly).",
+    )
+    half_life_s: float = Field(
+        86_400.0, gt=0, description="Bandit rewards and exposures halve after this long (event time): tracks drift."
+    )
+    new_user_events: int = Field(
+        5, ge=1, description="A user with fewer events than this is in the `new` segment, else `returning`."
+    )
+    holdout: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of users (by a hash of user_id) served with fixed equal weights instead of the "
+        "bandit's: a live A/B of learned against fixed fusion.",
+    )
+
+
+class EventSettings(_Section):
+    """Limits of the event contract (docs/events.md)."""
+
+    max_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576, description="Events larger than this are rejected."
+    )
+    max_future_skew_ms: int = Field(
+        DEFAULT_MAX_FUTURE_SKEW_MS, ge=0, description="Events stamped further than this in the future are rejected."
+    )
+
+
+class BrokerSettings(_Section):
+    """The embedded broker that `fusionrec up` starts (Tansu)."""
+
+    storage: Literal["memory", "s3"] = Field(
+        "memory",
+        description="Embedded broker storage: memory (lost on restart) or s3 (kept in an S3 server; see "
+        "broker_s3_endpoint).",
+    )
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 endpoint for broker_storage=s3. Unset: `fusionrec up` starts a local moto server (state "
+        "survives broker crashes, not the moto process). Set it to a real S3/MinIO for durable storage.",
+    )
+    s3_bucket: str = Field("tansu", description="Bucket that holds the embedded broker's data.")
+
+
+class MetricsSettings(_Section):
+    """The Prometheus endpoint of the worker and the online evaluation."""
+
+    port: int = Field(9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off).")
+    bind: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+
+
+class Settings(BaseSettings):
+    """fusionrec configuration. Field descriptions are the documentation; see ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topic: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    profile: ProfileSettings = ProfileSettings()
+    dedup: DedupSettings = DedupSettings()
+    worker: WorkerSettings = WorkerSettings()
+    model: ModelSettings = ModelSettings()
+    ranker: RankerSettings = RankerSettings()
+    fusion: FusionSettings = FusionSettings()
+    event: EventSettings = EventSettings()
+    broker: BrokerSettings = BrokerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Where `fusionrec up` keeps PID files, logs and embedded-service data "
+        "(default $XDG_STATE_HOME/fusionrec or ~/.local/state/fusionrec).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    def __repr_args__(self):
+        """repr()/str() show the redacted values, so a logged Settings never leaks a URL's password."""
+        yield from self.redacted().items()
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, by flat name (``redis_prefix="x:"``), validated like the environment."""
+        data = self.model_dump()
+        for section, values in _nest(changes).items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section] = data[section] | values
+            else:
+                data[section] = values
+        return type(self).model_validate(data)
+
+    # --- client configurations -------------------------------------------------------------------------------
+    def librdkafka_common(self) -> dict[str, Any]:
+        """Connection and security keys shared by every confluent-kafka client."""
+        kafka = self.kafka
+        conf: dict[str, Any] = {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "security.protocol": kafka.security_protocol,
+            # librdkafka's "info" (6) reports every reconnect and queue purge; show warnings unless debugging.
+            "log_level": {"DEBUG": 7, "INFO": 4, "WARNING": 4, "ERROR": 3}[self.log_level],
+        }
+        if kafka.sasl_mechanism:
+            conf["sasl.mechanism"] = kafka.sasl_mechanism
+        if kafka.sasl_username:
+            conf["sasl.username"] = kafka.sasl_username
+        if kafka.sasl_password:
+            conf["sasl.password"] = kafka.sasl_password.get_secret_value()
+        for key, path in (
+            ("ssl.ca.location", kafka.ssl_cafile),
+            ("ssl.certificate.location", kafka.ssl_certfile),
+            ("ssl.key.location", kafka.ssl_keyfile),
+        ):
+            if path is not None:
+                conf[key] = str(path)
+        if kafka.ssl_key_password:
+            conf["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
+        return conf
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka producer configuration: batched, compressed, acks=all, idempotent by default."""
+        kafka = self.kafka
+        conf = self.librdkafka_common() | {
+            "client.id": f"{kafka.client_id}-producer",
+            "acks": "all",
+            "enable.idempotence": kafka.idempotence,
+            "linger.ms": kafka.linger_ms,
+            "compression.type": kafka.compression,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+            "message.max.bytes": max(1_000_000, self.event.max_bytes * 4),
+        }
+        return conf | overrides
+
+    def consumer_config(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """librdkafka consumer configuration with the group timings that work on Tansu and on Kafka."""
+        kafka = self.kafka
+        conf = self.librdkafka_common() | {
+            "client.id": f"{kafka.client_id}-consumer",
+            "group.id": group_id,
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+            "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+        return conf | overrides
+
+    def admin_config(self) -> dict[str, Any]:
+        return self.librdkafka_common() | {"client.id": f"{self.kafka.client_id}-admin"}
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients (and Faust's ``broker_credentials``)."""
+        kafka = self.kafka
+        kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+        if kafka.sasl_mechanism:
+            kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+            kwargs["sasl_plain_username"] = kafka.sasl_username
+            kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        if kafka.security_protocol.endswith("SSL"):
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+            if kafka.ssl_certfile:
+                context.load_cert_chain(
+                    str(kafka.ssl_certfile),
+                    str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+                    kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
+                )
+            kwargs["ssl_context"] = context
+        return kwargs
+
+    def faust_app_kwargs(self) -> dict[str, Any]:
+        """Broker, producer and web keyword arguments of the worker's Faust app (credentials apart: they are Faust
+        objects, built by the worker from :meth:`aiokafka_kwargs`)."""
+        kafka, worker = self.kafka, self.worker
+        return {
+            "broker": ";".join(f"kafka://{host}" for host in kafka.bootstrap_servers.split(",")),
+            "broker_client_id": f"{kafka.client_id}-worker",
+            "broker_session_timeout": kafka.session_timeout_ms / 1000,
+            "broker_heartbeat_interval": kafka.heartbeat_interval_ms / 1000,
+            "broker_request_timeout": max(30.0, kafka.session_timeout_ms / 1000 + 5),
+            "broker_max_poll_records": worker.max_batch,
+            "broker_commit_interval": 1.0,
+            "consumer_auto_offset_reset": "earliest",
+            "processing_guarantee": "at_least_once",  # Tansu has no transactions: effects are made idempotent
+            "producer_linger": kafka.linger_ms / 1000,
+            "producer_compression_type": None if kafka.compression == "none" else kafka.compression,
+            "web_enabled": False,
+            "web_port": worker.web_port,
+            "web_bind": worker.web_bind,
+            "web_host": worker.web_bind,
+        }
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by flat name as printable text: secrets masked, passwords in URLs replaced by ``***``."""
+        out: dict[str, Any] = {}
+        for name, value in self._flat_items():
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif name in {"redis_url", "broker_s3_endpoint"}:
+                value = redact_url(value) if value else value
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """Every set value as ``FUSIONREC_*`` environment variables, secrets included: for a child process only."""
+        env = {}
+        for name, value in self._flat_items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
+    def _flat_items(self) -> Iterator[tuple[str, Any]]:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, _Section):
+                for field in type(value).model_fields:
+                    yield f"{name}_{field}", getattr(value, field)
+            else:
+                yield name, value
+
+    @classmethod
+    def documented_fields(cls) -> Iterator[tuple[str, Any]]:
+        """``(flat name, FieldInfo)`` of every key, in order: what docs/configuration.md lists."""
+        for name, info in cls.model_fields.items():
+            section = info.annotation
+            if isinstance(section, type) and issubclass(section, _Section):
+                for field, sub in section.model_fields.items():
+                    yield f"{name}_{field}", sub
+            else:
+                yield name, info
+
+
+def _sections() -> dict[str, type[_Section]]:
+    return {
+        name: info.annotation
+        for name, info in Settings.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, _Section)
+    }
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"ranker_k": 5, "log_level": "INFO"}`` → ``{"ranker": {"k": 5}, "log_level": "INFO"}``; a whole
+    section may be given by its name."""
+    sections = _sections()
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        section, _, field = name.partition("_")
+        if name in Settings.model_fields:
+            out[name] = value
+        elif section in sections and field in sections[section].model_fields:
+            out.setdefault(section, {})[field] = value
+        else:
+            raise SettingsError(f"invalid fusionrec settings:\n  {ENV_PREFIX}{name.upper()}: no such setting")
+    return out
+
+
+def redact_url(url: str) -> str:
+    """Replace the password of ``scheme://user:password@host`` with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus ``overrides`` (by flat name); raise :class:`SettingsError` with
+    every problem."""
+    try:
+        return Settings(**_nest(overrides))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"] if not str(part).isdigit()]
+            field = "_".join(loc)
+            var = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            secret = "password" in field or field == "redis_url" or isinstance(given, dict)
+            shown = "" if not field or secret else f" (got {given!r})"
+            lines.append(f"  {var}: {msg}{shown}")
+        raise SettingsError("invalid fusionrec settings:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()
