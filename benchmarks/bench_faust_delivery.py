@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-AGENT = r'''
+AGENT = r"""
 import os, sys, time
 sys.path.insert(0, os.environ["REPO"])
 import faust, orjson
@@ -65,7 +65,7 @@ async def consume(stream):
                 done()
 
 app.main()
-'''
+"""
 
 
 def run_agent(mode: str, settings, n: int, tmp: Path) -> float:
@@ -73,11 +73,22 @@ def run_agent(mode: str, settings, n: int, tmp: Path) -> float:
 
     script = tmp / "agent.py"
     script.write_text(AGENT)
-    env = os.environ | {"REPO": str(REPO), "MODE": mode, "TOPIC": settings.topic.events, "N": str(n),
-                        "BOOTSTRAP": settings.kafka.bootstrap_servers, "WEB_PORT": str(free_port()),
-                        "DATADIR": str(tmp / f"faust-{mode}")}
-    proc = subprocess.run([sys.executable, str(script), "worker", "-l", "warn", "--without-web"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = os.environ | {
+        "REPO": str(REPO),
+        "MODE": mode,
+        "TOPIC": settings.topic.events,
+        "N": str(n),
+        "BOOTSTRAP": settings.kafka.bootstrap_servers,
+        "WEB_PORT": str(free_port()),
+        "DATADIR": str(tmp / f"faust-{mode}"),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), "worker", "-l", "warn", "--without-web"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = next((ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if "RESULT" in ln), None)
     if line is None:
         raise RuntimeError(f"{mode} agent gave no result:\n{proc.stderr[-2000:]}")
@@ -92,17 +103,21 @@ def main() -> None:
     args = parser.parse_args()
 
     from fusionrec.contracts.settings import load_settings
-    from fusionrec.infra.stack import Stack, free_port
     from fusionrec.infra.admin import ensure_topics
+    from fusionrec.infra.stack import Stack, free_port
     from fusionrec.producers.datasets import read_dataset
     from fusionrec.producers.producer import EventProducer
     from fusionrec.producers.replay import replay_events
 
     events = read_dataset(args.path, limit=args.limit).events
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-faust-"))
-    settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
-                             topic_events=f"bench-faust-{time.time_ns()}")
+    settings = load_settings(
+        state_dir=tmp / "stack",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=6,
+        topic_events=f"bench-faust-{time.time_ns()}",
+    )
     stack = Stack(settings)
     stack.up()
     try:

@@ -25,26 +25,23 @@ import cProfile
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import zlib
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import redis
+import torch
 
-import redis  # noqa: E402
-import torch  # noqa: E402
-
-from fusionrec.contracts.settings import Settings, load_settings  # noqa: E402
-from fusionrec.infra.stack import Stack, free_port  # noqa: E402
-from fusionrec.infra.admin import ensure_topics  # noqa: E402
-from fusionrec.producers.datasets import read_dataset  # noqa: E402
-from fusionrec.producers.producer import EventProducer  # noqa: E402
-from fusionrec.producers.replay import replay_events  # noqa: E402
-from fusionrec.streams.child import WorkerChild  # noqa: E402
-from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack, free_port
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
+from fusionrec.streams.child import WorkerChild
+from fusionrec.streams.metrics import histogram_quantile
 
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 PROCESSING = "fusionrec_worker_processing_latency_seconds"
@@ -77,8 +74,8 @@ def ms(values: list[float]) -> str:
 def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     """Feed ``events`` through an in-process :class:`BatchProcessor` one tick's worth at a time, refreshing after
     each; return per-refresh times, users per refresh and a cProfile breakdown of the refresh by stage."""
-    from fusionrec.streams.app import tune_gc
     from fusionrec.stores.profiles import ProfileStore
+    from fusionrec.streams.app import tune_gc
     from fusionrec.streams.batching import Record, RecordBatch
     from fusionrec.streams.processor import BatchProcessor
     from fusionrec.streams.publisher import RecommendationPublisher
@@ -89,9 +86,12 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         torch.set_num_threads(settings.ranker.threads)
     client = redis.Redis.from_url(settings.redis.url)
     conf = settings.replace(redis_prefix="bench-refresh:")
-    processor = BatchProcessor(conf, ProfileStore.from_settings(conf, client),
-                               SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)),
-                               publisher=RecommendationPublisher(conf, client))
+    processor = BatchProcessor(
+        conf,
+        ProfileStore.from_settings(conf, client),
+        SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)),
+        publisher=RecommendationPublisher(conf, client),
+    )
     partitions = settings.topic.events_partitions
     offsets = [0] * partitions
     now = int(time.time() * 1000)
@@ -100,7 +100,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     profiler = cProfile.Profile()
     for start in range(0, len(events), tick_events):
         by_partition: dict[int, list] = {}
-        for event in events[start:start + tick_events]:
+        for event in events[start : start + tick_events]:
             by_partition.setdefault(zlib.crc32(event.user_id.encode()) % partitions, []).append(event._replace(ts=now))
         for partition, chunk in by_partition.items():
             records = []
@@ -138,7 +138,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
             per_source[name] = per_source.get(name, 0.0) + cumtime
     keys = list(client.scan_iter(match="bench-refresh:*"))
     for start in range(0, len(keys), 1000):
-        client.delete(*keys[start:start + 1000])
+        client.delete(*keys[start : start + 1000])
     client.close()
     ordered = [(label, rows.get(label, 0.0)) for label in stages.values()]
     ordered += [(f"      candidates: {name}", s) for name, s in sorted(per_source.items(), key=lambda kv: -kv[1])]
@@ -150,8 +150,12 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--limit", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s offered")
-    parser.add_argument("--interval-ms", type=int, default=None,
-                        help="FUSIONREC_RANKER_INTERVAL_MS for the worker (default: the setting's, 200)")
+    parser.add_argument(
+        "--interval-ms",
+        type=int,
+        default=None,
+        help="FUSIONREC_RANKER_INTERVAL_MS for the worker (default: the setting's, 200)",
+    )
     parser.add_argument("--fetch-wait-ms", type=int, default=50, help="the worker's fetch max wait")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the ranker's device")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process refresh profile")
@@ -162,30 +166,42 @@ def main() -> None:
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     overrides = {"ranker_interval_ms": args.interval_ms} if args.interval_ms else {}
-    settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
-                             topic_events=f"bench-events-{time.time_ns()}",
-                             topic_recommendations=f"bench-recs-{time.time_ns()}", redis_prefix="bench:",
-                             worker_group=f"bench-{time.time_ns()}", kafka_fetch_wait_max_ms=args.fetch_wait_ms,
-                             ranker_device=args.device, **overrides)
+    settings = load_settings(
+        state_dir=tmp / "stack",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=6,
+        topic_events=f"bench-events-{time.time_ns()}",
+        topic_recommendations=f"bench-recs-{time.time_ns()}",
+        redis_prefix="bench:",
+        worker_group=f"bench-{time.time_ns()}",
+        kafka_fetch_wait_max_ms=args.fetch_wait_ms,
+        ranker_device=args.device,
+        **overrides,
+    )
     stack = Stack(settings)
     stack.up()
     ensure_topics(settings)
     worker = None
     try:
-        worker = WorkerChild(settings, tmp / "worker.log", FUSIONREC_STATE_DIR=str(tmp / "worker"),
-                             FUSIONREC_LOG_LEVEL="WARNING")
+        worker = WorkerChild(
+            settings, tmp / "worker.log", FUSIONREC_STATE_DIR=str(tmp / "worker"), FUSIONREC_LOG_LEVEL="WARNING"
+        )
         # Warm up: the worker owns every partition and has ranked once before the clock starts.
         warm = [e._replace(event_id=f"warm-{i}", user_id=f"warm-user-{i}") for i, e in enumerate(events[:300])]
         producer = EventProducer(settings, validate=False)  # one long-lived producer, as a shop has
         replay_events(warm, producer, timestamps="wallclock")
-        before = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= len(warm)
-                                 and m[f"{FRESHNESS}_count"] >= len(warm), timeout=120)
+        before = worker.wait_for(
+            lambda m: m["fusionrec_worker_events_total"] >= len(warm) and m[f"{FRESHNESS}_count"] >= len(warm),
+            timeout=120,
+        )
         cpu_before, wall_before = cpu_seconds(worker.pid), time.perf_counter()
         producer.stats = type(producer.stats)()
         result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")
-        after = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= n + len(warm)
-                                and m[f"{FRESHNESS}_count"] >= n + len(warm), timeout=600)
+        after = worker.wait_for(
+            lambda m: m["fusionrec_worker_events_total"] >= n + len(warm) and m[f"{FRESHNESS}_count"] >= n + len(warm),
+            timeout=600,
+        )
         cpu = cpu_seconds(worker.pid) - cpu_before
         wall = time.perf_counter() - wall_before
         rss = rss_mb(worker.pid)
@@ -202,20 +218,28 @@ def main() -> None:
         from fusionrec.models.topk import pick_device
 
         device = pick_device(settings.ranker.device)
-        print(f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s (timestamps stamped at "
-              f"send); one worker, ranker every {interval} ms on {device.type}; after a {len(warm)}-event "
-              "warm-up. Quantiles from the worker's histograms, interpolated within buckets.")
+        print(
+            f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s (timestamps stamped at "
+            f"send); one worker, ranker every {interval} ms on {device.type}; after a {len(warm)}-event "
+            "warm-up. Quantiles from the worker's histograms, interpolated within buckets."
+        )
         print(f"{'event time →':<44}{'p50 / p99 / p99.9 ms':>24}{'events':>10}")
         print(f"{'  profile written (processing, the floor)':<44}{ms(floor):>24}{floor_n:>10,}")
         print(f"{'  user list published (freshness)':<44}{ms(fresh):>24}{fresh_n:>10,}")
         met = "met" if fresh[1] <= GOAL_P99_S else "NOT met"
-        print(f"freshness p99 goal ≤ {GOAL_P99_S * 1000:.0f} ms: {met}; freshness − floor at p50: "
-              f"{(fresh[0] - floor[0]) * 1000:,.0f} ms")
-        print(f"lists published: {published:,} in {refreshes:,} refreshes ({published / max(refreshes, 1):,.1f} "
-              f"lists per refresh; {published / max(wall, 1e-9):,.0f} lists/s); refresh time p50 / p99: "
-              f"{ms(refresh)} ms")
-        print(f"worker CPU: {cpu:,.1f} s over {wall:,.1f} s = {100 * cpu / wall:.0f} % of one core; "
-              f"RSS {rss:,.0f} MB at the end")
+        print(
+            f"freshness p99 goal ≤ {GOAL_P99_S * 1000:.0f} ms: {met}; freshness − floor at p50: "
+            f"{(fresh[0] - floor[0]) * 1000:,.0f} ms"
+        )
+        print(
+            f"lists published: {published:,} in {refreshes:,} refreshes ({published / max(refreshes, 1):,.1f} "
+            f"lists per refresh; {published / max(wall, 1e-9):,.0f} lists/s); refresh time p50 / p99: "
+            f"{ms(refresh)} ms"
+        )
+        print(
+            f"worker CPU: {cpu:,.1f} s over {wall:,.1f} s = {100 * cpu / wall:.0f} % of one core; "
+            f"RSS {rss:,.0f} MB at the end"
+        )
 
         if not args.no_profile:
             tick = max(1, round(args.rate * interval / 1000))
@@ -224,10 +248,12 @@ def main() -> None:
             ranked = sum(users)
             per_user = prof["total"] / max(ranked, 1)
             q99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
-            print(f"\nin-process refresh, after each {tick} events (one {interval} ms tick at {args.rate:,.0f} ev/s), "
-                  f"{len(times)} refreshes: {statistics.median(times) * 1000:,.0f} ms median, {q99 * 1000:,.0f} ms "
-                  f"p99, {max(times) * 1000:,.0f} ms max; {statistics.median(users):,.0f} users median per refresh; "
-                  f"{per_user * 1000:,.2f} ms per user ranked")
+            print(
+                f"\nin-process refresh, after each {tick} events (one {interval} ms tick at {args.rate:,.0f} ev/s), "
+                f"{len(times)} refreshes: {statistics.median(times) * 1000:,.0f} ms median, {q99 * 1000:,.0f} ms "
+                f"p99, {max(times) * 1000:,.0f} ms max; {statistics.median(users):,.0f} users median per refresh; "
+                f"{per_user * 1000:,.2f} ms per user ranked"
+            )
             print("where the refresh time goes (cProfile, cumulative, share of all refresh time):")
             for label, seconds in prof["stages"]:
                 print(f"  {label:<60}{100 * seconds / max(prof['total'], 1e-9):>6.1f} %")

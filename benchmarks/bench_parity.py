@@ -6,7 +6,8 @@ One run, on a private embedded stack (Tansu + Redis on loopback):
    clock when sent, into a one-partition events topic (so the worker keeps one model state, as the offline run
    does); one ``fusionrec worker`` learns them and publishes lists every ``--interval-ms``. Once every event is
    reflected in a published list, the worker is stopped (it flushes its last lists) and
-   :func:`fusionrec.consumers.online_eval.run_online_eval` reads both topics from their beginning: HR@20 of the published
+   :func:`fusionrec.consumers.online_eval.run_online_eval` reads both topics from their beginning: HR@20 of the
+   published
    (``fused``) list and of every source's own list in the message.
 2. **Offline.** The events are read back from the events topic, with the timestamps the replay gave them (so time
    decays, trending's half-life and the bandit's, behave as they did live), and run through
@@ -44,29 +45,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusionrec.consumers.online_eval import OnlineEvaluator, run_online_eval  # noqa: E402
-from fusionrec.consumers.reader import read_topic  # noqa: E402
-from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode  # noqa: E402
-from fusionrec.apps.evaluation import EvalConfig, evaluate  # noqa: E402
-from fusionrec.contracts.events import Event, validate  # noqa: E402
-from fusionrec.contracts.settings import Settings, load_settings  # noqa: E402
-from fusionrec.infra.stack import Stack, free_port  # noqa: E402
-from fusionrec.infra.admin import ensure_topics  # noqa: E402
-from fusionrec.models import SOURCES  # noqa: E402
-from fusionrec.models.targets import TargetFilter  # noqa: E402
-from fusionrec.producers.datasets import read_dataset  # noqa: E402
-from fusionrec.producers.producer import EventProducer  # noqa: E402
-from fusionrec.producers.replay import replay_events  # noqa: E402
-from fusionrec.streams.child import WorkerChild  # noqa: E402
-from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.apps.evaluation import EvalConfig, evaluate
+from fusionrec.consumers.online_eval import OnlineEvaluator, run_online_eval
+from fusionrec.consumers.reader import read_topic
+from fusionrec.contracts.events import Event, validate
+from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
+from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack, free_port
+from fusionrec.models import SOURCES
+from fusionrec.models.targets import TargetFilter
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
+from fusionrec.streams.child import WorkerChild
+from fusionrec.streams.metrics import histogram_quantile
 
 K = 20
 GOAL_PP = 2.0
@@ -78,15 +76,17 @@ PROCESSING = "fusionrec_worker_processing_latency_seconds"
 def run_live(settings: Settings, events: list[Event], rate: float, tmp: Path) -> dict:
     """Replay ``events`` through one worker; return its metrics once every event is in a published list."""
     n = len(events)
-    worker = WorkerChild(settings, tmp / "worker.log", FUSIONREC_STATE_DIR=str(tmp / "worker"),
-                         FUSIONREC_LOG_LEVEL="WARNING")
+    worker = WorkerChild(
+        settings, tmp / "worker.log", FUSIONREC_STATE_DIR=str(tmp / "worker"), FUSIONREC_LOG_LEVEL="WARNING"
+    )
     try:
         # No warm-up events (they would be in the models and not in the offline run): wait for the assignment.
         worker.wait_for(lambda m: m["fusionrec_worker_assigned_partitions"] >= 1, timeout=120)
         producer = EventProducer(settings, validate=False)
         result = replay_events(events, producer, rate=rate, timestamps="wallclock")
-        metrics = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= n
-                                  and m[f"{FRESHNESS}_count"] >= n, timeout=600)
+        metrics = worker.wait_for(
+            lambda m: m["fusionrec_worker_events_total"] >= n and m[f"{FRESHNESS}_count"] >= n, timeout=600
+        )
         worker.stop()  # its shutdown refreshes once more and flushes the lists producer
         worker = None
     finally:
@@ -98,8 +98,9 @@ def run_live(settings: Settings, events: list[Event], rate: float, tmp: Path) ->
 def read_events(settings: Settings, n: int) -> list[Event]:
     """The events topic as the worker saw it: offset order (one partition), the timestamps the replay gave."""
     out = []
-    for _partition, _offset, _key, value in read_topic(settings, settings.topic.events, max_messages=n,
-                                                       idle_timeout=10):
+    for _partition, _offset, _key, value in read_topic(
+        settings, settings.topic.events, max_messages=n, idle_timeout=10
+    ):
         event = validate(value, max_future_skew_ms=10**12).event
         if event is not None:
             out.append(event)
@@ -149,8 +150,12 @@ def offline_run(events: list[Event], block: int, settings: Settings) -> dict:
     """``evaluate`` at one block size, with the unserved count the protocol implies and the one it reports."""
     report = evaluate(events, EvalConfig(ks=(K,), block=block, settings=settings))
     fused = report["variants"]["fused:bandit"]["all"]
-    return {"block": block, "report": report, "unserved": offline_unserved(events, block),
-            "unserved_reported": round(fused["targets"] * (1 - fused["served"]))}
+    return {
+        "block": block,
+        "report": report,
+        "unserved": offline_unserved(events, block),
+        "unserved_reported": round(fused["targets"] * (1 - fused["served"])),
+    }
 
 
 # --- the comparison --------------------------------------------------------------------------------------------
@@ -160,8 +165,12 @@ def online_cells(summary: dict) -> dict[str, dict]:
     out = {}
     for variant, cell in summary["variants"].items():
         total = cell["targets"] + unserved
-        out[variant] = {"targets": total, "hits": cell["hits"], "hr": cell["hits"] / total if total else math.nan,
-                        "hr_served": cell["hits"] / cell["targets"] if cell["targets"] else math.nan}
+        out[variant] = {
+            "targets": total,
+            "hits": cell["hits"],
+            "hr": cell["hits"] / total if total else math.nan,
+            "hr_served": cell["hits"] / cell["targets"] if cell["targets"] else math.nan,
+        }
     return out
 
 
@@ -171,8 +180,12 @@ def offline_cells(run: dict) -> dict[str, dict]:
         cell = groups["all"]
         total, hits = cell["targets"], cell[f"hits@{K}"]
         served = total - run["unserved_reported"]
-        out[variant] = {"targets": total, "hits": hits, "hr": hits / total if total else math.nan,
-                        "hr_served": hits / served if served else math.nan}
+        out[variant] = {
+            "targets": total,
+            "hits": hits,
+            "hr": hits / total if total else math.nan,
+            "hr_served": hits / served if served else math.nan,
+        }
     return out
 
 
@@ -202,12 +215,20 @@ def main() -> None:
     block = max(1, round(args.rate * args.interval_ms / 1000))
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-parity-"))
     stamp = time.time_ns()
-    settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=1,
-                             topic_recommendations_partitions=1, topic_events=f"parity-events-{stamp}",
-                             topic_recommendations=f"parity-recs-{stamp}", redis_prefix="parity:",
-                             worker_group=f"parity-{stamp}", ranker_interval_ms=args.interval_ms,
-                             kafka_fetch_wait_max_ms=args.fetch_wait_ms, ranker_device=args.device)
+    settings = load_settings(
+        state_dir=tmp / "stack",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=1,
+        topic_recommendations_partitions=1,
+        topic_events=f"parity-events-{stamp}",
+        topic_recommendations=f"parity-recs-{stamp}",
+        redis_prefix="parity:",
+        worker_group=f"parity-{stamp}",
+        ranker_interval_ms=args.interval_ms,
+        kafka_fetch_wait_max_ms=args.fetch_wait_ms,
+        ranker_device=args.device,
+    )
     stack = Stack(settings)
     stack.up()
     try:
@@ -216,8 +237,7 @@ def main() -> None:
         live = run_live(settings, events, args.rate, tmp)
         live_s = time.perf_counter() - started
         started = time.perf_counter()
-        online = run_online_eval(settings, k=K, idle_timeout=args.idle, grace_ms=args.grace_ms,
-                                 sources=list(SOURCES))
+        online = run_online_eval(settings, k=K, idle_timeout=args.idle, grace_ms=args.grace_ms, sources=list(SOURCES))
         online_s = time.perf_counter() - started
         stamped = read_events(settings, n)
         lists = read_lists(settings)
@@ -240,43 +260,63 @@ def main() -> None:
     same_order = [e.event_id for e in stamped] == [e.event_id for e in events]
     span_s = (stamped[-1].ts - stamped[0].ts) / 1000 if stamped else 0.0
     actions = Counter(rec.policy.action.split(":")[0] for rec in lists)
-    print(f"\n{n:,} events of {args.path.name} replayed at {live['replay'].rate:,.0f} ev/s (stamped when sent; "
-          f"{span_s:,.1f} s of event time); one worker, 1 partition, ranker every {args.interval_ms} ms")
-    print(f"live: {live_s:,.0f} s; online eval: {online_s:,.1f} s (grace {args.grace_ms} ms, idle {args.idle:g} s); "
-          f"offline evaluate: {offline_s:,.1f} s")
-    print(f"events read back: {len(stamped):,} (same ids and order as the file: {same_order}); the consumer read "
-          f"{online['consumed']['events']:,} events and {online['lists']:,} lists; the worker published "
-          f"{int(m['fusionrec_recommendations_published_total']):,} "
-          f"({', '.join(f'{k} {v:,}' for k, v in actions.items())}); the topic holds {len(lists):,}")
-    print(f"live lag: event → profile written p50 {floor[0]:,.0f} ms, p99 {floor[1]:,.0f} ms; event → list "
-          f"reflecting it published p50 {fresh[0]:,.0f} ms, p99 {fresh[1]:,.0f} ms, mean {fresh_mean:,.0f} ms")
-    print(f"offline lag: 0 … block events; block {block} = rate × interval (mean {block / 2 * 1000 / args.rate:,.0f} "
-          f"ms) and {matched}, lag-matched (mean {matched / 2 * 1000 / args.rate:,.0f} ms = the live mean)")
-    print(f"targets: online {on['fused']['targets']:,}, unserved {online['unserved']:,} (exact join "
-          f"{joined['unserved']:,}); offline {off['fused:bandit']['targets']:,}, unserved "
-          f"{nominal['unserved_reported']:,} at block {block} (protocol: {nominal['unserved']:,}), "
-          f"{lagged['unserved_reported']:,} at block {matched} (protocol: {lagged['unserved']:,})")
+    print(
+        f"\n{n:,} events of {args.path.name} replayed at {live['replay'].rate:,.0f} ev/s (stamped when sent; "
+        f"{span_s:,.1f} s of event time); one worker, 1 partition, ranker every {args.interval_ms} ms"
+    )
+    print(
+        f"live: {live_s:,.0f} s; online eval: {online_s:,.1f} s (grace {args.grace_ms} ms, idle {args.idle:g} s); "
+        f"offline evaluate: {offline_s:,.1f} s"
+    )
+    print(
+        f"events read back: {len(stamped):,} (same ids and order as the file: {same_order}); the consumer read "
+        f"{online['consumed']['events']:,} events and {online['lists']:,} lists; the worker published "
+        f"{int(m['fusionrec_recommendations_published_total']):,} "
+        f"({', '.join(f'{k} {v:,}' for k, v in actions.items())}); the topic holds {len(lists):,}"
+    )
+    print(
+        f"live lag: event → profile written p50 {floor[0]:,.0f} ms, p99 {floor[1]:,.0f} ms; event → list "
+        f"reflecting it published p50 {fresh[0]:,.0f} ms, p99 {fresh[1]:,.0f} ms, mean {fresh_mean:,.0f} ms"
+    )
+    print(
+        f"offline lag: 0 … block events; block {block} = rate × interval (mean {block / 2 * 1000 / args.rate:,.0f} "
+        f"ms) and {matched}, lag-matched (mean {matched / 2 * 1000 / args.rate:,.0f} ms = the live mean)"
+    )
+    print(
+        f"targets: online {on['fused']['targets']:,}, unserved {online['unserved']:,} (exact join "
+        f"{joined['unserved']:,}); offline {off['fused:bandit']['targets']:,}, unserved "
+        f"{nominal['unserved_reported']:,} at block {block} (protocol: {nominal['unserved']:,}), "
+        f"{lagged['unserved_reported']:,} at block {matched} (protocol: {lagged['unserved']:,})"
+    )
     for run in (nominal, lagged):
         targets = run["report"]["variants"]["fused:bandit"]["all"]["targets"]
         if abs(run["unserved_reported"] - run["unserved"]) > 1 + targets / 10_000:  # served is rounded to 1e-4
-            print(f"WARNING: at block {run['block']} evaluate() judged {run['unserved_reported']:,} targets without "
-                  f"a list where its protocol gives {run['unserved']:,}: it made fewer lists than its rule says "
-                  "(fusionrec.apps.evaluation._lists_needed)")
+            print(
+                f"WARNING: at block {run['block']} evaluate() judged {run['unserved_reported']:,} targets without "
+                f"a list where its protocol gives {run['unserved']:,}: it made fewer lists than its rule says "
+                "(fusionrec.apps.evaluation._lists_needed)"
+            )
 
     print("\nHR@20 = hits / all targets (unserved = miss, as offline counts it); 'served' = hits / targets with a list")
-    print(f"{'variant':<21}{'online':>8}{'served':>8}{f'offline b={block}':>15}{'served':>8}{'Δ pp':>7}"
-          f"{f'offline b={matched}':>15}{'served':>8}{'Δ pp':>7}")
+    print(
+        f"{'variant':<21}{'online':>8}{'served':>8}{f'offline b={block}':>15}{'served':>8}{'Δ pp':>7}"
+        f"{f'offline b={matched}':>15}{'served':>8}{'Δ pp':>7}"
+    )
     worst = worst_lag = 0.0
     for lv, rv in pairs:
         a, b, c = on[lv], off[rv], off_lag[rv]
         diff, diff_lag = pp(a["hr"], b["hr"]), pp(a["hr"], c["hr"])
         worst, worst_lag = max(worst, abs(diff)), max(worst_lag, abs(diff_lag))
         name = lv if lv == rv else f"{lv} ({rv})"
-        print(f"{name:<21}{pct(a['hr']):>8}{pct(a['hr_served']):>8}{pct(b['hr']):>15}{pct(b['hr_served']):>8}"
-              f"{diff:>+7.2f}{pct(c['hr']):>15}{pct(c['hr_served']):>8}{diff_lag:>+7.2f}")
+        print(
+            f"{name:<21}{pct(a['hr']):>8}{pct(a['hr_served']):>8}{pct(b['hr']):>15}{pct(b['hr_served']):>8}"
+            f"{diff:>+7.2f}{pct(c['hr']):>15}{pct(c['hr_served']):>8}{diff_lag:>+7.2f}"
+        )
     eq, eq_lag = off["fused:equal"], off_lag["fused:equal"]
-    print(f"{'fused:equal':<21}{'':>16}{pct(eq['hr']):>15}{pct(eq['hr_served']):>8}{'':>7}{pct(eq_lag['hr']):>15}"
-          f"{pct(eq_lag['hr_served']):>8}   (offline only)")
+    print(
+        f"{'fused:equal':<21}{'':>16}{pct(eq['hr']):>15}{pct(eq['hr_served']):>8}{'':>7}{pct(eq_lag['hr']):>15}"
+        f"{pct(eq_lag['hr_served']):>8}   (offline only)"
+    )
 
     print("\nthe consumer against the same join done in-process (every list kept, no timing)")
     print(f"{'variant':<21}{'consumer':>10}{'exact':>10}{'Δ pp':>7}")
@@ -287,18 +327,39 @@ def main() -> None:
         print(f"{variant:<21}{pct(a['hr']):>10}{pct(b['hr']):>10}{pp(a['hr'], b['hr']):>+7.2f}")
 
     verdict = "met" if worst <= GOAL_PP else "NOT met"
-    print(f"\nmax |difference| = {worst:.2f} pp (goal <= {GOAL_PP:g} pp): {verdict}; at the lag-matched block "
-          f"{worst_lag:.2f} pp; consumer vs exact join {join_gap:.2f} pp")
+    print(
+        f"\nmax |difference| = {worst:.2f} pp (goal <= {GOAL_PP:g} pp): {verdict}; at the lag-matched block "
+        f"{worst_lag:.2f} pp; consumer vs exact join {join_gap:.2f} pp"
+    )
     if args.json_out is not None:
-        args.json_out.write_text(json.dumps({
-            "events": n, "rate": live["replay"].rate, "interval_ms": args.interval_ms,
-            "online": online, "exact_join": joined,
-            "offline": {str(run["block"]): {"variants": run["report"]["variants"], "unserved": run["unserved"],
-                                            "unserved_reported": run["unserved_reported"],
-                                            "weights": run["report"]["weights"]} for run in (nominal, lagged)},
-            "freshness_ms": {"p50": fresh[0], "p99": fresh[1], "mean": fresh_mean}, "processing_ms": floor,
-            "max_abs_pp": worst, "max_abs_pp_lag_matched": worst_lag, "consumer_vs_exact_pp": join_gap},
-            indent=2, default=str) + "\n")
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "events": n,
+                    "rate": live["replay"].rate,
+                    "interval_ms": args.interval_ms,
+                    "online": online,
+                    "exact_join": joined,
+                    "offline": {
+                        str(run["block"]): {
+                            "variants": run["report"]["variants"],
+                            "unserved": run["unserved"],
+                            "unserved_reported": run["unserved_reported"],
+                            "weights": run["report"]["weights"],
+                        }
+                        for run in (nominal, lagged)
+                    },
+                    "freshness_ms": {"p50": fresh[0], "p99": fresh[1], "mean": fresh_mean},
+                    "processing_ms": floor,
+                    "max_abs_pp": worst,
+                    "max_abs_pp_lag_matched": worst_lag,
+                    "consumer_vs_exact_pp": join_gap,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json_out}")
 
 

@@ -1,4 +1,5 @@
-"""Exhaustive matrix-factorisation top-k: ``fusionrec.models.topk.exhaustive_top_k`` (torch, chunked) against the plain numpy
+"""Exhaustive matrix-factorisation top-k: ``fusionrec.models.topk.exhaustive_top_k`` (torch, chunked) against the
+plain numpy
 path (``numpy_top_k``: matmul + ``argpartition`` per user chunk), same synthetic factors, one run.
 
 Prints, for both: wall seconds, users/s, scored (user, item) pairs/s, the speed-up, and the peak RSS growth
@@ -15,18 +16,16 @@ as a share of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fusionrec.models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks  # noqa: E402
+from fusionrec.models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks
 
 
 def status_mb(field: str) -> float:
@@ -42,10 +41,8 @@ def reset_peak_rss() -> bool:
     Freed heap pages go back to the system first (glibc ``malloc_trim``): otherwise a stage reusing memory an
     earlier stage freed would show no growth at all.
     """
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -83,9 +80,9 @@ def scoring_only(users: np.ndarray, items: np.ndarray, k: int, device: torch.dev
         sync(device)
         began = time.perf_counter()
         for start in range(0, users.shape[0], user_chunk):
-            chunk = users_t[start:start + user_chunk]
+            chunk = users_t[start : start + user_chunk]
             for first in range(0, items.shape[0], item_chunk):
-                part = items_t[first:first + item_chunk]
+                part = items_t[first : first + item_chunk]
                 torch.mm(chunk, part.T, out=buffer[: chunk.shape[0] * part.shape[0]].view(chunk.shape[0], -1))
         sync(device)
         return time.perf_counter() - began
@@ -99,11 +96,19 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--max-chunk-mib", type=float, default=64.0, help="exhaustive_top_k's max_chunk_bytes, MiB")
-    parser.add_argument("--baseline-users", type=int, default=None,
-                        help="run numpy on the first N users only and extrapolate its rate (default: all users)")
-    parser.add_argument("--baseline-chunk", type=int, default=64,
-                        help="numpy_top_k's user_chunk (64 keeps each product under glibc's 32 MB mmap threshold, "
-                             "so its memory is reused instead of page-faulted afresh; 1024 was slower here)")
+    parser.add_argument(
+        "--baseline-users",
+        type=int,
+        default=None,
+        help="run numpy on the first N users only and extrapolate its rate (default: all users)",
+    )
+    parser.add_argument(
+        "--baseline-chunk",
+        type=int,
+        default=64,
+        help="numpy_top_k's user_chunk (64 keeps each product under glibc's 32 MB mmap threshold, "
+        "so its memory is reused instead of page-faulted afresh; 1024 was slower here)",
+    )
     parser.add_argument("--sample", type=int, default=2000, help="users in the agreement check")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -113,7 +118,7 @@ def main() -> None:
     device = pick_device(args.device)
     budget = int(args.max_chunk_mib * 2**20)
     rng = np.random.default_rng(args.seed)
-    scale = args.factors ** -0.5
+    scale = args.factors**-0.5
     users = rng.normal(0.0, scale, (args.users, args.factors)).astype(np.float32)
     items = rng.normal(0.0, scale, (args.items, args.factors)).astype(np.float32)
     n_base = args.users if args.baseline_users is None else min(args.baseline_users, args.users)
@@ -121,10 +126,14 @@ def main() -> None:
     flop = 2 * pairs * args.factors
     user_chunk, item_chunk = plan_chunks(args.users, args.items, args.k, budget)
     gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
-    print(f"{args.users:,} users x {args.items:,} items x {args.factors} factors, top-{args.k}; torch "
-          f"{torch.__version__} on {device} ({gpu}{threads} CPU threads); numpy {np.__version__}")
-    print(f"exhaustive_top_k blocks: {user_chunk:,} users x {item_chunk:,} items "
-          f"(max_chunk_bytes {budget / 2**20:.0f} MiB); numpy_top_k user_chunk {args.baseline_chunk}")
+    print(
+        f"{args.users:,} users x {args.items:,} items x {args.factors} factors, top-{args.k}; torch "
+        f"{torch.__version__} on {device} ({gpu}{threads} CPU threads); numpy {np.__version__}"
+    )
+    print(
+        f"exhaustive_top_k blocks: {user_chunk:,} users x {item_chunk:,} items "
+        f"(max_chunk_bytes {budget / 2**20:.0f} MiB); numpy_top_k user_chunk {args.baseline_chunk}"
+    )
 
     exhaustive_top_k(users[:256], items, args.k, device=device, max_chunk_bytes=budget)  # warm-up (threads, CUDA)
     numpy_top_k(users[:256], items, args.k, user_chunk=args.baseline_chunk)
@@ -150,29 +159,38 @@ def main() -> None:
 
     label = "numpy matmul + argpartition" + (" (EXTRAPOLATED)" if extrapolated else "")
     print(f"\n{'path':<44}{'wall s':>10}{'users/s':>12}{'pairs/s':>12}{'peak RSS +MB':>14}")
-    print(f"{'torch exhaustive_top_k (' + device.type + ')':<44}{t_seconds:>10.2f}{args.users / t_seconds:>12,.0f}"
-          f"{pairs / t_seconds:>12.3g}{t_peak:>14,.0f}")
-    print(f"{label:<44}{n_seconds:>10.2f}{args.users / n_seconds:>12,.0f}{pairs / n_seconds:>12.3g}"
-          f"{n_peak:>14,.0f}")
+    print(
+        f"{'torch exhaustive_top_k (' + device.type + ')':<44}{t_seconds:>10.2f}{args.users / t_seconds:>12,.0f}"
+        f"{pairs / t_seconds:>12.3g}{t_peak:>14,.0f}"
+    )
+    print(f"{label:<44}{n_seconds:>10.2f}{args.users / n_seconds:>12,.0f}{pairs / n_seconds:>12.3g}{n_peak:>14,.0f}")
     if extrapolated:
-        print(f"  (numpy ran on the first {n_base:,} users in {n_measured:.2f} s; its time for {args.users:,} users "
-              "is that rate extrapolated; its peak RSS is for the subset)")
+        print(
+            f"  (numpy ran on the first {n_base:,} users in {n_measured:.2f} s; its time for {args.users:,} users "
+            "is that rate extrapolated; its peak RSS is for the subset)"
+        )
     if not peak_resets:
         print("  (VmHWM could not be reset: the numpy peak is a lower bound taken against the torch stage's peak)")
     print(f"speed-up torch / numpy: {n_seconds / t_seconds:.2f}x")
 
     sample = np.unique(np.linspace(0, n_base - 1, min(args.sample, n_base)).astype(np.int64))
-    same = np.mean([set(a) == set(b) for a, b in zip(t_rows[sample].tolist(), n_rows[sample].tolist())])
+    same = np.mean([set(a) == set(b) for a, b in zip(t_rows[sample].tolist(), n_rows[sample].tolist(), strict=False)])
     diff = float(np.max(np.abs(t_scores[sample] - n_scores[sample]))) if sample.size else 0.0
-    print(f"agreement on {sample.size:,} users: identical top-{args.k} sets {100 * same:.2f} %, "
-          f"max |score difference| {diff:.2e}")
+    print(
+        f"agreement on {sample.size:,} users: identical top-{args.k} sets {100 * same:.2f} %, "
+        f"max |score difference| {diff:.2e}"
+    )
 
-    print(f"\nscoring stage alone (same blocks, no top-k): {score_seconds:.2f} s, {flop / score_seconds / 1e12:.3f} "
-          f"TFLOP/s; top-k and merge take the other {max(t_seconds - score_seconds, 0):.2f} s "
-          f"({100 * max(t_seconds - score_seconds, 0) / t_seconds:.0f} % of the torch wall time)")
-    print(f"device plain matmul (square float32 torch.mm): {peak:.3f} TFLOP/s; scoring stage reaches "
-          f"{100 * flop / score_seconds / 1e12 / peak:.1f} % of it, the whole top-k pipeline "
-          f"{100 * flop / t_seconds / 1e12 / peak:.1f} %")
+    print(
+        f"\nscoring stage alone (same blocks, no top-k): {score_seconds:.2f} s, {flop / score_seconds / 1e12:.3f} "
+        f"TFLOP/s; top-k and merge take the other {max(t_seconds - score_seconds, 0):.2f} s "
+        f"({100 * max(t_seconds - score_seconds, 0) / t_seconds:.0f} % of the torch wall time)"
+    )
+    print(
+        f"device plain matmul (square float32 torch.mm): {peak:.3f} TFLOP/s; scoring stage reaches "
+        f"{100 * flop / score_seconds / 1e12 / peak:.1f} % of it, the whole top-k pipeline "
+        f"{100 * flop / t_seconds / 1e12 / peak:.1f} %"
+    )
 
 
 if __name__ == "__main__":

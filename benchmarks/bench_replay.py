@@ -20,15 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusionrec.consumers.reader import read_topic, summarize_events  # noqa: E402
-from fusionrec.contracts.settings import load_settings  # noqa: E402
-from fusionrec.infra.stack import Stack, free_port  # noqa: E402
-from fusionrec.infra.admin import ensure_topics  # noqa: E402
-from fusionrec.producers.datasets import read_dataset  # noqa: E402
-from fusionrec.producers.producer import EventProducer  # noqa: E402
-from fusionrec.producers.replay import replay_events  # noqa: E402
+from fusionrec.consumers.reader import read_topic, summarize_events
+from fusionrec.contracts.settings import load_settings
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack, free_port
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
 
 
 def produce(settings, topic, events, *, validate, rate=None):
@@ -70,16 +68,25 @@ def main() -> None:
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     settings = load_settings(
-        state_dir=tmp, kafka_bootstrap_servers=args.bootstrap or f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
+        state_dir=tmp,
+        kafka_bootstrap_servers=args.bootstrap or f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=6,
     )
     stack = Stack(settings)
     if not args.bootstrap:
         stack.up()
     try:
-        figures: dict[str, list[float]] = {k: [] for k in (
-            "produce (no validation)", "produce (validated)", f"paced at {args.rate:,.0f}/s",
-            "consume raw", "consume + validate")}
+        figures: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "produce (no validation)",
+                "produce (validated)",
+                f"paced at {args.rate:,.0f}/s",
+                "consume raw",
+                "consume + validate",
+            )
+        }
         for run in range(args.repeat):
             for validate in (False, True):
                 topic = f"bench-{run}-{int(validate)}-{time.time_ns()}"
@@ -91,23 +98,29 @@ def main() -> None:
                     figures["consume + validate"].append(consume_validated(settings, topic, n))
             topic = f"bench-paced-{run}-{time.time_ns()}"
             ensure_topics(settings.replace(topic_events=topic))
-            figures[f"paced at {args.rate:,.0f}/s"].append(produce(settings, topic, events, validate=False,
-                                                                   rate=args.rate))
+            figures[f"paced at {args.rate:,.0f}/s"].append(
+                produce(settings, topic, events, validate=False, rate=args.rate)
+            )
             print(f"run {run + 1}/{args.repeat} done", file=sys.stderr)
     finally:
         if not args.bootstrap:
             stack.down()
 
     medians = {k: statistics.median(v) for k, v in figures.items()}
-    print(f"\n{n:,} events from {args.path.name}; broker {'Tansu (memory) on loopback' if not args.bootstrap else args.bootstrap}; "
-          f"{platform.processor() or platform.machine()}, {args.repeat} runs, medians")
+    print(
+        f"\n{n:,} events from {args.path.name}; "
+        f"broker {'Tansu (memory) on loopback' if not args.bootstrap else args.bootstrap}; "
+        f"{platform.processor() or platform.machine()}, {args.repeat} runs, medians"
+    )
     print(f"{'measure':<28}{'events/s':>12}   runs")
     for key, value in medians.items():
         runs = ", ".join(f"{v:,.0f}" for v in figures[key])
         print(f"{key:<28}{value:>12,.0f}   [{runs}]")
-    print(f"\nraw consume / produce: {medians['consume raw'] / medians['produce (no validation)']:.2f}x; "
-          f"validation costs {100 * (1 - medians['produce (validated)'] / medians['produce (no validation)']):.0f}% "
-          "of the produce rate")
+    print(
+        f"\nraw consume / produce: {medians['consume raw'] / medians['produce (no validation)']:.2f}x; "
+        f"validation costs {100 * (1 - medians['produce (validated)'] / medians['produce (no validation)']):.0f}% "
+        "of the produce rate"
+    )
     if args.json:
         args.json.write_text(json.dumps({"events": n, "medians": medians, "runs": figures}, indent=2))
 

@@ -20,37 +20,34 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import redis
 
-import redis  # noqa: E402
-
-from fusionrec.consumers.reader import read_topic  # noqa: E402
-from fusionrec.contracts.settings import load_settings  # noqa: E402
-from fusionrec.infra.stack import Stack, free_port  # noqa: E402
-from fusionrec.infra.admin import ensure_topics  # noqa: E402
-from fusionrec.models.base import DEFAULT_EVENT_WEIGHTS  # noqa: E402
-from fusionrec.producers.datasets import read_dataset  # noqa: E402
-from fusionrec.producers.producer import EventProducer  # noqa: E402
-from fusionrec.producers.replay import replay_events  # noqa: E402
-from fusionrec.streams.child import WorkerChild  # noqa: E402
-from fusionrec.streams.metrics import histogram_quantile  # noqa: E402
+from fusionrec.consumers.reader import read_topic
+from fusionrec.contracts.settings import load_settings
+from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack, free_port
+from fusionrec.models.base import DEFAULT_EVENT_WEIGHTS
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
+from fusionrec.streams.child import WorkerChild
+from fusionrec.streams.metrics import histogram_quantile
 
 
 def latency_quantiles(m: Counter) -> tuple[float, float, int]:
     name = "fusionrec_worker_processing_latency_seconds"
-    return (histogram_quantile(m, name, 0.5), histogram_quantile(m, name, 0.99),
-            int(m.get(f"{name}_count", 0)))
+    return (histogram_quantile(m, name, 0.5), histogram_quantile(m, name, 0.99), int(m.get(f"{name}_count", 0)))
 
 
 def start_worker(settings, tmp: Path, name: str) -> WorkerChild:
-    return WorkerChild(settings, tmp / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp / name),
-                       FUSIONREC_LOG_LEVEL="WARNING")
+    return WorkerChild(
+        settings, tmp / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp / name), FUSIONREC_LOG_LEVEL="WARNING"
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -85,15 +82,20 @@ def cf_rate(events) -> float:
 def _batches(events):
     from fusionrec.streams.batching import Record, RecordBatch
 
-    return [RecordBatch("bench", 0, [Record(start + i, e.key, e.to_json(), e.ts)
-                                     for i, e in enumerate(events[start:start + 5000])])
-            for start in range(0, len(events), 5000)]
+    return [
+        RecordBatch(
+            "bench",
+            0,
+            [Record(start + i, e.key, e.to_json(), e.ts) for i, e in enumerate(events[start : start + 5000])],
+        )
+        for start in range(0, len(events), 5000)
+    ]
 
 
 def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], float]:
     """The in-process batch path on up to 60k events: its rate, then a cProfile breakdown by stage."""
-    from fusionrec.streams.app import tune_gc
     from fusionrec.stores.profiles import ProfileStore
+    from fusionrec.streams.app import tune_gc
     from fusionrec.streams.processor import BatchProcessor
     from fusionrec.streams.state import SnapshotStore
 
@@ -154,11 +156,17 @@ def main() -> None:
     events = dataset.events
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
-    settings = load_settings(state_dir=tmp / "stack", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=6,
-                             topic_events=f"bench-events-{time.time_ns()}", redis_prefix="bench:",
-                             worker_group=f"bench-{time.time_ns()}", worker_snapshot_interval_s=args.snapshot_interval,
-                             kafka_fetch_wait_max_ms=args.fetch_wait_ms)
+    settings = load_settings(
+        state_dir=tmp / "stack",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=6,
+        topic_events=f"bench-events-{time.time_ns()}",
+        redis_prefix="bench:",
+        worker_group=f"bench-{time.time_ns()}",
+        worker_snapshot_interval_s=args.snapshot_interval,
+        kafka_fetch_wait_max_ms=args.fetch_wait_ms,
+    )
     stack = Stack(settings)
     stack.up()
     ensure_topics(settings)
@@ -176,10 +184,14 @@ def main() -> None:
             result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")
             after = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= n + len(warm), timeout=600)
             p50, p99, count = latency_quantiles(after - before)
-            print(f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s; one worker "
-                  f"(after a {len(warm)}-event warm-up)")
-            print(f"event time → profile written: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
-                  f"({count:,} events; from the worker's histogram, interpolated within buckets)")
+            print(
+                f"\n{n:,} events from {args.path.name} offered at {result.rate:,.0f} ev/s; one worker "
+                f"(after a {len(warm)}-event warm-up)"
+            )
+            print(
+                f"event time → profile written: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+                f"({count:,} events; from the worker's histogram, interpolated within buckets)"
+            )
             return
 
         producer = EventProducer(settings, validate=False)
@@ -198,8 +210,11 @@ def main() -> None:
             if done and "first" not in progress:
                 progress["first"], progress["first_done"] = time.perf_counter(), done
 
-        worker.wait_for(lambda m: m["fusionrec_worker_events_total"]
-                        + m["fusionrec_worker_duplicates_skipped_total"] >= n, timeout=900, on_poll=note)
+        worker.wait_for(
+            lambda m: m["fusionrec_worker_events_total"] + m["fusionrec_worker_duplicates_skipped_total"] >= n,
+            timeout=900,
+            on_poll=note,
+        )
         last = time.perf_counter()
         worker_rate = (n - progress["first_done"]) / (last - progress["first"])
         rss = rss_mb(worker.pid)
@@ -212,22 +227,28 @@ def main() -> None:
         worker = None
         stages, inproc_rate = stage_profile(settings, events)
 
-        print(f"\n{n:,} events from {args.path.name}; Tansu (memory) + Redis on loopback; 2 cores shared by "
-              "broker, Redis and worker")
+        print(
+            f"\n{n:,} events from {args.path.name}; Tansu (memory) + Redis on loopback; 2 cores shared by "
+            "broker, Redis and worker"
+        )
         print(f"{'measure':<52}{'events/s':>12}")
         print(f"{'broker raw consume (confluent-kafka, no parsing)':<52}{raw_rate:>12,.0f}")
         print(f"{'River BiasedMF.learn_one loop, in-process':<52}{river:>12,.0f}")
         print(f"{'fusionrec CF model alone (learn_many), in-process':<52}{cf:>12,.0f}")
         print(f"{'fusionrec worker, full stack (1 process)':<52}{worker_rate:>12,.0f}")
         print(f"{'BatchProcessor in-process (Redis, no broker)':<52}{inproc_rate:>12,.0f}")
-        print(f"\nworker / River: {worker_rate / river:.2f}x;  CF model / River: {cf / river:.2f}x;  "
-              f"worker / raw consume: {worker_rate / raw_rate:.2f}x")
+        print(
+            f"\nworker / River: {worker_rate / river:.2f}x;  CF model / River: {cf / river:.2f}x;  "
+            f"worker / raw consume: {worker_rate / raw_rate:.2f}x"
+        )
         print("\nwhere the in-process batch time goes (cProfile, share of the total):")
         for label, share in stages:
             print(f"  {label:<48}{100 * share:>6.1f} %")
-        print(f"\nmemory after the run: worker RSS {rss:,.0f} MB; {len(users):,} users; profile {profile_bytes:.0f} "
-              f"bytes/user (MEMORY USAGE, mean of {len(sample):,}); Redis used_memory {used / 2**20:,.1f} MB in all "
-              f"({used / len(users):,.0f} bytes/user incl. dedup entries and model snapshots)")
+        print(
+            f"\nmemory after the run: worker RSS {rss:,.0f} MB; {len(users):,} users; profile {profile_bytes:.0f} "
+            f"bytes/user (MEMORY USAGE, mean of {len(sample):,}); Redis used_memory {used / 2**20:,.1f} MB in all "
+            f"({used / len(users):,.0f} bytes/user incl. dedup entries and model snapshots)"
+        )
     finally:
         if worker is not None:
             worker.stop()

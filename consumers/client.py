@@ -2,7 +2,8 @@
 
 Imports confluent-kafka and the message format only: no Faust, torch or models, so a web service can use it.
 
-* :class:`RecommendationsConsumer` reads the topic and yields :class:`~fusionrec.contracts.recommendations.Recommendation`
+* :class:`RecommendationsConsumer` reads the topic and yields
+:class:`~fusionrec.contracts.recommendations.Recommendation`
   objects. Records that are not valid version-1 lists are logged with their partition and offset, counted in
   :attr:`RecommendationsConsumer.invalid`, and skipped: a bad record never stops a consumer.
 * :class:`RecommendationStore` reads the latest list of given users from Redis (what a serving path calls).
@@ -83,10 +84,13 @@ class RecommendationsConsumer:
         #: Records with no value (deletions on the compacted topic; skipped).
         self.tombstones = 0
         self._not_before_ms: int | None = None
-        extra: dict[str, Any] = {"enable.auto.commit": group_id is not None,
-                                 "auto.offset.reset": "earliest" if from_beginning else "latest"}
-        conf = settings.consumer_config(group_id or f"{settings.kafka.client_id}-recs-{uuid.uuid4().hex[:8]}",
-                                        **(extra | (overrides or {})))
+        extra: dict[str, Any] = {
+            "enable.auto.commit": group_id is not None,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+        }
+        conf = settings.consumer_config(
+            group_id or f"{settings.kafka.client_id}-recs-{uuid.uuid4().hex[:8]}", **(extra | (overrides or {}))
+        )
         self._consumer = Consumer(conf)
         try:
             if group_id is not None:
@@ -235,9 +239,11 @@ def format_recommendation(rec: Recommendation) -> str:
           1. i7   0.830  covisit 0.51 + cf 0.32
     """
     arm = "" if rec.policy.arm == "bandit" else f" [{rec.policy.arm}]"
-    lines = [f"user {rec.user_id}  segment {rec.segment}  policy {rec.policy.action}{arm} "
-             f"(p={rec.policy.propensity:.2f})  reflects event at {_clock(rec.newest_event_ts)}, "
-             f"made {_clock(rec.generated_at)}"]
+    lines = [
+        f"user {rec.user_id}  segment {rec.segment}  policy {rec.policy.action}{arm} "
+        f"(p={rec.policy.propensity:.2f})  reflects event at {_clock(rec.newest_event_ts)}, "
+        f"made {_clock(rec.generated_at)}"
+    ]
     width = max((len(item.item_id) for item in rec.items), default=0)
     rank_width = len(str(len(rec.items)))
     for n, item in enumerate(rec.items, 1):

@@ -1,6 +1,7 @@
 """Online evaluation: were the users' next interactions on the lists they were being served?
 
-Joins the recommendations topic with the events topic. For each target event (:mod:`fusionrec.models.targets`: a discovery
+Joins the recommendations topic with the events topic. For each target event (:mod:`fusionrec.models.targets`: a
+discovery
 ``"new"`` or a conversion ``"repeat"``) it finds the user's *list in effect*: the latest list generated at or before
 the event's time (``generated_at <= event.ts``), so the list a user's own event caused never counts for it. It
 then records, for the fused list (variant ``"fused"``, its first ``k`` items) and for each source's own top
@@ -31,8 +32,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
 from fusionrec.contracts.events import Event, validate
+from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
 from fusionrec.contracts.settings import Settings
 from fusionrec.models.targets import TARGET_KINDS, TargetFilter
 
@@ -136,8 +137,12 @@ class OnlineEvaluator:
         self.lists_seen += 1
         k = self.k
         names = rec.sources if self.sources is None else self.sources
-        served = _Served(rec.generated_at, rec, frozenset(rec.item_ids[:k]),
-                         {name: frozenset(rec.sources.get(name, ())[:k]) for name in names})
+        served = _Served(
+            rec.generated_at,
+            rec,
+            frozenset(rec.item_ids[:k]),
+            {name: frozenset(rec.sources.get(name, ())[:k]) for name in names},
+        )
         lists = self._lists.pop(rec.user_id, None)
         if lists is None:
             lists = []
@@ -203,10 +208,13 @@ class OnlineEvaluator:
             targets = sum(self._targets[variant, kind] for kind in TARGET_KINDS)
             hits = sum(self._hits[variant, kind] for kind in TARGET_KINDS)
             variants[variant] = _cell(hits, targets) | {
-                "by_kind": {kind: _cell(self._hits[variant, kind], self._targets[variant, kind])
-                            for kind in TARGET_KINDS},
-                "by_segment": {segment: _cell(self._segment_hits[variant, segment],
-                                              self._segment_targets[variant, segment]) for segment in segments},
+                "by_kind": {
+                    kind: _cell(self._hits[variant, kind], self._targets[variant, kind]) for kind in TARGET_KINDS
+                },
+                "by_segment": {
+                    segment: _cell(self._segment_hits[variant, segment], self._segment_targets[variant, segment])
+                    for segment in segments
+                },
             }
         return {
             "k": self.k,
@@ -232,20 +240,30 @@ class OnlineEvalCollector(Collector):
     def collect(self) -> Iterator[Any]:
         with self._lock:
             summary = self._evaluator.summary()
-        targets = CounterMetricFamily("fusionrec_online_targets", "Target events judged against a list in effect, "
-                                      "by variant (fused or a source) and target kind.", labels=["variant", "kind"])
-        hits = CounterMetricFamily("fusionrec_online_hits", "Target events whose item was in the variant's top k, "
-                                   "by variant and target kind.", labels=["variant", "kind"])
-        rate = GaugeMetricFamily("fusionrec_online_hit_rate", "Hit rate at k since the evaluator started, by "
-                                 "variant (hits / targets; absent before the first target).", labels=["variant"])
+        targets = CounterMetricFamily(
+            "fusionrec_online_targets",
+            "Target events judged against a list in effect, by variant (fused or a source) and target kind.",
+            labels=["variant", "kind"],
+        )
+        hits = CounterMetricFamily(
+            "fusionrec_online_hits",
+            "Target events whose item was in the variant's top k, by variant and target kind.",
+            labels=["variant", "kind"],
+        )
+        rate = GaugeMetricFamily(
+            "fusionrec_online_hit_rate",
+            "Hit rate at k since the evaluator started, by variant (hits / targets; absent before the first target).",
+            labels=["variant"],
+        )
         for variant, cells in summary["variants"].items():
             for kind, cell in cells["by_kind"].items():
                 targets.add_metric([variant, kind], cell["targets"])
                 hits.add_metric([variant, kind], cell["hits"])
             if cells["hit_rate"] is not None:
                 rate.add_metric([variant], cells["hit_rate"])
-        unserved = CounterMetricFamily("fusionrec_online_unserved", "Target events whose user had no list in "
-                                       "effect.", value=summary["unserved"])
+        unserved = CounterMetricFamily(
+            "fusionrec_online_unserved", "Target events whose user had no list in effect.", value=summary["unserved"]
+        )
         yield from (targets, hits, rate, unserved)
 
 
@@ -286,8 +304,14 @@ class _TimeOrderedJoin:
     out of it. Assumes each events partition is roughly in time order (a user's events are: keyed by user).
     """
 
-    def __init__(self, evaluator: OnlineEvaluator, grace_ms: int, list_partitions: Iterable[int],
-                 event_partitions: Iterable[int], now: float):
+    def __init__(
+        self,
+        evaluator: OnlineEvaluator,
+        grace_ms: int,
+        list_partitions: Iterable[int],
+        event_partitions: Iterable[int],
+        now: float,
+    ):
         self.evaluator = evaluator
         self.grace_ms = grace_ms
         self.lists_paused = False  # set by the reader while it has paused the recommendations topic
@@ -321,15 +345,21 @@ class _TimeOrderedJoin:
     def judge_due(self, now: float) -> None:
         """Judge the pending events that are due, then hand over the lists no event still to come precedes."""
         grace_s = self.grace_ms / 1000
-        active = [mark for partition, mark in self._list_marks.items()
-                  if self.lists_paused or now - self._list_arrived[partition] < grace_s]
+        active = [
+            mark
+            for partition, mark in self._list_marks.items()
+            if self.lists_paused or now - self._list_arrived[partition] < grace_s
+        ]
         lists_mark = min(active) if active else None
         pending = self.pending
         while pending:
             read_at, event = pending[0]
             waited = now - read_at
-            due = (waited >= grace_s if lists_mark is None else lists_mark > event.ts + self.grace_ms) \
-                or waited >= MAX_WAIT_S or len(self.held) >= MAX_HELD_LISTS
+            due = (
+                (waited >= grace_s if lists_mark is None else lists_mark > event.ts + self.grace_ms)
+                or waited >= MAX_WAIT_S
+                or len(self.held) >= MAX_HELD_LISTS
+            )
             if not due:
                 break
             pending.popleft()
@@ -400,8 +430,7 @@ def run_online_eval(
     lock = threading.Lock()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     registry.register(OnlineEvalCollector(evaluator, lock))
-    server = start_http_server(metrics_port, addr=settings.metrics.bind, registry=registry)[0] if metrics_port \
-        else None
+    server = start_http_server(metrics_port, addr=settings.metrics.bind, registry=registry)[0] if metrics_port else None
     conf = settings.consumer_config(f"{settings.kafka.client_id}-online-eval-{uuid.uuid4().hex[:8]}")
     consumer = Consumer(conf | {"enable.auto.commit": False})
     rec_topic, event_topic = settings.topic.recommendations, settings.topic.events
@@ -411,10 +440,18 @@ def run_online_eval(
         rec_partitions = [TopicPartition(rec_topic, p) for p in _partitions(consumer, rec_topic)]
         consumer.assign(
             [TopicPartition(rec_topic, tp.partition, OFFSET_BEGINNING) for tp in rec_partitions]
-            + [TopicPartition(event_topic, tp.partition, OFFSET_BEGINNING if from_beginning else OFFSET_END)
-               for tp in event_partitions])
-        join = _TimeOrderedJoin(evaluator, grace_ms, [tp.partition for tp in rec_partitions],
-                                [tp.partition for tp in event_partitions], time.monotonic())
+            + [
+                TopicPartition(event_topic, tp.partition, OFFSET_BEGINNING if from_beginning else OFFSET_END)
+                for tp in event_partitions
+            ]
+        )
+        join = _TimeOrderedJoin(
+            evaluator,
+            grace_ms,
+            [tp.partition for tp in rec_partitions],
+            [tp.partition for tp in event_partitions],
+            time.monotonic(),
+        )
         events_paused = False  # for flow control (events_done pauses them for good)
         events_done = False  # no more events wanted: drain the pending ones, still reading lists
         last_arrival = time.monotonic()
@@ -439,11 +476,15 @@ def run_online_eval(
                             join.add_list(msg.partition(), decode(msg.value()), now)
                         except RecommendationFormatError as exc:
                             consumed["invalid_lists"] += 1
-                            log.warning("skipping invalid list at %s[%d]@%d: %s", rec_topic, msg.partition(),
-                                        msg.offset(), exc)
+                            log.warning(
+                                "skipping invalid list at %s[%d]@%d: %s", rec_topic, msg.partition(), msg.offset(), exc
+                            )
                     elif not events_done:
-                        event = validate(msg.value(), max_bytes=settings.event.max_bytes,
-                                         max_future_skew_ms=settings.event.max_future_skew_ms).event
+                        event = validate(
+                            msg.value(),
+                            max_bytes=settings.event.max_bytes,
+                            max_future_skew_ms=settings.event.max_future_skew_ms,
+                        ).event
                         if event is None:
                             consumed["invalid_events"] += 1
                             continue

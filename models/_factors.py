@@ -77,7 +77,7 @@ class FactorTable:
         self.factors[holes] = self.factors[movers]
         self.bias[holes] = self.bias[movers]
         self.last[holes] = self.last[movers]
-        for hole, mover in zip(holes.tolist(), movers.tolist()):
+        for hole, mover in zip(holes.tolist(), movers.tolist(), strict=False):
             key = ids[mover]
             ids[hole] = key
             index[key] = hole

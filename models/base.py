@@ -14,7 +14,8 @@ Conventions shared by every model in this package:
   weight is scaled by its rating, see :func:`event_weight`); every model takes an ``event_weights`` mapping that
   overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier
   ``add_to_cart`` already counted as interest, a negative weight would push decayed counters below zero, and the
-  models that care about removals (:class:`~fusionrec.models.recent.RecentItems`, whose carted items stop counting as carted)
+  models that care about removals (:class:`~fusionrec.models.recent.RecentItems`, whose carted items stop counting as
+  carted)
   read the event type itself. Models skip events whose weight is 0; only
   :class:`~fusionrec.models.cf.MatrixFactorization` uses negative weights (as negative feedback).
 * **Randomness is injected**: a ``seed`` parameter feeds private generators, never the global ones.
@@ -292,7 +293,7 @@ class Recommender(abc.ABC):
             params, state = payload["params"], payload["state"]
         except SnapshotError:
             raise
-        except Exception as exc:  # a truncated or corrupted payload can raise almost anything from pickle
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupted payload can raise almost anything from pickle
             raise SnapshotError(f"corrupt {name} snapshot payload: {exc}") from None
         model = target(**params)
         model._clock = state.pop("_clock")

@@ -199,7 +199,7 @@ class CategoryAffinity(Recommender):
         total = sum(affinity.values())
         return {category: value / total for category, value in affinity.items()}
 
-    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
+    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002 - the Recommender interface; this model has no time decay
         """Share of the item's category in the user's affinity times the item's share of its category."""
         shares = self._shares(user_id)
         out = np.zeros(len(items), dtype=np.float64)
@@ -213,7 +213,7 @@ class CategoryAffinity(Recommender):
                 out[n] = share * tally.get(item, 0.0) / self._category_total[category]  # type: ignore[index,operator]
         return out
 
-    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; this model has no time decay
         """The best items of the user's ``top_categories`` best categories (ties: larger id first)."""
         shares = self._shares(user_id)
         best = heapq.nlargest(self.top_categories, shares.items(), key=itemgetter(1, 0))
@@ -241,8 +241,8 @@ class CategoryAffinity(Recommender):
 
     def evict(self, now_ms: int) -> int:
         """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped.
- A category
-        whose items are all dropped is dropped too (not counted).
+        A category
+               whose items are all dropped is dropped too (not counted).
         """
         if self.max_idle_ms is None:
             return 0

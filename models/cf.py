@@ -74,7 +74,8 @@ class MatrixFactorization(Recommender):
     batch_size
         Events per mini-batch in :meth:`learn_many`.
     event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. 0 is ignored; a negative weight is a negative.
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. 0 is ignored; a negative weight is a
+        negative.
     max_users
         Most users held; a new user beyond it first drops the least recently active 1/16.
     max_items
@@ -355,7 +356,11 @@ class MatrixFactorization(Recommender):
             used = flat_w > 0.0
             if not used.all():  # negatives that hit their own positive are not samples
                 flat_i, flat_g, flat_b, flat_q, flat_p = (
-                    flat_i[used], flat_g[used], flat_b[used], flat_q[used], flat_p[used]
+                    flat_i[used],
+                    flat_g[used],
+                    flat_b[used],
+                    flat_q[used],
+                    flat_p[used],
                 )
             step_b = blr * (flat_g + l2b * flat_b) if l2b else blr * flat_g
             step_q = llr * (flat_g[:, None] * flat_p + l2l * flat_q) if l2l else (llr * flat_g)[:, None] * flat_p
@@ -398,7 +403,7 @@ class MatrixFactorization(Recommender):
 
     # --- inference ---------------------------------------------------------------------------------------------
 
-    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
+    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002 - the Recommender interface; this model has no time decay
         """The predicted preference of each item; 0.0 for an unknown user or item. ``now_ms`` is not used."""
         out = np.zeros(len(items), dtype=np.float64)
         u = self._users.index.get(user_id)
@@ -413,7 +418,7 @@ class MatrixFactorization(Recommender):
         out[known] = base + table.bias[rows] + table.factors[rows] @ self._users.factors[u]
         return out
 
-    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; this model has no time decay
         """The ``k`` items of highest predicted preference (ties: larger id first); none for an unknown user.
 
         Items the user already interacted with are not excluded.
@@ -433,7 +438,7 @@ class MatrixFactorization(Recommender):
             values.append(chunk[best])
         all_rows, all_values = np.concatenate(rows), np.concatenate(values) + base
         ids = table.ids
-        pairs = sorted(zip(all_values.tolist(), (ids[r] for r in all_rows.tolist())), reverse=True)[:k]
+        pairs = sorted(zip(all_values.tolist(), (ids[r] for r in all_rows.tolist()), strict=False), reverse=True)[:k]
         return [(item, value) for value, item in pairs]
 
     # --- catalogue access for rankers ----------------------------------------------------------------------------

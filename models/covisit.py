@@ -6,7 +6,8 @@ When a user interacts with item ``j`` shortly after item ``i``, both links ``i -
 never paired). Each direction is weighted by the event on the item it points to: viewing a kettle then buying a
 mug adds the purchase weight (5) to ``kettle -> mug`` and the view weight (1) to ``mug -> kettle``.
 
-Links decay exponentially with ``half_life_ms``, stored in forward-decay form (see :mod:`fusionrec.models.popularity`), so the
+Links decay exponentially with ``half_life_ms``, stored in forward-decay form (see
+:mod:`fusionrec.models.popularity`), so the
 order of an item's neighbours never changes with time and pruning them to the strongest ``max_neighbours`` is a
 plain sort. A user's candidates are the neighbours of their recent items, the most recent item counting most
 (``1 / rank``); the recent items themselves are not proposed (that is the ``recent`` source's job).
@@ -240,9 +241,7 @@ class CoVisitation(Recommender):
         return len(self._item_last)
 
     def evict(self, now_ms: int) -> int:
-        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped.
-
-        """
+        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped."""
         if self.max_idle_ms is None:
             return 0
         cutoff = now_ms - self.max_idle_ms

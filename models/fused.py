@@ -3,7 +3,8 @@
 One :class:`FusedRecommender` sits beside a set of source models (a worker keeps one per partition; the offline
 evaluation one per run). It learns from the same events as the sources, but what it learns is *which sources to
 trust*: an event on an item of the list last served to that user rewards the sources that put the item there
-(:mod:`fusionrec.models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit, or fixed
+(:mod:`fusionrec.models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit,
+or fixed
 weights for users in the holdout), ranks, and remembers the served lists and their exposure.
 
 Pure: no I/O. The worker publishes what :meth:`~FusedRecommender.recommend` returns; the evaluation scores it.
@@ -43,8 +44,13 @@ class _Served:
 
     __slots__ = ("items", "segment", "arm", "credited")
 
-    def __init__(self, items: dict[str, tuple[int, dict[str, float]]], segment: str, arm: str,
-                 credited: set[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        items: dict[str, tuple[int, dict[str, float]]],
+        segment: str,
+        arm: str,
+        credited: set[tuple[str, str]] | None = None,
+    ):
         self.items = items
         self.segment = segment
         self.arm = arm
@@ -134,7 +140,8 @@ class FusedRecommender:
     def learn_one(self, event: Event) -> None:
         """Count the user's activity and reward the sources if ``event`` is on an item of the served list.
 
-        Only events that are recommendation targets (:class:`~fusionrec.models.targets.TargetFilter`: a first interaction
+        Only events that are recommendation targets (:class:`~fusionrec.models.targets.TargetFilter`: a first
+        interaction
         with an item, or a cart/purchase) earn a reward: a second look at an item the user already knew is no
         evidence that the list helped, and rewarding it would teach the bandit to recommend what users have seen.
         """
@@ -165,12 +172,19 @@ class FusedRecommender:
 
     # --- serving -----------------------------------------------------------------------------------------------
 
-    def recommend(self, models: Mapping[str, Recommender], users: Sequence[str], now_ms: int,
-                  unavailable: Collection[str] = (), prepared: Candidates | None = None) -> list[FusedList]:
+    def recommend(
+        self,
+        models: Mapping[str, Recommender],
+        users: Sequence[str],
+        now_ms: int,
+        unavailable: Collection[str] = (),
+        prepared: Candidates | None = None,
+    ) -> list[FusedList]:
         """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources.
 
         ``prepared``: the ranker's candidates for exactly ``users``, when already prepared
-        (:meth:`FusionRanker.prepare <fusionrec.models.ranker.FusionRanker.prepare>`), to fuse them under several policies."""
+        (:meth:`FusionRanker.prepare <fusionrec.models.ranker.FusionRanker.prepare>`), to fuse them under several
+        policies."""
         if not users:
             return []
         segments = [self.segment(user) for user in users]
@@ -226,8 +240,10 @@ class FusedRecommender:
             "bandit": None if self.bandit is None else self.bandit.to_state(),
             "activity": self._activity,
             "last": self._last,
-            "served": {u: [s.segment, s.arm, {i: [p, sh] for i, (p, sh) in s.items.items()},
-                           [list(c) for c in s.credited]] for u, s in self._served.items()},
+            "served": {
+                u: [s.segment, s.arm, {i: [p, sh] for i, (p, sh) in s.items.items()}, [list(c) for c in s.credited]]
+                for u, s in self._served.items()
+            },
             "rewards": self.rewards,
             "targets": self._targets.to_state(),
         }
@@ -238,8 +254,9 @@ class FusedRecommender:
         self._activity = {u: int(n) for u, n in state["activity"].items()}
         self._last = {u: int(t) for u, t in state["last"].items()}
         self._served = {
-            u: _Served({i: (int(p), dict(sh)) for i, (p, sh) in items.items()}, seg, arm,
-                       {(c[0], c[1]) for c in credited})
+            u: _Served(
+                {i: (int(p), dict(sh)) for i, (p, sh) in items.items()}, seg, arm, {(c[0], c[1]) for c in credited}
+            )
             for u, (seg, arm, items, credited) in state["served"].items()
         }
         self.rewards = int(state.get("rewards", 0))

@@ -92,7 +92,9 @@ class FixedWeights:
 
     def __init__(self, sources: Sequence[str], weights: Mapping[str, float] | None = None):
         self.sources = tuple(sources)
-        raw = {s: 1.0 for s in self.sources} if weights is None else {s: float(weights.get(s, 0.0)) for s in self.sources}
+        raw = (
+            {s: 1.0 for s in self.sources} if weights is None else {s: float(weights.get(s, 0.0)) for s in self.sources}
+        )
         total = sum(raw.values())
         if total <= 0:
             raise ValueError("weights must have a positive sum")
@@ -270,8 +272,14 @@ class FusionBandit:
 
     def to_state(self) -> dict[str, Any]:
         """Learned statistics as plain JSON-able values (the parameters are the owner's to keep)."""
-        return {"sources": list(self.sources), "reward": self._reward, "exposure": self._exposure,
-                "last_ts": self._last_ts, "updates": self._updates, "rng": self._rng.getstate()}
+        return {
+            "sources": list(self.sources),
+            "reward": self._reward,
+            "exposure": self._exposure,
+            "last_ts": self._last_ts,
+            "updates": self._updates,
+            "rng": self._rng.getstate(),
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Install :meth:`to_state`'s output; sources or segments added since then start from nothing."""

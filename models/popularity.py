@@ -166,12 +166,12 @@ class Popularity(Recommender):
         now = self._clock if now_ms is None else now_ms
         return decay_factor((self._t0 - now) / self.half_life_ms)
 
-    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
+    def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002 - the Recommender interface; the same list for every user
         """Each item's decayed popularity at ``now_ms``; ``user_id`` is ignored."""
         factor, get = self._factor(now_ms), self._score.get
         return np.array([get(item, 0.0) * factor for item in items], dtype=np.float64)
 
-    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+    def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; the same list for every user
         """The ``k`` most popular items (ties: larger id first); ``user_id`` is ignored."""
         if k <= 0:
             return []

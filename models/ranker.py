@@ -114,8 +114,15 @@ class FusionRanker:
 
     """
 
-    def __init__(self, k: int = 20, candidates: int = 50, category_cap: int = 0, normalise: str = "rank",
-                 device: str = "auto", max_chunk_bytes: int = 64 * 2**20):
+    def __init__(
+        self,
+        k: int = 20,
+        candidates: int = 50,
+        category_cap: int = 0,
+        normalise: str = "rank",
+        device: str = "auto",
+        max_chunk_bytes: int = 64 * 2**20,
+    ):
         if k < 1 or candidates < 1 or category_cap < 0:
             raise ValueError("k and candidates must be >= 1, category_cap >= 0")
         if normalise not in NORMALISATIONS:
@@ -139,17 +146,22 @@ class FusionRanker:
         factors = np.stack([vector for _, vector in known]).astype(np.float32, copy=False)
         base = np.array([model.global_mean + model.user_bias(users[n]) for n in rows], dtype=np.float32)
         scores, indices = exhaustive_top_k(
-            factors, np.asarray(model.item_matrix(), dtype=np.float32), self.candidates,
-            item_bias=np.asarray(model.item_bias(), dtype=np.float32), user_bias=base,
-            device=self.device, max_chunk_bytes=self.max_chunk_bytes,
+            factors,
+            np.asarray(model.item_matrix(), dtype=np.float32),
+            self.candidates,
+            item_bias=np.asarray(model.item_bias(), dtype=np.float32),
+            user_bias=base,
+            device=self.device,
+            max_chunk_bytes=self.max_chunk_bytes,
         )
         ids = model.item_ids()
         for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
             out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
         return out
 
-    def gather(self, models: Mapping[str, Recommender], users: Sequence[str],
-               now_ms: int | None = None) -> dict[str, list[list[tuple[str, float]]]]:
+    def gather(
+        self, models: Mapping[str, Recommender], users: Sequence[str], now_ms: int | None = None
+    ) -> dict[str, list[list[tuple[str, float]]]]:
         """Each source's candidates for each user: ``{source: [[(item, score), ...] per user]}``."""
         out = {}
         for name, model in models.items():
@@ -166,8 +178,11 @@ class FusionRanker:
     def _normalised(self, pairs: list[tuple[str, float]]) -> list[float]:
         """Scores on a common scale; ``pairs`` are best first, as every source's ``candidates`` returns them."""
         if self.normalise == "rank":
-            return _DISCOUNTS[: len(pairs)] if len(pairs) <= len(_DISCOUNTS) else [
-                position_discount(n) for n in range(len(pairs))]
+            return (
+                _DISCOUNTS[: len(pairs)]
+                if len(pairs) <= len(_DISCOUNTS)
+                else [position_discount(n) for n in range(len(pairs))]
+            )
         top = pairs[0][1] if pairs else 0.0
         if top <= 0.0:
             return [0.0] * len(pairs)
@@ -251,8 +266,9 @@ class FusionRanker:
         with torch.inference_mode():
             x = torch.from_numpy(prepared.dense).to(self.device)
             fused = torch.bmm(x, torch.from_numpy(w).to(self.device)[:, :, None]).squeeze(2)
-            fused = torch.where(torch.from_numpy(prepared.valid).to(self.device), fused,
-                                torch.tensor(float("-inf"), device=self.device))
+            fused = torch.where(
+                torch.from_numpy(prepared.valid).to(self.device), fused, torch.tensor(float("-inf"), device=self.device)
+            )
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
             fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
         dense = prepared.dense
@@ -274,7 +290,9 @@ class FusionRanker:
                         continue
                     per_category[cat] = seen + 1
                 row = (dense[b, m] * wb).tolist()
-                chosen.append(RankedItem(union[m], score, {s: c for s, c in zip(sources, row) if c > 0.0}, cat))
+                chosen.append(
+                    RankedItem(union[m], score, {s: c for s, c in zip(sources, row, strict=False) if c > 0.0}, cat)
+                )
                 if len(chosen) == k:
                     break
         return results

@@ -46,7 +46,8 @@ class RecentItems(Recommender):
     max_purchased_per_user
         Purchases remembered per user (to keep bought items out); the oldest is dropped when full.
     event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`: the intent weight of ``view``, ``favourite`` and
+        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`: the intent weight of ``view``,
+        ``favourite`` and
         ``add_to_cart`` (and ``impression`` if you give it a positive weight). Types weighing 0 are ignored.
     max_users
         Most users tracked; a new user beyond it first drops the least recently active 1/16.

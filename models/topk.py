@@ -53,8 +53,10 @@ def pick_device(preference: str = "auto") -> torch.device:
         return torch.device("cpu")
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {preference!r} requested but torch.cuda.is_available() is False "
-                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+            raise ValueError(
+                f"device {preference!r} requested but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})"
+            )
         return torch.device(preference)
     raise ValueError(f"unknown device preference {preference!r}: use 'auto', 'cpu' or 'cuda'")
 
@@ -88,8 +90,10 @@ def plan_chunks(n_users: int, n_items: int, k: int, max_chunk_bytes: int) -> tup
     budget = max_chunk_bytes // _SCORE_BYTES
     top = min(k, n_items)
     if budget < max(1, 2 * top):
-        raise ValueError(f"max_chunk_bytes={max_chunk_bytes} cannot hold one user's merge of 2 * {top} float32 "
-                         f"scores ({2 * top * _SCORE_BYTES} bytes)")
+        raise ValueError(
+            f"max_chunk_bytes={max_chunk_bytes} cannot hold one user's merge of 2 * {top} float32 "
+            f"scores ({2 * top * _SCORE_BYTES} bytes)"
+        )
     n_users, n_items = max(n_users, 1), max(n_items, 1)
     if n_items * min(_MIN_USER_CHUNK, n_users) <= budget:
         item_chunk = n_items
@@ -193,8 +197,10 @@ def exhaustive_top_k(
                 if masked is not None:
                     lo, hi = np.searchsorted(masked[1], [first, last])
                     if hi > lo:
-                        block[torch.from_numpy(masked[0][lo:hi]).to(device),
-                              torch.from_numpy(masked[1][lo:hi] - first).to(device)] = -torch.inf
+                        block[
+                            torch.from_numpy(masked[0][lo:hi]).to(device),
+                            torch.from_numpy(masked[1][lo:hi] - first).to(device),
+                        ] = -torch.inf
                 block_v, block_i = torch.topk(block, min(top, last - first), dim=1)
                 block_i += first
                 if best_v is None:

@@ -114,7 +114,7 @@ class Dataset:
 def _open_text(path: Path) -> io.TextIOBase:
     with path.open("rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    stream = gzip.open(path, "rb") if gzipped else path.open("rb")
+    stream = gzip.open(path, "rb") if gzipped else path.open("rb")  # noqa: SIM115 - the caller closes the wrapper
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
 
 
@@ -154,8 +154,12 @@ def _iter_taobao(fh) -> Iterator[tuple[int, str, Event | None, str]]:
         if not ts.isdigit() or not user or not item:
             yield line_no, text, None, "user, item and a unix-seconds timestamp are required"
             continue
-        yield line_no, text, Event(_event_id("tb", line_no, text), user, item, etype, int(ts) * 1000,
-                                   category_id=category or None), ""
+        yield (
+            line_no,
+            text,
+            Event(_event_id("tb", line_no, text), user, item, etype, int(ts) * 1000, category_id=category or None),
+            "",
+        )
 
 
 def _iter_movielens(fh) -> Iterator[tuple[int, str, Event | None, str]]:
@@ -174,8 +178,7 @@ def _iter_movielens(fh) -> Iterator[tuple[int, str, Event | None, str]]:
         except ValueError:
             yield line_no, text, None, "rating must be a number and timestamp an integer"
             continue
-        yield line_no, text, Event(_event_id("ml", line_no, text), user, item, "rate", stamp * 1000,
-                                   rating=value), ""
+        yield line_no, text, Event(_event_id("ml", line_no, text), user, item, "rate", stamp * 1000, rating=value), ""
 
 
 def _iter_csv(fh, mapping: CsvMapping) -> Iterator[tuple[int, str, Event | None, str]]:
@@ -219,8 +222,12 @@ def _iter_csv(fh, mapping: CsvMapping) -> Iterator[tuple[int, str, Event | None,
         if not get["user_id"] or not get["item_id"]:
             yield line_no, text, None, "user and item are required"
             continue
-        yield line_no, text, Event(_event_id("csv", line_no, text), get["user_id"], get["item_id"], etype, ts,
-                                   **extra), ""
+        yield (
+            line_no,
+            text,
+            Event(_event_id("csv", line_no, text), get["user_id"], get["item_id"], etype, ts, **extra),
+            "",
+        )
 
 
 def read_dataset(
@@ -248,15 +255,20 @@ def read_dataset(
     bad: list[BadRow] = []
     rows = 0
     with _open_text(path) as fh:
-        rows_iter = (_iter_taobao(fh) if fmt == "taobao" else _iter_movielens(fh) if fmt == "movielens"
-                     else _iter_csv(fh, mapping))  # type: ignore[arg-type]
+        rows_iter = (
+            _iter_taobao(fh)
+            if fmt == "taobao"
+            else _iter_movielens(fh)
+            if fmt == "movielens"
+            else _iter_csv(fh, mapping)
+        )  # type: ignore[arg-type]
         for line_no, text, event, reason in rows_iter:
             rows += 1
             if event is None:
                 bad.append(BadRow(line_no, reason, text[:200]))
             else:
                 events.append(event)
-    was_sorted = all(a.ts <= b.ts for a, b in zip(events, events[1:]))
+    was_sorted = all(a.ts <= b.ts for a, b in zip(events, events[1:], strict=False))
     if not was_sorted:
         events.sort(key=lambda e: e.ts)
     if limit is not None:
@@ -275,8 +287,27 @@ def load_movielens_genres(path: str | Path) -> dict[str, str]:
             if len(parts) == 3:
                 genres[parts[0]] = parts[2].split("|")[0]
         return genres
-    names = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-             "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+    names = [
+        "unknown",
+        "Action",
+        "Adventure",
+        "Animation",
+        "Children's",
+        "Comedy",
+        "Crime",
+        "Documentary",
+        "Drama",
+        "Fantasy",
+        "Film-Noir",
+        "Horror",
+        "Musical",
+        "Mystery",
+        "Romance",
+        "Sci-Fi",
+        "Thriller",
+        "War",
+        "Western",
+    ]
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) >= 24:

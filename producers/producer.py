@@ -113,8 +113,9 @@ class EventProducer:
                 if timestamp_ms is None:
                     self._producer.produce(self.topic, value, key, on_delivery=self._on_delivery)
                 else:
-                    self._producer.produce(self.topic, value, key, on_delivery=self._on_delivery,
-                                           timestamp=timestamp_ms)
+                    self._producer.produce(
+                        self.topic, value, key, on_delivery=self._on_delivery, timestamp=timestamp_ms
+                    )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -148,4 +149,3 @@ class EventProducer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
-

@@ -24,8 +24,14 @@ log = logging.getLogger("fusionrec.replay")
 class Pacer:
     """Tells how long to wait before the ``i``-th event so that a target rate or time compression holds."""
 
-    def __init__(self, *, rate: float | None = None, speed: float | None = None, first_ts: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        rate: float | None = None,
+        speed: float | None = None,
+        first_ts: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if rate is not None and speed is not None:
             raise ValueError("give either rate or speed, not both")
         if (rate is not None and rate <= 0) or (speed is not None and speed <= 0):

@@ -21,8 +21,8 @@ import redis
 import torch
 from faust.types import TP
 
-from fusionrec.stores.profiles import ProfileStore
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.processor import MAX_USERS_PER_REFRESH, RANK_BATCH, BatchProcessor
@@ -48,9 +48,14 @@ def faust_credentials(settings: Settings) -> dict:
     kwargs = settings.aiokafka_kwargs()
     context = kwargs.get("ssl_context")
     if settings.kafka.security_protocol.startswith("SASL"):
-        return {"broker_credentials": faust.SASLCredentials(
-            username=kwargs["sasl_plain_username"], password=kwargs["sasl_plain_password"],
-            mechanism=settings.kafka.sasl_mechanism, ssl_context=context)}
+        return {
+            "broker_credentials": faust.SASLCredentials(
+                username=kwargs["sasl_plain_username"],
+                password=kwargs["sasl_plain_password"],
+                mechanism=settings.kafka.sasl_mechanism,
+                ssl_context=context,
+            )
+        }
     if context is not None:
         return {"broker_credentials": faust.SSLCredentials(context)}
     return {}
@@ -81,19 +86,28 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         **faust_credentials(settings),
     )
     events = app.topic(settings.topic.events, schema=BatchSchema(), internal=False)
-    dead_letters = app.topic(settings.topic.dead_letter, key_serializer="raw", value_serializer="raw",
-                             internal=False)
+    dead_letters = app.topic(settings.topic.dead_letter, key_serializer="raw", value_serializer="raw", internal=False)
 
     client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
     ranker = build_ranker(settings.ranker)
     if ranker.device.type == "cpu" and settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
-    log.info("ranker: top %d of %d candidates per source, category cap %d, device %s (%d threads), every %d ms",
-             settings.ranker.k, settings.ranker.candidates, settings.ranker.category_cap, ranker.device,
-             torch.get_num_threads(), settings.ranker.interval_ms)
-    processor = BatchProcessor(settings, ProfileStore.from_settings(settings, client),
-                               SnapshotStore(client, settings, settings.topic.events, ranker), metrics,
-                               RecommendationPublisher(settings, client, metrics))
+    log.info(
+        "ranker: top %d of %d candidates per source, category cap %d, device %s (%d threads), every %d ms",
+        settings.ranker.k,
+        settings.ranker.candidates,
+        settings.ranker.category_cap,
+        ranker.device,
+        torch.get_num_threads(),
+        settings.ranker.interval_ms,
+    )
+    processor = BatchProcessor(
+        settings,
+        ProfileStore.from_settings(settings, client),
+        SnapshotStore(client, settings, settings.topic.events, ranker),
+        metrics,
+        RecommendationPublisher(settings, client, metrics),
+    )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-state")
     worker = Worker(app, processor, executor, settings)
 
@@ -118,9 +132,14 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         while True:
             try:
                 return await on_state_thread(processor.process, batch)
-            except Exception:  # noqa: BLE001 - any failure: log, count, retry the same batch
-                log.exception("batch %d..%d of partition %d failed; retrying in %.1f s", batch.first_offset,
-                              batch.last_offset, batch.partition, delay)
+            except Exception:
+                log.exception(
+                    "batch %d..%d of partition %d failed; retrying in %.1f s",
+                    batch.first_offset,
+                    batch.last_offset,
+                    batch.partition,
+                    delay,
+                )
                 if metrics:
                     metrics.batch_failures.inc()
                 await asyncio.sleep(delay)
@@ -152,9 +171,16 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         if report and loop_time - weights_logged[0] >= WEIGHTS_LOG_INTERVAL_S:
             weights_logged[0] = loop_time
             for partition, entry in sorted(report.items()):
-                log.info("fusion weights p%d (v%d, %d rewards): %s", partition, entry["version"], entry["rewards"],
-                         "; ".join(f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items())
-                                   for seg, ws in entry["weights"].items()))
+                log.info(
+                    "fusion weights p%d (v%d, %d rewards): %s",
+                    partition,
+                    entry["version"],
+                    entry["rewards"],
+                    "; ".join(
+                        f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items())
+                        for seg, ws in entry["weights"].items()
+                    ),
+                )
 
     weights_logged = [float("-inf")]
 
@@ -178,7 +204,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
                     budget -= done
                     if done < RANK_BATCH:
                         break
-            except Exception:  # noqa: BLE001 - a failed refresh leaves the users marked changed for the next tick
+            except Exception:
                 log.exception("ranker refresh failed")
             await app.sleep(max(interval - (loop.time() - began), 0.0))
 

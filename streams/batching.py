@@ -64,10 +64,10 @@ class RecordBatch(NamedTuple):
 class BatchSchema(faust.Schema):
     """Passes a :class:`RecordBatch` value through Faust's decode step unchanged (keys are not decoded)."""
 
-    def loads_key(self, app, message, *, loads=None, serializer=None):  # noqa: D102 - faust API
+    def loads_key(self, app, message, *, loads=None, serializer=None):  # noqa: ARG002 - Faust's schema interface
         return None
 
-    def loads_value(self, app, message, *, loads=None, serializer=None):  # noqa: D102 - faust API
+    def loads_value(self, app, message, *, loads=None, serializer=None):  # noqa: ARG002 - Faust's schema interface
         return message.value
 
 
@@ -109,7 +109,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self._is_batched(tp.topic):
                 message = to_message(tp, tp_records[-1])
                 message.value = RecordBatch(
-                    tp.topic, tp.partition,
+                    tp.topic,
+                    tp.partition,
                     [Record(r.offset, r.key, r.value, r.timestamp) for r in tp_records],
                 )
                 yield tp, message
@@ -129,8 +130,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 if self._is_batched(tp.topic):
                     position = await position_of(tp)
                     if position is not None and position != committed.get(tp):
-                        self.log.info("positioning %s at %d (from state, committed %s)", tp, position,
-                                      committed.get(tp))
+                        self.log.info(
+                            "positioning %s at %d (from state, committed %s)", tp, position, committed.get(tp)
+                        )
                         await self._seek(tp, position)
                         committed[tp] = position
         return committed

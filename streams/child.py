@@ -30,14 +30,23 @@ class WorkerChild:
     def __init__(self, settings: Settings, log_path: Path, **overrides: str):
         self.metrics_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
-        self.env |= settings.to_env() | {
-            "FUSIONREC_METRICS_PORT": str(self.metrics_port),
-            "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
-        } | overrides
+        self.env |= (
+            settings.to_env()
+            | {
+                "FUSIONREC_METRICS_PORT": str(self.metrics_port),
+                "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
+            }
+            | overrides
+        )
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "fusionrec.apps.cli", "worker"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fusionrec.apps.cli", "worker"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def pid(self) -> int:
@@ -46,7 +55,7 @@ class WorkerChild:
     def metrics(self) -> Counter:
         try:
             url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            text = urllib.request.urlopen(url, timeout=2).read().decode()  # noqa: S310 - loopback
+            text = urllib.request.urlopen(url, timeout=2).read().decode()
         except OSError:
             return Counter()
         out: Counter = Counter()
@@ -60,8 +69,12 @@ class WorkerChild:
                     out[f"{sample.name}{{{labels}}}"] += sample.value
         return out
 
-    def wait_for(self, predicate: Callable[[Counter], bool], timeout: float = 90.0,
-                 on_poll: Callable[[Counter], None] | None = None) -> Counter:
+    def wait_for(
+        self,
+        predicate: Callable[[Counter], bool],
+        timeout: float = 90.0,
+        on_poll: Callable[[Counter], None] | None = None,
+    ) -> Counter:
         """Poll the metrics until ``predicate`` holds; raise if the worker exits or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -18,58 +18,102 @@ class WorkerMetrics:
     """The worker's metrics, registered on ``registry`` (tests pass their own to stay isolated)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY):
-        self.events = Counter("fusionrec_worker_events_total", "Valid events processed, by type.", ["type"],
-                              registry=registry)
-        self.dead_letter = Counter("fusionrec_worker_dead_letter_total",
-                                   "Messages sent to the dead-letter topic, by first reason code.", ["reason"],
-                                   registry=registry)
-        self.duplicates = Counter("fusionrec_worker_duplicates_skipped_total",
-                                  "Events skipped because their event_id was already applied from another offset.",
-                                  registry=registry)
-        self.redelivered = Counter("fusionrec_worker_redelivered_total",
-                                   "Records seen again at the same offset (after a crash or rebalance); not reapplied.",
-                                   registry=registry)
-        self.latency = Histogram("fusionrec_worker_processing_latency_seconds",
-                                 "Event time to profile written, per event.", buckets=LATENCY_BUCKETS,
-                                 registry=registry)
-        self.batch_size = Histogram("fusionrec_worker_batch_size", "Records per processed batch.",
-                                    buckets=BATCH_BUCKETS, registry=registry)
-        self.model_updates = Counter("fusionrec_worker_model_updates_total", "Events learned, by model.", ["model"],
-                                     registry=registry)
-        self.evictions = Counter("fusionrec_worker_evictions_total", "State entries evicted, by model.", ["model"],
-                                 registry=registry)
+        self.events = Counter(
+            "fusionrec_worker_events_total", "Valid events processed, by type.", ["type"], registry=registry
+        )
+        self.dead_letter = Counter(
+            "fusionrec_worker_dead_letter_total",
+            "Messages sent to the dead-letter topic, by first reason code.",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "fusionrec_worker_duplicates_skipped_total",
+            "Events skipped because their event_id was already applied from another offset.",
+            registry=registry,
+        )
+        self.redelivered = Counter(
+            "fusionrec_worker_redelivered_total",
+            "Records seen again at the same offset (after a crash or rebalance); not reapplied.",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "fusionrec_worker_processing_latency_seconds",
+            "Event time to profile written, per event.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "fusionrec_worker_batch_size", "Records per processed batch.", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.model_updates = Counter(
+            "fusionrec_worker_model_updates_total", "Events learned, by model.", ["model"], registry=registry
+        )
+        self.evictions = Counter(
+            "fusionrec_worker_evictions_total", "State entries evicted, by model.", ["model"], registry=registry
+        )
         self.snapshots = Counter("fusionrec_worker_snapshots_total", "Model snapshots written.", registry=registry)
-        self.snapshot_seconds = Histogram("fusionrec_worker_snapshot_seconds", "Time to write one partition snapshot.",
-                                          buckets=LATENCY_BUCKETS, registry=registry)
-        self.batch_failures = Counter("fusionrec_worker_batch_failures_total",
-                                      "Batches whose processing raised (Redis down, a bug); each is retried, never "
-                                      "skipped.", registry=registry)
-        self.partitions = Gauge("fusionrec_worker_partitions", "Partitions this worker holds model state for.",
-                                registry=registry)
-        self.assigned = Gauge("fusionrec_worker_assigned_partitions",
-                              "Events-topic partitions the consumer group assigned to this worker.", registry=registry)
+        self.snapshot_seconds = Histogram(
+            "fusionrec_worker_snapshot_seconds",
+            "Time to write one partition snapshot.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_failures = Counter(
+            "fusionrec_worker_batch_failures_total",
+            "Batches whose processing raised (Redis down, a bug); each is retried, never skipped.",
+            registry=registry,
+        )
+        self.partitions = Gauge(
+            "fusionrec_worker_partitions", "Partitions this worker holds model state for.", registry=registry
+        )
+        self.assigned = Gauge(
+            "fusionrec_worker_assigned_partitions",
+            "Events-topic partitions the consumer group assigned to this worker.",
+            registry=registry,
+        )
         # --- the ranker and the fusion bandit ---
-        self.freshness = Histogram("fusionrec_recommendations_freshness_seconds",
-                                   "Event time to the user's list reflecting it published, per event.",
-                                   buckets=FRESHNESS_BUCKETS, registry=registry)
-        self.published = Counter("fusionrec_recommendations_published_total",
-                                 "Recommendation lists published (topic and Redis).", registry=registry)
-        self.publish_errors = Counter("fusionrec_recommendations_publish_errors_total",
-                                      "Lists the broker did not acknowledge (the next change republishes them).",
-                                      registry=registry)
-        self.refresh_seconds = Histogram("fusionrec_ranker_refresh_seconds",
-                                         "Time of one ranker refresh call on the state thread (at most "
-                                         "fusionrec.streams.processor.RANK_BATCH users; a tick makes as many calls as its "
-                                         "changed users need).",
-                                         buckets=LATENCY_BUCKETS, registry=registry)
-        self.lists = Counter("fusionrec_fusion_lists_total", "Lists served, by arm and action kind.",
-                             ["arm", "action"], registry=registry)
-        self.rewards = Counter("fusionrec_fusion_rewards_total",
-                               "Events on an item of the user's served list (each rewards the sources behind it).",
-                               registry=registry)
-        self.weights = Gauge("fusionrec_fusion_weight",
-                             "The bandit's exploit weight per segment and source (mean over this worker's "
-                             "partitions).", ["segment", "source"], registry=registry)
+        self.freshness = Histogram(
+            "fusionrec_recommendations_freshness_seconds",
+            "Event time to the user's list reflecting it published, per event.",
+            buckets=FRESHNESS_BUCKETS,
+            registry=registry,
+        )
+        self.published = Counter(
+            "fusionrec_recommendations_published_total",
+            "Recommendation lists published (topic and Redis).",
+            registry=registry,
+        )
+        self.publish_errors = Counter(
+            "fusionrec_recommendations_publish_errors_total",
+            "Lists the broker did not acknowledge (the next change republishes them).",
+            registry=registry,
+        )
+        self.refresh_seconds = Histogram(
+            "fusionrec_ranker_refresh_seconds",
+            "Time of one ranker refresh call on the state thread (at most "
+            "fusionrec.streams.processor.RANK_BATCH users; a tick makes as many calls as its "
+            "changed users need).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.lists = Counter(
+            "fusionrec_fusion_lists_total",
+            "Lists served, by arm and action kind.",
+            ["arm", "action"],
+            registry=registry,
+        )
+        self.rewards = Counter(
+            "fusionrec_fusion_rewards_total",
+            "Events on an item of the user's served list (each rewards the sources behind it).",
+            registry=registry,
+        )
+        self.weights = Gauge(
+            "fusionrec_fusion_weight",
+            "The bandit's exploit weight per segment and source (mean over this worker's partitions).",
+            ["segment", "source"],
+            registry=registry,
+        )
 
 
 def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) -> None:
@@ -83,7 +127,7 @@ def histogram_quantile(samples: Mapping[str, float], histogram: str, q: float) -
     :meth:`fusionrec.streams.child.WorkerChild.metrics` returns them): linear interpolation within the bucket; NaN when
     empty."""
     prefix = f'{histogram}_bucket{{le="'
-    buckets = sorted((float(key[len(prefix):-2]), count) for key, count in samples.items() if key.startswith(prefix))
+    buckets = sorted((float(key[len(prefix) : -2]), count) for key, count in samples.items() if key.startswith(prefix))
     if not buckets or not buckets[-1][1]:
         return float("nan")
     rank = q * buckets[-1][1]

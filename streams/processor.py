@@ -3,7 +3,8 @@
 For a batch of one partition: validate every record (invalid ones become dead-letter records with the original
 bytes and the reasons), apply the valid ones to the Redis profiles with deduplication, and let the partition's
 models learn every event they have not learned yet. The Redis write runs on its own thread while the models
-learn (the statuses it depends on are known before it starts); ``process`` returns only after it is done. The caller sends the dead letters and only then lets the
+learn (the statuses it depends on are known before it starts); ``process`` returns only after it is done. The caller
+sends the dead letters and only then lets the
 batch be acknowledged, so no record is lost between the two.
 """
 
@@ -20,8 +21,8 @@ from itertools import islice
 import orjson
 
 from fusionrec.contracts.events import dead_letter_record, validate
-from fusionrec.stores.profiles import DUPLICATE, NEW, ProfileStore
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.profiles import DUPLICATE, NEW, ProfileStore
 from fusionrec.streams.batching import RecordBatch
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
@@ -56,8 +57,14 @@ class BatchOutcome:
 class BatchProcessor:
     """Owns the per-partition model states of this worker; processes batches and snapshots them."""
 
-    def __init__(self, settings: Settings, profiles: ProfileStore, snapshots: SnapshotStore,
-                 metrics: WorkerMetrics | None = None, publisher: RecommendationPublisher | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: ProfileStore,
+        snapshots: SnapshotStore,
+        metrics: WorkerMetrics | None = None,
+        publisher: RecommendationPublisher | None = None,
+    ):
         self.settings = settings
         self.profiles = profiles
         self.snapshots = snapshots
@@ -84,12 +91,26 @@ class BatchProcessor:
         valid = []
         now_ms = int(time.time() * 1000)
         for record in batch.records:
-            result = validate(record.value, now_ms=now_ms, max_bytes=settings.event.max_bytes,
-                              max_future_skew_ms=settings.event.max_future_skew_ms)
+            result = validate(
+                record.value,
+                now_ms=now_ms,
+                max_bytes=settings.event.max_bytes,
+                max_future_skew_ms=settings.event.max_future_skew_ms,
+            )
             if result.event is None:
-                out.dead_letters.append((record.key, dead_letter_record(
-                    record.value, result.reasons, topic=batch.topic, partition=batch.partition,
-                    offset=record.offset, key=record.key)))
+                out.dead_letters.append(
+                    (
+                        record.key,
+                        dead_letter_record(
+                            record.value,
+                            result.reasons,
+                            topic=batch.topic,
+                            partition=batch.partition,
+                            offset=record.offset,
+                            key=record.key,
+                        ),
+                    )
+                )
                 if self.metrics:
                     self.metrics.dead_letter.labels(result.reasons[0].code).inc()
             else:
@@ -126,7 +147,9 @@ class BatchProcessor:
             self._observe(out, latencies, state)
         took = time.perf_counter() - started
         if took > 1.0:  # a full catch-up batch takes 0.1–0.5 s; longer means trouble (Redis, GC, a huge model)
-            log.warning("slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000)
+            log.warning(
+                "slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000
+            )
         return out
 
     def _observe(self, out: BatchOutcome, latencies: list[float], state: PartitionState) -> None:
@@ -164,7 +187,8 @@ class BatchProcessor:
         Runs on the state thread between batches (the models do not move underneath it). Each partition's users
         are ranked longest-waiting first, in tensor batches of at most ``RANK_BATCH``; partitions take turns at
         going first, so under a backlog none waits behind the others. The worker calls it in slices of
-        ``RANK_BATCH`` users (:mod:`fusionrec.streams.app`), so batches are processed between slices instead of waiting for
+        ``RANK_BATCH`` users (:mod:`fusionrec.streams.app`), so batches are processed between slices instead of
+        waiting for
         every changed user to be ranked.
         """
         if self.publisher is None or max_users <= 0:
@@ -202,8 +226,12 @@ class BatchProcessor:
             if state.fusion is None:
                 continue
             bandit = state.fusion.bandit
-            entry = {"weights": state.fusion.weights(), "version": 0 if bandit is None else bandit.version,
-                     "rewards": state.fusion.rewards, "updated_at": int(time.time() * 1000)}
+            entry = {
+                "weights": state.fusion.weights(),
+                "version": 0 if bandit is None else bandit.version,
+                "rewards": state.fusion.rewards,
+                "updated_at": int(time.time() * 1000),
+            }
             report[partition] = entry
             pipe.set(self.settings.redis.keys.weights(self.snapshots.topic, partition), orjson.dumps(entry))
         if report:

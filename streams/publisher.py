@@ -13,8 +13,8 @@ import time
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 
-from fusionrec.contracts.recommendations import Policy, RecommendedItem, Recommendation, encode
 from fusionrec import __version__
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
 from fusionrec.contracts.settings import Settings
 from fusionrec.models.fused import FusedList
 from fusionrec.streams.metrics import WorkerMetrics
@@ -24,18 +24,24 @@ __all__ = ["RecommendationPublisher", "to_recommendation"]
 log = logging.getLogger("fusionrec.ranker")
 
 
-def to_recommendation(fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int,
-                      partition: int | None = None) -> Recommendation:
+def to_recommendation(
+    fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int, partition: int | None = None
+) -> Recommendation:
     """The topic message for one fused list."""
     ranked, pull = fused.ranked, fused.pull
     return Recommendation(
         user_id=ranked.user_id,
-        items=tuple(RecommendedItem(i.item_id, round(i.score, 6), {s: round(c, 6) for s, c in i.contributions.items()},
-                                    i.category_id) for i in ranked.items),
+        items=tuple(
+            RecommendedItem(
+                i.item_id, round(i.score, 6), {s: round(c, 6) for s, c in i.contributions.items()}, i.category_id
+            )
+            for i in ranked.items
+        ),
         sources={name: tuple(ids) for name, ids in ranked.source_lists.items()},
         segment=fused.segment,
-        policy=Policy(pull.arm, pull.action, round(pull.propensity, 6),
-                      {s: round(w, 6) for s, w in pull.weights.items()}),
+        policy=Policy(
+            pull.arm, pull.action, round(pull.propensity, 6), {s: round(w, 6) for s, w in pull.weights.items()}
+        ),
         weights_version=pull.version,
         model_version=model_version,
         generated_at=generated_at,
@@ -76,8 +82,15 @@ class RecommendationPublisher:
         produce = self.producer.produce
         for fused in lists:
             stamps = changed.get(fused.user_id) or [generated_at]
-            value = encode(to_recommendation(fused, model_version=model_version, generated_at=generated_at,
-                                             newest_event_ts=max(stamps), partition=partition))
+            value = encode(
+                to_recommendation(
+                    fused,
+                    model_version=model_version,
+                    generated_at=generated_at,
+                    newest_event_ts=max(stamps),
+                    partition=partition,
+                )
+            )
             key = fused.user_id.encode()
             while True:
                 try:

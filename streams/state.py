@@ -57,17 +57,31 @@ def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
 
 def build_ranker(ranker: RankerSettings) -> FusionRanker:
     """The ranker its settings describe (stateless apart from its device: one per worker)."""
-    return FusionRanker(k=ranker.k, candidates=ranker.candidates, category_cap=ranker.category_cap,
-                        normalise=ranker.normalise, device=ranker.device)
+    return FusionRanker(
+        k=ranker.k,
+        candidates=ranker.candidates,
+        category_cap=ranker.category_cap,
+        normalise=ranker.normalise,
+        device=ranker.device,
+    )
 
 
 def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None = None) -> FusedRecommender:
     """A fresh fused recommender over every registered source, its bandit seeded by partition."""
-    bandit = FusionBandit(list(SOURCES), epsilon=settings.fusion.epsilon,
-                          half_life_ms=settings.fusion.half_life_s * 1000, seed=2000 + partition)
-    return FusedRecommender(list(SOURCES), ranker or build_ranker(settings.ranker), bandit, holdout=settings.fusion.holdout,
-                            new_user_events=settings.fusion.new_user_events,
-                            max_idle_ms=settings.model.max_idle_s * 1000)
+    bandit = FusionBandit(
+        list(SOURCES),
+        epsilon=settings.fusion.epsilon,
+        half_life_ms=settings.fusion.half_life_s * 1000,
+        seed=2000 + partition,
+    )
+    return FusedRecommender(
+        list(SOURCES),
+        ranker or build_ranker(settings.ranker),
+        bandit,
+        holdout=settings.fusion.holdout,
+        new_user_events=settings.fusion.new_user_events,
+        max_idle_ms=settings.model.max_idle_s * 1000,
+    )
 
 
 @dataclass

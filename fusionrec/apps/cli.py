@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -33,19 +33,23 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    bootstrap_servers: Optional[str] = typer.Option(  # noqa: UP007 - typer needs Optional
+    bootstrap_servers: str | None = typer.Option(
         None, "--bootstrap-servers", "-b", help="Kafka host:port list [env FUSIONREC_KAFKA_BOOTSTRAP_SERVERS]."
     ),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL [env FUSIONREC_REDIS_URL]."),  # noqa: UP007
-    state_dir: Optional[Path] = typer.Option(  # noqa: UP007
+    redis_url: str | None = typer.Option(None, "--redis-url", help="Redis URL [env FUSIONREC_REDIS_URL]."),
+    state_dir: Path | None = typer.Option(
         None, "--state-dir", help="PID files, logs, embedded data [env FUSIONREC_STATE_DIR]."
     ),
-    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),  # noqa: UP007
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),  # noqa: ARG001 - read by the eager callback
 ) -> None:
     """fusionrec command line."""
-    for key, value in (("kafka_bootstrap_servers", bootstrap_servers), ("redis_url", redis_url),
-                       ("state_dir", state_dir), ("log_level", log_level.upper() if log_level else None)):
+    for key, value in (
+        ("kafka_bootstrap_servers", bootstrap_servers),
+        ("redis_url", redis_url),
+        ("state_dir", state_dir),
+        ("log_level", log_level.upper() if log_level else None),
+    ):
         if value is not None:
             _overrides[key] = value
 
@@ -58,8 +62,10 @@ def settings() -> Settings:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(
-        level=loaded.log_level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        level=loaded.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     logging.getLogger().setLevel(loaded.log_level)
     return loaded
@@ -82,7 +88,7 @@ def _print_services(services) -> None:
 
 @app.command()
 def up(
-    storage: Optional[str] = typer.Option(  # noqa: UP007
+    storage: str | None = typer.Option(
         None, help="Broker storage: memory or s3 (durable across broker restarts) [env FUSIONREC_BROKER_STORAGE]."
     ),
     topics: bool = typer.Option(True, help="Also create fusionrec's topics."),
@@ -112,7 +118,8 @@ def _warn_stale_state(conf: Settings, services) -> None:
     import redis
 
     fresh_memory_broker = conf.broker.storage == "memory" and any(
-        s.name == "broker" and s.started_now for s in services)
+        s.name == "broker" and s.started_now for s in services
+    )
     if not fresh_memory_broker:
         return
     client = redis.Redis.from_url(conf.redis.url, **conf.redis.client_kwargs())
@@ -121,9 +128,12 @@ def _warn_stale_state(conf: Settings, services) -> None:
     finally:
         client.close()
     if stale is not None:
-        typer.secho(f"warning: Redis holds worker state under {conf.redis.prefix!r} from an earlier broker; the "
-                    "embedded memory broker starts empty. Run `fusionrec rebuild --yes` before starting workers.",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: Redis holds worker state under {conf.redis.prefix!r} from an earlier broker; the "
+            "embedded memory broker starts empty. Run `fusionrec rebuild --yes` before starting workers.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @app.command()
@@ -161,8 +171,9 @@ def _topics(conf: Settings, *, create: bool = True, quiet: bool = False) -> None
             continue
         mark = "created" if state.created else ("exists" if state.exists else "missing")
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(state.config.items()))
-        typer.echo(f"{state.spec.name:<28} {mark:<8} partitions={state.partitions or '-':<4} {cfg}  "
-                   f"# {state.spec.purpose}")
+        typer.echo(
+            f"{state.spec.name:<28} {mark:<8} partitions={state.partitions or '-':<4} {cfg}  # {state.spec.purpose}"
+        )
         for problem in state.problems:
             typer.secho(f"  warning: {problem}", fg=typer.colors.YELLOW)
 
@@ -179,18 +190,21 @@ def replay(
     path: Path = typer.Argument(..., help="Behaviour file (.csv, .dat, .gz): Taobao, MovieLens, or any CSV."),
     fmt: str = typer.Option("auto", "--format", "-f", help="taobao, movielens, csv or auto (sniffed)."),
     column_map: str = typer.Option(
-        "", "--map", help="csv only: contract field=column pairs, e.g. "
-        "'user_id=visitorid,item_id=itemid,type=event,ts=timestamp'."
+        "",
+        "--map",
+        help="csv only: contract field=column pairs, e.g. 'user_id=visitorid,item_id=itemid,type=event,ts=timestamp'.",
     ),
-    type_map: str = typer.Option("", "--type-map", help="csv only: file value=event type, e.g. 'addtocart=add_to_cart'."),
+    type_map: str = typer.Option(
+        "", "--type-map", help="csv only: file value=event type, e.g. 'addtocart=add_to_cart'."
+    ),
     ts_unit: str = typer.Option("s", "--ts-unit", help="csv only: timestamp unit, s or ms."),
-    rate: Optional[float] = typer.Option(None, help="Send at this many events per second."),  # noqa: UP007
-    speed: Optional[float] = typer.Option(None, help="Time compression: 60 plays an hour of data in a minute."),  # noqa: UP007
-    limit: Optional[int] = typer.Option(None, help="Send only the first N events (in time order)."),  # noqa: UP007
+    rate: float | None = typer.Option(None, help="Send at this many events per second."),
+    speed: float | None = typer.Option(None, help="Time compression: 60 plays an hour of data in a minute."),
+    limit: int | None = typer.Option(None, help="Send only the first N events (in time order)."),
     timestamps: str = typer.Option(
         "wallclock", help="wallclock: stamp events when sent (live-like); original: keep the file's times."
     ),
-    topic: Optional[str] = typer.Option(None, help="Target topic [default: FUSIONREC_TOPIC_EVENTS]."),  # noqa: UP007
+    topic: str | None = typer.Option(None, help="Target topic [default: FUSIONREC_TOPIC_EVENTS]."),
     progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
 ) -> None:
     """Stream a real dataset into the events topic in timestamp order, with stable event ids.
@@ -218,33 +232,44 @@ def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, 
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), 2) from None
     span = dataset.span_ms / 1000
-    typer.echo(f"read {dataset.rows_read:,} rows of {path} ({dataset.format}): {len(dataset.events):,} events to send, "
-               f"{len(dataset.bad_rows):,} unreadable rows; data spans {span:,.0f} s"
-               f"{'' if dataset.was_sorted else '; sorted by timestamp'}")
+    typer.echo(
+        f"read {dataset.rows_read:,} rows of {path} ({dataset.format}): {len(dataset.events):,} events to send, "
+        f"{len(dataset.bad_rows):,} unreadable rows; data spans {span:,.0f} s"
+        f"{'' if dataset.was_sorted else '; sorted by timestamp'}"
+    )
     for bad in dataset.bad_rows[:5]:
         typer.secho(f"  line {bad.line}: {bad.reason}: {bad.text!r}", fg=typer.colors.YELLOW, err=True)
     if not dataset.events:
         raise fail("nothing to send", 1)
     producer = EventProducer(conf, topic=topic, validate=False)
-    bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="replay", disable=None if progress else True,
-               smoothing=0.1)
+    bar = tqdm(
+        total=len(dataset.events),
+        unit="ev",
+        unit_scale=True,
+        desc="replay",
+        disable=None if progress else True,
+        smoothing=0.1,
+    )
     try:
-        result = replay_events(dataset.events, producer, rate=rate, speed=speed, timestamps=timestamps,
-                               progress=bar.update)
+        result = replay_events(
+            dataset.events, producer, rate=rate, speed=speed, timestamps=timestamps, progress=bar.update
+        )
     finally:
         bar.close()
     colour = typer.colors.GREEN if not (result.failed or result.undelivered) else typer.colors.RED
-    typer.secho(f"sent {result.sent:,} events to {producer.topic} in {result.seconds:.2f} s ({result.rate:,.0f} ev/s): "
-                f"{result.delivered:,} acknowledged, {result.failed:,} failed, {result.undelivered:,} undelivered",
-                fg=colour)
+    typer.secho(
+        f"sent {result.sent:,} events to {producer.topic} in {result.seconds:.2f} s ({result.rate:,.0f} ev/s): "
+        f"{result.delivered:,} acknowledged, {result.failed:,} failed, {result.undelivered:,} undelivered",
+        fg=colour,
+    )
     return result
 
 
 # --- consume -----------------------------------------------------------------------------------------------------
 @app.command()
 def consume(
-    topic: Optional[str] = typer.Option(None, help="Topic to read [default: the events topic]."),  # noqa: UP007
-    max_messages: Optional[int] = typer.Option(None, "--max", help="Stop after this many records."),  # noqa: UP007
+    topic: str | None = typer.Option(None, help="Topic to read [default: the events topic]."),
+    max_messages: int | None = typer.Option(None, "--max", help="Stop after this many records."),
     idle: float = typer.Option(5.0, help="Stop when nothing arrives for this many seconds."),
     show: int = typer.Option(3, help="Print the first N records."),
 ) -> None:
@@ -276,9 +301,11 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
         bar.close()
     for partition, offset, key, value in shown:
         typer.echo(f"  p{partition}@{offset} key={key!r} {value[:160]!r}")
-    typer.echo(f"read {summary.records:,} records from {topic} in {summary.seconds:.2f} s ({summary.rate:,.0f} rec/s): "
-               f"{summary.valid:,} valid, {summary.invalid:,} invalid, {summary.duplicates:,} duplicate event ids, "
-               f"{len(summary.users):,} users, {len(summary.items):,} items")
+    typer.echo(
+        f"read {summary.records:,} records from {topic} in {summary.seconds:.2f} s ({summary.rate:,.0f} rec/s): "
+        f"{summary.valid:,} valid, {summary.invalid:,} invalid, {summary.duplicates:,} duplicate event ids, "
+        f"{len(summary.users):,} users, {len(summary.items):,} items"
+    )
     if summary.by_type:
         typer.echo("  by type: " + ", ".join(f"{t}={n:,}" for t, n in summary.by_type.most_common()))
         typer.echo("  by partition: " + ", ".join(f"{p}={n:,}" for p, n in sorted(summary.by_partition.items())))
@@ -288,7 +315,7 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
 # --- worker ------------------------------------------------------------------------------------------------------
 @app.command()
 def worker(
-    metrics_port: Optional[int] = typer.Option(  # noqa: UP007
+    metrics_port: int | None = typer.Option(
         None, help="Serve Prometheus metrics on this port (0: off) [env FUSIONREC_METRICS_PORT]."
     ),
 ) -> None:
@@ -309,8 +336,14 @@ def worker(
     serve_metrics(conf.metrics.port, conf.metrics.bind)
     built = create_worker(conf, WorkerMetrics())
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[conf.log_level]
-    log.info("worker %s: events %s, group %s, metrics on %s:%s", __version__, conf.topic.events, conf.worker.group,
-             conf.metrics.bind, conf.metrics.port)
+    log.info(
+        "worker %s: events %s, group %s, metrics on %s:%s",
+        __version__,
+        conf.topic.events,
+        conf.worker.group,
+        conf.metrics.bind,
+        conf.metrics.port,
+    )
     faust.Worker(built.app, loglevel=level, quiet=True).execute_from_commandline()
 
 
@@ -327,11 +360,16 @@ def rebuild(
 
     conf = settings()
     if not yes:
-        typer.confirm(f"Delete every Redis key under {conf.redis.prefix!r} so the workers replay "
-                      f"{conf.topic.events} from the start?", abort=True)
+        typer.confirm(
+            f"Delete every Redis key under {conf.redis.prefix!r} so the workers replay "
+            f"{conf.topic.events} from the start?",
+            abort=True,
+        )
     report = rebuild_state(conf)
-    typer.echo(f"deleted {report.keys_deleted:,} Redis keys under {conf.redis.prefix!r}; start the workers to "
-               f"rebuild from {conf.topic.events}")
+    typer.echo(
+        f"deleted {report.keys_deleted:,} Redis keys under {conf.redis.prefix!r}; start the workers to "
+        f"rebuild from {conf.topic.events}"
+    )
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -354,8 +392,8 @@ def demo(
     path: Path = typer.Argument(
         Path("../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz"), help="Dataset to replay."
     ),
-    rate: Optional[float] = typer.Option(None, help="Replay rate in events/s (default: as fast as it goes)."),  # noqa: UP007
-    limit: Optional[int] = typer.Option(None, help="Replay only the first N events."),  # noqa: UP007
+    rate: float | None = typer.Option(None, help="Replay rate in events/s (default: as fast as it goes)."),
+    limit: int | None = typer.Option(None, help="Replay only the first N events."),
     keep_running: bool = typer.Option(False, help="Leave the embedded stack running afterwards."),
 ) -> None:
     """The whole pipeline on the embedded stack: start it, create topics, run a stream worker, replay the data,
@@ -366,8 +404,15 @@ def demo(
 
     conf = settings()
     try:
-        ok = run_demo(conf, path, rate=rate, limit=limit, keep_running=keep_running, say=typer.echo,
-                      step=lambda text: typer.secho(text, bold=True))
+        ok = run_demo(
+            conf,
+            path,
+            rate=rate,
+            limit=limit,
+            keep_running=keep_running,
+            say=typer.echo,
+            step=lambda text: typer.secho(text, bold=True),
+        )
     except (StackError, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from None
     if not ok:
@@ -386,11 +431,11 @@ _TAIL_HELP = (
 
 @app.command(help=_TAIL_HELP)
 def tail(
-    users: Optional[list[str]] = typer.Option(  # noqa: UP007
+    users: list[str] | None = typer.Option(
         None, "--user", "-u", help="Only this user's lists; repeat for several users."
     ),
-    max_lists: Optional[int] = typer.Option(None, "--max", help="Stop after printing this many lists."),  # noqa: UP007
-    idle: Optional[float] = typer.Option(  # noqa: UP007
+    max_lists: int | None = typer.Option(None, "--max", help="Stop after printing this many lists."),
+    idle: float | None = typer.Option(
         None, help="Stop when nothing has arrived for this many seconds (default: follow until Ctrl-C)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print each list as one JSON line (format v1)."),
@@ -440,19 +485,20 @@ _ONLINE_EVAL_HELP = (
 @app.command("online-eval", help=_ONLINE_EVAL_HELP)
 def online_eval(
     k: int = typer.Option(20, "--k", min=1, help="Judge the first K items of each list (hit rate at K)."),
-    metrics_port: Optional[int] = typer.Option(  # noqa: UP007
-        None, help="Serve Prometheus metrics (fusionrec_online_*) on this port while running "
-        "(address: FUSIONREC_METRICS_BIND)."
+    metrics_port: int | None = typer.Option(
+        None,
+        help="Serve Prometheus metrics (fusionrec_online_*) on this port while running "
+        "(address: FUSIONREC_METRICS_BIND).",
     ),
-    max_events: Optional[int] = typer.Option(None, help="Stop after judging this many events."),  # noqa: UP007
-    idle: Optional[float] = typer.Option(  # noqa: UP007
+    max_events: int | None = typer.Option(None, help="Stop after judging this many events."),
+    idle: float | None = typer.Option(
         None, help="Stop when nothing has arrived for this many seconds (default: run until Ctrl-C)."
     ),
     grace_ms: int = typer.Option(
         2000, min=0, help="Judge each event this long after reading it, so the lists made before it have arrived."
     ),
     from_end: bool = typer.Option(False, "--from-end", help="Only judge events published from now on."),
-    json_out: Optional[Path] = typer.Option(None, help="Also write the summary as JSON to this file."),  # noqa: UP007
+    json_out: Path | None = typer.Option(None, help="Also write the summary as JSON to this file."),
 ) -> None:
     """Hit rate at k of the served lists against the events that followed (help: ``_ONLINE_EVAL_HELP``)."""
     import json
@@ -467,8 +513,16 @@ def online_eval(
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = run_online_eval(conf, k=k, metrics_port=metrics_port, max_events=max_events, idle_timeout=idle,
-                                  grace_ms=grace_ms, from_beginning=not from_end, stop=stop)
+        summary = run_online_eval(
+            conf,
+            k=k,
+            metrics_port=metrics_port,
+            max_events=max_events,
+            idle_timeout=idle,
+            grace_ms=grace_ms,
+            from_beginning=not from_end,
+            stop=stop,
+        )
     except KafkaException as exc:
         raise fail(str(exc)) from None
     except OSError as exc:  # the metrics port is taken
@@ -488,19 +542,28 @@ def _print_online_summary(summary: dict) -> None:
 
     consumed = summary["consumed"]
     k = summary["k"]
-    typer.echo(f"read {consumed['events']:,} events ({consumed['invalid_events']:,} invalid records skipped) and "
-               f"{summary['lists']:,} lists: {summary['targets']:,} targets judged, {summary['unserved']:,} "
-               "unserved (no list in effect)")
-    typer.echo(f"{'variant':<12} {'targets':>8} {'hits':>7} {f'HR@{k}':>7}   {'new (hits/targets HR)':<24} "
-               "repeat (hits/targets HR)")
+    typer.echo(
+        f"read {consumed['events']:,} events ({consumed['invalid_events']:,} invalid records skipped) and "
+        f"{summary['lists']:,} lists: {summary['targets']:,} targets judged, {summary['unserved']:,} "
+        "unserved (no list in effect)"
+    )
+    typer.echo(
+        f"{'variant':<12} {'targets':>8} {'hits':>7} {f'HR@{k}':>7}   {'new (hits/targets HR)':<24} "
+        "repeat (hits/targets HR)"
+    )
     for variant, cell in summary["variants"].items():
         new, repeat = (f"{c['hits']:,}/{c['targets']:,} {rate(c)}" for c in map(cell["by_kind"].get, ("new", "repeat")))
         typer.echo(f"{variant:<12} {cell['targets']:>8,} {cell['hits']:>7,} {rate(cell):>7}   {new:<24} {repeat}")
     segments = list(summary["variants"]["fused"]["by_segment"])
     if segments:
-        typer.echo(f"HR@{k} by segment: " + "; ".join(
-            f"{variant} " + ", ".join(f"{seg} {rate(cell['by_segment'][seg])}" for seg in segments)
-            for variant, cell in summary["variants"].items()))
+        typer.echo(
+            f"HR@{k} by segment: "
+            + "; ".join(
+                f"{variant} " + ", ".join(f"{seg} {rate(cell['by_segment'][seg])}" for seg in segments)
+                for variant, cell in summary["variants"].items()
+            )
+        )
+
 
 # --- evaluate ----------------------------------------------------------------------------------------------------
 def _parse_time(value: str) -> int:
@@ -513,7 +576,9 @@ def _parse_time(value: str) -> int:
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise fail(f"--train-until {value!r}: give epoch seconds, epoch ms or an ISO time like 2017-11-26T10:00", 2)
+        raise fail(
+            f"--train-until {value!r}: give epoch seconds, epoch ms or an ISO time like 2017-11-26T10:00", 2
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp() * 1000)
@@ -526,22 +591,31 @@ def evaluate(
     column_map: str = typer.Option("", "--map", help="csv only: contract field=column pairs (see `replay --help`)."),
     type_map: str = typer.Option("", "--type-map", help="csv only: file value=event type pairs."),
     ts_unit: str = typer.Option("s", "--ts-unit", help="csv only: timestamp unit, s or ms."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N events (in time order)."),  # noqa: UP007
+    limit: int | None = typer.Option(None, help="Only the first N events (in time order)."),
     ks: str = typer.Option("10,20", "--k", help="Cut-offs, comma-separated; lists are as long as the largest."),
     block: int = typer.Option(
-        200, min=1, help="Events between two list refreshes: the live lag in events (rate x ranker interval)."),
+        200, min=1, help="Events between two list refreshes: the live lag in events (rate x ranker interval)."
+    ),
     warmup: int = typer.Option(0, min=0, help="Learn the first N events without scoring them."),
-    train_until: Optional[str] = typer.Option(  # noqa: UP007
-        None, help="Learn events before this time without scoring them (epoch s/ms or ISO), to reproduce a "
-        "published train/test split."),
+    train_until: str | None = typer.Option(
+        None,
+        help="Learn events before this time without scoring them (epoch s/ms or ISO), to reproduce a "
+        "published train/test split.",
+    ),
     holdout: float = typer.Option(
-        0.0, min=0.0, max=1.0, help="A/B: this fraction of users (hash of user_id, as in the worker's "
-        "FUSIONREC_FUSION_HOLDOUT) gets fixed equal weights; both arms are reported."),
-    session_gap: Optional[float] = typer.Option(  # noqa: UP007
-        None, help="Session-aware mode: a user's events more than this many seconds apart start a new session, "
-        "and sessions stand in for users (for click-streams)."),
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="A/B: this fraction of users (hash of user_id, as in the worker's "
+        "FUSIONREC_FUSION_HOLDOUT) gets fixed equal weights; both arms are reported.",
+    ),
+    session_gap: float | None = typer.Option(
+        None,
+        help="Session-aware mode: a user's events more than this many seconds apart start a new session, "
+        "and sessions stand in for users (for click-streams).",
+    ),
     out: Path = typer.Option(Path("evaluation"), help="Directory for report.json and the PNG plots."),
-    device: Optional[str] = typer.Option(None, help="Ranker device: auto, cpu or cuda [env FUSIONREC_RANKER_DEVICE]."),  # noqa: UP007
+    device: str | None = typer.Option(None, help="Ranker device: auto, cpu or cuda [env FUSIONREC_RANKER_DEVICE]."),
     progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
 ) -> None:
     """Prequential evaluation (test, then train) of every source, equal-weight fusion and bandit fusion.
@@ -575,13 +649,26 @@ def evaluate(
         raise fail(str(exc), 2) from None
     if not dataset.events:
         raise fail(f"no events could be read from {path}", 1)
-    typer.echo(f"read {len(dataset.events):,} events of {path} ({dataset.format}); "
-               f"{len(dataset.bad_rows):,} unreadable rows")
-    config = EvalConfig(ks=cutoffs, block=block, warmup=warmup,
-                        train_until=_parse_time(train_until) if train_until else None, holdout=holdout,
-                        session_gap_ms=int(session_gap * 1000) if session_gap else None, settings=conf)
-    bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="evaluate",
-               disable=None if progress else True, smoothing=0.05)
+    typer.echo(
+        f"read {len(dataset.events):,} events of {path} ({dataset.format}); {len(dataset.bad_rows):,} unreadable rows"
+    )
+    config = EvalConfig(
+        ks=cutoffs,
+        block=block,
+        warmup=warmup,
+        train_until=_parse_time(train_until) if train_until else None,
+        holdout=holdout,
+        session_gap_ms=int(session_gap * 1000) if session_gap else None,
+        settings=conf,
+    )
+    bar = tqdm(
+        total=len(dataset.events),
+        unit="ev",
+        unit_scale=True,
+        desc="evaluate",
+        disable=None if progress else True,
+        smoothing=0.05,
+    )
     try:
         report = run_evaluation(dataset.events, config, progress=bar.update)
     finally:
@@ -591,20 +678,26 @@ def evaluate(
     if mae is not None:
         report["rating_mae"] = mae
     run = report["run"]
-    typer.echo(f"\n{run['events']:,} events ({run['targets']:,} targets) in {run['seconds']:.1f} s: "
-               f"{run['events_per_s']:,.0f} events/s; block {block}, lists of {max(cutoffs)}")
+    typer.echo(
+        f"\n{run['events']:,} events ({run['targets']:,} targets) in {run['seconds']:.1f} s: "
+        f"{run['events_per_s']:,.0f} events/s; block {block}, lists of {max(cutoffs)}"
+    )
     typer.echo(format_table(report))
     ratio = report.get("fusion_vs_best_single")
     if ratio is not None:
         typer.echo(f"\nbandit fusion HR@{max(cutoffs)} / best single source ({report['best_single']}): {ratio:.2f}x")
     if mae is not None:
-        typer.echo(f"rating MAE (progressive validation, {mae['ratings']:,} ratings): fusionrec CF "
-                   f"{mae['mae']['cf']:.4f}, River BiasedMF {mae['mae']['river']:.4f}")
+        typer.echo(
+            f"rating MAE (progressive validation, {mae['ratings']:,} ratings): fusionrec CF "
+            f"{mae['mae']['cf']:.4f}, River BiasedMF {mae['mae']['river']:.4f}"
+        )
     if holdout > 0:
         arms = report["variants"]
-        typer.echo(f"A/B: bandit arm HR@{max(cutoffs)} {arms['ab:bandit']['all'][f'hr@{max(cutoffs)}']:.4f} "
-                   f"({arms['ab:bandit']['all']['targets']:,} targets), fixed arm "
-                   f"{arms['ab:fixed']['all'][f'hr@{max(cutoffs)}']:.4f} ({arms['ab:fixed']['all']['targets']:,})")
+        typer.echo(
+            f"A/B: bandit arm HR@{max(cutoffs)} {arms['ab:bandit']['all'][f'hr@{max(cutoffs)}']:.4f} "
+            f"({arms['ab:bandit']['all']['targets']:,} targets), fixed arm "
+            f"{arms['ab:fixed']['all'][f'hr@{max(cutoffs)}']:.4f} ({arms['ab:fixed']['all']['targets']:,})"
+        )
     for written in write_report(report, out):
         typer.echo(f"wrote {written}")
 

@@ -9,7 +9,6 @@ and the bandit's fusion weights per segment. Stops what it started unless asked 
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,13 +19,13 @@ import redis
 from tqdm import tqdm
 
 from fusionrec.consumers.client import RecommendationStore, format_recommendation
-from fusionrec.stores.profiles import ProfileStore
 from fusionrec.contracts.settings import Settings
-from fusionrec.infra.stack import Stack
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack
 from fusionrec.producers.datasets import read_dataset
 from fusionrec.producers.producer import EventProducer
 from fusionrec.producers.replay import replay_events
+from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.child import WorkerChild
 from fusionrec.streams.metrics import histogram_quantile
 
@@ -46,8 +45,16 @@ LISTS_WAIT_S = 3.0
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 
 
-def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int | None, keep_running: bool,
-             say: Callable[[str], None], step: Callable[[str], None]) -> bool:
+def run_demo(
+    settings: Settings,
+    path: Path,
+    *,
+    rate: float | None,
+    limit: int | None,
+    keep_running: bool,
+    say: Callable[[str], None],
+    step: Callable[[str], None],
+) -> bool:
     """Run the demo; return True when every event was accounted for."""
     from fusionrec.streams.rebuild import rebuild_state
 
@@ -66,19 +73,20 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
             say(f"  cleared {cleared:,} Redis keys of an earlier demo run (namespace {DEMO_PREFIX!r})")
         step("2/6 creating topics")
         for state in ensure_topics(settings):
-            say(f"  {state.spec.name:<28} {'created' if state.created else 'exists':<8} "
-                f"partitions={state.partitions}")
+            say(f"  {state.spec.name:<28} {'created' if state.created else 'exists':<8} partitions={state.partitions}")
 
         step("3/6 starting a stream worker")
         log_dir = Path(tempfile.mkdtemp(prefix="fusionrec-demo-"))
         worker = WorkerChild(settings, log_dir / "worker.log")
         say(f"  pid {worker.pid}, metrics on 127.0.0.1:{worker.metrics_port}/metrics, log {worker.log_path}")
-        before = worker.wait_for(lambda m: True, timeout=60)
+        before = worker.wait_for(lambda _metrics: True, timeout=60)
 
         step(f"4/6 replaying {path}")
         dataset = read_dataset(path, limit=limit)
-        say(f"  {len(dataset.events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, "
-            f"spanning {dataset.span_ms / 1000:,.0f} s of shop time; plus {len(MALFORMED)} malformed messages")
+        say(
+            f"  {len(dataset.events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, "
+            f"spanning {dataset.span_ms / 1000:,.0f} s of shop time; plus {len(MALFORMED)} malformed messages"
+        )
         producer = EventProducer(settings, validate=False)
         bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="  replay", disable=None)
         result = replay_events(dataset.events, producer, rate=rate, timestamps="wallclock", progress=bar.update)
@@ -86,13 +94,18 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         for raw in MALFORMED:
             producer.send_raw(b"demo", raw)
         producer.flush()
-        say(f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
-            f"{result.delivered:,} acknowledged")
+        say(
+            f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
+            f"{result.delivered:,} acknowledged"
+        )
 
         step("5/6 waiting for the worker to apply every event")
         total = len(dataset.events) + len(MALFORMED)
-        key_done = ("fusionrec_worker_events_total", "fusionrec_worker_duplicates_skipped_total",
-                    "fusionrec_worker_dead_letter_total")
+        key_done = (
+            "fusionrec_worker_events_total",
+            "fusionrec_worker_duplicates_skipped_total",
+            "fusionrec_worker_dead_letter_total",
+        )
 
         def handled(m) -> float:
             return sum(m[k] - before[k] for k in key_done)
@@ -112,18 +125,28 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
         bar.close()
         seconds = time.perf_counter() - begun
         applied = metrics["fusionrec_worker_events_total"] - before["fusionrec_worker_events_total"]
-        say(f"  applied {applied:,.0f} events, skipped "
+        say(
+            f"  applied {applied:,.0f} events, skipped "
             f"{metrics['fusionrec_worker_duplicates_skipped_total']:,.0f} duplicates, dead-lettered "
             f"{metrics['fusionrec_worker_dead_letter_total']:,.0f} malformed messages; "
-            f"{total / seconds:,.0f} ev/s after the replay began")
-        pace = "" if rate else " (the replay was unpaced, so this is mostly catch-up time; BENCHMARKS.md has " \
+            f"{total / seconds:,.0f} ev/s after the replay began"
+        )
+        pace = (
+            ""
+            if rate
+            else " (the replay was unpaced, so this is mostly catch-up time; BENCHMARKS.md has "
             "latency at a steady 1k ev/s)"
+        )
         latency = "fusionrec_worker_processing_latency_seconds"
-        say(f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:.0f} ms, "
-            f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:.0f} ms{pace}")
+        say(
+            f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:.0f} ms, "
+            f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:.0f} ms{pace}"
+        )
 
-        step(f"6/6 waiting (at most {LISTS_WAIT_S:.0f} s) for the ranker to publish the lists of the users the "
-             "events changed")
+        step(
+            f"6/6 waiting (at most {LISTS_WAIT_S:.0f} s) for the ranker to publish the lists of the users the "
+            "events changed"
+        )
         metrics = _wait_for_lists(worker, before, metrics, applied, say, paced=rate is not None)
         worker.stop()  # ranks the changed users once more, writes the final snapshot and the final fusion weights
         worker = None
@@ -141,8 +164,7 @@ def run_demo(settings: Settings, path: Path, *, rate: float | None, limit: int |
             say(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
 
 
-def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: Callable[[str], None], *,
-                    paced: bool):
+def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: Callable[[str], None], *, paced: bool):
     """Wait until every applied event is reflected in a published list, or ``LISTS_WAIT_S``; report; return the
     worker's latest metrics."""
     from fusionrec.streams.processor import MAX_USERS_PER_REFRESH
@@ -164,22 +186,29 @@ def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: C
     seconds = time.perf_counter() - begun
     published_key = "fusionrec_recommendations_published_total"
     published = metrics[published_key] - before[published_key]
-    lists = {key: value - before[key] for key, value in metrics.items()
-             if key.startswith("fusionrec_fusion_lists_total{")}
+    lists = {
+        key: value - before[key] for key, value in metrics.items() if key.startswith("fusionrec_fusion_lists_total{")
+    }
     explored = sum(v for key, v in lists.items() if 'action="boost"' in key)
     holdout = sum(v for key, v in lists.items() if 'arm="fixed"' in key)
     if reflected >= applied:
-        say(f"  published {published:,.0f} lists (topic and Redis): every applied event is in its user's list, "
-            f"{seconds:.1f} s after the last one was applied")
+        say(
+            f"  published {published:,.0f} lists (topic and Redis): every applied event is in its user's list, "
+            f"{seconds:.1f} s after the last one was applied"
+        )
     else:
-        say(f"  published {published:,.0f} lists (topic and Redis) so far, reflecting {reflected:,.0f} of "
+        say(
+            f"  published {published:,.0f} lists (topic and Redis) so far, reflecting {reflected:,.0f} of "
             f"{applied:,.0f} events: ranking every user of an unpaced replay takes the ranker longer than the demo "
-            f"waits (docs/ranking.md); the worker ranks up to {MAX_USERS_PER_REFRESH:,} more as it stops")
-    say(f"  {100 * explored / max(published, 1):.1f} % of the lists explored (one source boosted), "
+            f"waits (docs/ranking.md); the worker ranks up to {MAX_USERS_PER_REFRESH:,} more as it stops"
+        )
+    say(
+        f"  {100 * explored / max(published, 1):.1f} % of the lists explored (one source boosted), "
         f"{100 * holdout / max(published, 1):.1f} % in the fixed-weight holdout; event time → list published: p50 "
         f"{histogram_quantile(metrics, FRESHNESS, 0.5) * 1000:,.0f} ms, p99 "
         f"{histogram_quantile(metrics, FRESHNESS, 0.99) * 1000:,.0f} ms ({'' if paced else 'catch-up again; '}"
-        "BENCHMARKS.md has freshness at a steady 1k ev/s)")
+        "BENCHMARKS.md has freshness at a steady 1k ev/s)"
+    )
     return metrics
 
 
@@ -196,16 +225,19 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         busiest[event.user_id] = busiest.get(event.user_id, 0) + 1
     # The busiest users whose list is published (an unpaced replay may not have every list yet).
     candidates = sorted(busiest, key=lambda u: (-busiest[u], u))[:200]
-    lists = {user: rec for user, rec in RecommendationStore(client, keys).get_many(candidates).items()
-             if rec is not None}
+    lists = {
+        user: rec for user, rec in RecommendationStore(client, keys).get_many(candidates).items() if rec is not None
+    }
     users = [user for user in candidates if user in lists][:2] or candidates[:2]
     say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis")
     states: dict[int, object] = {}
     for user in users:
         profile = profiles.get(user)
-        say(f"\n  user {user}: {sum(profile.counts.values())} events "
+        say(
+            f"\n  user {user}: {sum(profile.counts.values())} events "
             f"({', '.join(f'{k}={v}' for k, v in sorted(profile.counts.items()))}); recent "
-            f"{profile.recent_items[:4]}; bought {profile.bought_items[:3]}")
+            f"{profile.recent_items[:4]}; bought {profile.bought_items[:3]}"
+        )
         rec = lists.get(user)
         # The user's partition: the list names it; without a list, the one whose recent-items model knows the user.
         named = rec.partition if rec is not None else None
@@ -218,7 +250,7 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         else:
             home = None
         say("    each source's own top 3 (its score):")
-        for name, model in (home.models.items() if home else ()):
+        for name, model in home.models.items() if home else ():
             top = model.candidates(user, 3)
             shown = ", ".join(f"{item} ({score:.2f})" for item, score in top) or "—"
             say(f"      {name:<9} {shown}")
@@ -238,8 +270,10 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
 
 def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], None]) -> None:
     """The bandit's weights per segment, as the worker wrote them to Redis (mean over partitions)."""
-    entries = [orjson.loads(client.get(key)) for key in sorted(
-        client.scan_iter(match=settings.redis.keys.all_weights(settings.topic.events)))]
+    entries = [
+        orjson.loads(client.get(key))
+        for key in sorted(client.scan_iter(match=settings.redis.keys.all_weights(settings.topic.events)))
+    ]
     if not entries:
         say("\n  no fusion weights in Redis")
         return
@@ -251,11 +285,15 @@ def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], 
                 row[source] = row.get(source, 0.0) + weight
     sources = list(next(iter(sums.values())))
     rewards = sum(entry["rewards"] for entry in entries)
-    say(f"\n  fusion weights per segment (the bandit's exploit weights; mean of {len(entries)} partitions' "
-        f"{settings.redis.keys.all_weights()} keys; learned from {rewards:,} rewarded events):")
+    say(
+        f"\n  fusion weights per segment (the bandit's exploit weights; mean of {len(entries)} partitions' "
+        f"{settings.redis.keys.all_weights()} keys; learned from {rewards:,} rewarded events):"
+    )
     say("    " + f"{'segment':<10}" + "".join(f"{source:>10}" for source in sources))
     for segment, row in sums.items():
         say("    " + f"{segment:<10}" + "".join(f"{row.get(s, 0.0) / len(entries):>10.3f}" for s in sources))
     if rewards < 100:
-        say("    (a reward is an event on an item of the list the user was being served; an unpaced replay mostly "
-            "lists users after their events, so the weights stay near equal: replay with --rate to see them learn)")
+        say(
+            "    (a reward is an event on an item of the list the user was being served; an unpaced replay mostly "
+            "lists users after their events, so the weights stay near equal: replay with --rate to see them learn)"
+        )

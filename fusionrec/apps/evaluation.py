@@ -2,7 +2,8 @@
 
 The run replays an event file in time order through **the production code**: the worker's per-partition state
 (:class:`fusionrec.streams.state.PartitionState`: the six sources fed exactly as the worker feeds them, the fused
-recommender with its bandit), the same :class:`~fusionrec.models.ranker.FusionRanker`, the same refresh rule. Only Kafka and
+recommender with its bandit), the same :class:`~fusionrec.models.ranker.FusionRanker`, the same refresh rule. Only
+Kafka and
 Redis are left out, so it runs in-process and fast. The protocol (see ``docs/evaluation.md``):
 
 1. Events are cut into refresh blocks of ``block`` events: the live worker re-ranks a user's list after a change
@@ -10,7 +11,8 @@ Redis are left out, so it runs in-process and fast. The protocol (see ``docs/eva
    in events (at 1,000 events/s and a 200 ms interval: 200).
 2. Before a block is learned, each of its events is judged against the lists in effect: the lists made after the
    block in which the user was last active. Which events are judged is the rule of
-   :class:`fusionrec.models.targets.TargetFilter` (``new`` items, and ``repeat`` carts/purchases, reported apart). A user
+   :class:`fusionrec.models.targets.TargetFilter` (``new`` items, and ``repeat`` carts/purchases, reported apart). A
+   user
    without a list yet (their first event) is a miss, counted as *unserved*.
 3. Then the block is learned (the sources, the bandit's rewards), and every user active in it gets new lists:
    bandit-weighted fusion, equal-weight fusion (the same candidates, fused with equal weights) and each source
@@ -110,10 +112,7 @@ def sessionize(events: Iterable[Event], gap_ms: int) -> Iterator[Event]:
     last: dict[str, tuple[int, int]] = {}
     for event in events:
         seen = last.get(event.user_id)
-        if seen is None:
-            session = 0
-        else:
-            session = seen[1] + (event.ts - seen[0] > gap_ms)
+        session = 0 if seen is None else seen[1] + (event.ts - seen[0] > gap_ms)
         last[event.user_id] = (event.ts, session)
         yield event._replace(user_id=f"{event.user_id}#{session}")
 
@@ -135,9 +134,13 @@ class _Run:
         self.config = config
         self.ranker = build_ranker(settings.ranker)
         self.state = PartitionState(0, build_models(settings, 0), build_fusion(settings, 0, self.ranker))
-        self.equal = FusedRecommender(list(self.state.models), self.ranker, None,
-                                      new_user_events=settings.fusion.new_user_events,
-                                      max_idle_ms=settings.model.max_idle_s * 1000)
+        self.equal = FusedRecommender(
+            list(self.state.models),
+            self.ranker,
+            None,
+            new_user_events=settings.fusion.new_user_events,
+            max_idle_ms=settings.model.max_idle_s * 1000,
+        )
         self.sources = sources
         self.variants = [*FUSED, *sources] + (["ab:bandit", "ab:fixed"] if config.holdout > 0 else [])
         self.served: dict[str, tuple[list[list[str]], str]] = {}  # user -> (lists by variant index, arm)
@@ -191,7 +194,7 @@ class _Run:
         models = self.state.models
         now = self.state.clock_ms
         for start in range(0, len(users), 256):
-            chunk = users[start:start + 256]
+            chunk = users[start : start + 256]
             prepared = self.ranker.prepare(models, chunk, now)
             bandit = self.state.fusion.recommend(models, chunk, now, prepared=prepared)
             equal = self.equal.recommend(models, chunk, now, prepared=prepared)
@@ -221,8 +224,13 @@ class _Run:
             groups = {group: m.summary() for group, m in self.metrics[variant].items()}
             groups["coverage"] = round(len(self.recommended[variant]) / catalogue, 4)
             variants[variant] = groups
-        return {"variants": variants, "timeline": self.timeline, "catalogue": len(self.catalogue),
-                "weights": self.state.fusion.weights(), "rewards": self.state.fusion.rewards}
+        return {
+            "variants": variants,
+            "timeline": self.timeline,
+            "catalogue": len(self.catalogue),
+            "weights": self.state.fusion.weights(),
+            "rewards": self.state.fusion.rewards,
+        }
 
 
 def _lists_needed(events: list[Event], kinds: list[str | None], scored: list[bool], block: int) -> list[set[str]]:
@@ -241,8 +249,9 @@ def _lists_needed(events: list[Event], kinds: list[str | None], scored: list[boo
     return needed
 
 
-def evaluate(events: list[Event], config: EvalConfig | None = None,
-             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    events: list[Event], config: EvalConfig | None = None, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Run the prequential evaluation over ``events`` (time-ordered) and return the report (a JSON-able dict).
 
     Lists are made only for the users whose list a later event will judge: the others cannot change a metric
@@ -257,8 +266,10 @@ def evaluate(events: list[Event], config: EvalConfig | None = None,
     started = time.perf_counter()
     classifier = TargetFilter()
     kinds = [classifier.classify(event) for event in events]
-    scored = [n >= config.warmup and (config.train_until is None or event.ts >= config.train_until)
-              for n, event in enumerate(events)]
+    scored = [
+        n >= config.warmup and (config.train_until is None or event.ts >= config.train_until)
+        for n, event in enumerate(events)
+    ]
     needed = _lists_needed(events, kinds, scored, config.block)
     if events:
         first, last = events[0].ts, events[-1].ts
@@ -266,7 +277,7 @@ def evaluate(events: list[Event], config: EvalConfig | None = None,
         width = max((last - test_start) / max(config.windows, 1), 1.0)
         next_window = test_start + width
     for b in range(len(needed)):
-        block = events[b * config.block:(b + 1) * config.block]
+        block = events[b * config.block : (b + 1) * config.block]
         for n, event in enumerate(block, start=b * config.block):
             if scored[n]:
                 while event.ts >= next_window:
@@ -287,14 +298,24 @@ def evaluate(events: list[Event], config: EvalConfig | None = None,
     report["best_single"] = best
     bandit_hr = report["variants"]["fused:bandit"]["all"][f"hr@{config.k}"]
     report["fusion_vs_best_single"] = round(bandit_hr / singles[best], 3) if singles[best] else None
-    report["run"] = {"events": len(events), "scored_events": sum(scored), "targets": sum(k is not None for k in kinds),
-                     "seconds": round(seconds, 2),
-                     "events_per_s": round(len(events) / seconds, 1) if seconds > 0 else None,
-                     "block": config.block, "ks": list(config.ks), "warmup": config.warmup,
-                     "train_until": config.train_until, "holdout": config.holdout,
-                     "session_gap_ms": config.session_gap_ms,
-                     "settings": {key: getattr(config.settings, key) for key in sorted(type(config.settings).model_fields)
-                                  if key.startswith(("ranker_", "fusion_"))}}
+    report["run"] = {
+        "events": len(events),
+        "scored_events": sum(scored),
+        "targets": sum(k is not None for k in kinds),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(len(events) / seconds, 1) if seconds > 0 else None,
+        "block": config.block,
+        "ks": list(config.ks),
+        "warmup": config.warmup,
+        "train_until": config.train_until,
+        "holdout": config.holdout,
+        "session_gap_ms": config.session_gap_ms,
+        "settings": {
+            key: getattr(config.settings, key)
+            for key in sorted(type(config.settings).model_fields)
+            if key.startswith(("ranker_", "fusion_"))
+        },
+    }
     return report
 
 
@@ -306,13 +327,20 @@ def rating_mae(events: list[Event]) -> dict[str, Any] | None:
 
     from fusionrec.models.cf import MatrixFactorization
 
-    ratings = [(e.user_id, e.item_id, float(e.rating), e.ts) for e in events if e.type == "rate" and e.rating is not None]
+    ratings = [
+        (e.user_id, e.item_id, float(e.rating), e.ts) for e in events if e.type == "rate" and e.rating is not None
+    ]
     if not ratings:
         return None
     ours = MatrixFactorization(n_factors=10, bias_lr=0.025, latent_lr=0.05, init_std=0.1, seed=73)
-    river = reco.BiasedMF(n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
-                          latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
-                          l2_bias=0.0, l2_latent=0.0)
+    river = reco.BiasedMF(
+        n_factors=10,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.05),
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+        l2_bias=0.0,
+        l2_latent=0.0,
+    )
     errors = {"cf": 0.0, "river": 0.0}
     timings = {"cf": 0.0, "river": 0.0}
     for user, item, y, ts in ratings:
@@ -325,7 +353,10 @@ def rating_mae(events: list[Event]) -> dict[str, Any] | None:
         timings["cf"] += t2 - t
         timings["river"] += time.perf_counter() - t2
     n = len(ratings)
-    return {"ratings": n, "mae": {name: round(total / n, 4) for name, total in errors.items()},
-            "ratings_per_s": {name: round(n / t) for name, t in timings.items()},
-            "protocol": "progressive validation in time order; BiasedMF(n_factors=10, SGD 0.025 biases / 0.05 "
-                        "latent, Normal(0, 0.1) init, no L2), predictions not clipped"}
+    return {
+        "ratings": n,
+        "mae": {name: round(total / n, 4) for name, total in errors.items()},
+        "ratings_per_s": {name: round(n / t) for name, t in timings.items()},
+        "protocol": "progressive validation in time order; BiasedMF(n_factors=10, SGD 0.025 biases / 0.05 "
+        "latent, Normal(0, 0.1) init, no L2), predictions not clipped",
+    }

@@ -15,20 +15,34 @@ def format_table(report: dict[str, Any]) -> str:
     """One line per variant: HR, MRR, NDCG at each k, coverage, cold-start share served, by kind and segment."""
     ks = report["run"]["ks"]
     variants = report["variants"]
-    head = ["variant"] + [f"{m}@{k}" for k in ks for m in ("HR", "MRR", "NDCG")] + [
-        "coverage", "cold served", f"HR@{ks[-1]} new", f"HR@{ks[-1]} repeat", f"HR@{ks[-1]} returning"]
+    head = (
+        ["variant"]
+        + [f"{m}@{k}" for k in ks for m in ("HR", "MRR", "NDCG")]
+        + ["coverage", "cold served", f"HR@{ks[-1]} new", f"HR@{ks[-1]} repeat", f"HR@{ks[-1]} returning"]
+    )
     rows = [head]
     best_single = report.get("best_single")
     for name, groups in variants.items():
         a = groups["all"]
         label = name + (" (best single)" if name == best_single else "") + (" (baseline)" if name == "popular" else "")
-        rows.append([label] + [f"{a[f'{m}@{k}']:.4f}" for k in ks for m in ("hr", "mrr", "ndcg")] + [
-            f"{groups['coverage']:.3f}", f"{groups['segment:new']['served']:.3f}",
-            f"{groups['kind:new'][f'hr@{ks[-1]}']:.4f}", f"{groups['kind:repeat'][f'hr@{ks[-1]}']:.4f}",
-            f"{groups['segment:returning'][f'hr@{ks[-1]}']:.4f}"])
+        rows.append(
+            [label]
+            + [f"{a[f'{m}@{k}']:.4f}" for k in ks for m in ("hr", "mrr", "ndcg")]
+            + [
+                f"{groups['coverage']:.3f}",
+                f"{groups['segment:new']['served']:.3f}",
+                f"{groups['kind:new'][f'hr@{ks[-1]}']:.4f}",
+                f"{groups['kind:repeat'][f'hr@{ks[-1]}']:.4f}",
+                f"{groups['segment:returning'][f'hr@{ks[-1]}']:.4f}",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        )
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 

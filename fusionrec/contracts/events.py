@@ -11,6 +11,7 @@ in the dead-letter record) and a message for people.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import time
 from typing import Any, NamedTuple
@@ -32,9 +33,7 @@ CONTRACT_VERSION = 1
 
 #: Event types. ``impression``: the item was shown (e.g. on a served list) without a click; ``rate``: an explicit
 #: rating (a review's stars), which carries the ``rating`` field.
-EVENT_TYPES = frozenset(
-    {"impression", "view", "favourite", "add_to_cart", "remove_from_cart", "purchase", "rate"}
-)
+EVENT_TYPES = frozenset({"impression", "view", "favourite", "add_to_cart", "remove_from_cart", "purchase", "rate"})
 MAX_RATING = 10.0
 
 #: Earliest plausible event time (1995-01-01 UTC, in epoch ms): older stamps are seconds-vs-ms mistakes.
@@ -155,11 +154,21 @@ def _fast_event(obj: dict, now: int, max_future_skew_ms: int) -> Event | None:
     event_id, user_id, item_id = obj.get("event_id"), obj.get("user_id"), obj.get("item_id")
     etype, ts = obj.get("type"), obj.get("ts")
     session_id, category_id = obj.get("session_id"), obj.get("category_id")
-    if not (type(event_id) is str and type(user_id) is str and type(item_id) is str and type(ts) is int
-            and etype in _FAST_TYPES and type(etype) is str and MIN_TS_MS <= ts <= now + max_future_skew_ms
-            and 0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(user_id) <= MAX_ID_LENGTH
-            and 0 < len(item_id) <= MAX_ID_LENGTH
-            and event_id.isprintable() and user_id.isprintable() and item_id.isprintable()):
+    if not (
+        type(event_id) is str
+        and type(user_id) is str
+        and type(item_id) is str
+        and type(ts) is int
+        and etype in _FAST_TYPES
+        and type(etype) is str
+        and MIN_TS_MS <= ts <= now + max_future_skew_ms
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(user_id) <= MAX_ID_LENGTH
+        and 0 < len(item_id) <= MAX_ID_LENGTH
+        and event_id.isprintable()
+        and user_id.isprintable()
+        and item_id.isprintable()
+    ):
         return None
     for value in (session_id, category_id):
         if value is not None and not (type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()):
@@ -195,7 +204,9 @@ def _validate_full(
 
     version = get("v", CONTRACT_VERSION)
     if not _is_int(version) or version != CONTRACT_VERSION:
-        reasons.append(Reason("unsupported_version", "v", f"contract version must be {CONTRACT_VERSION}, got {version!r}"))
+        reasons.append(
+            Reason("unsupported_version", "v", f"contract version must be {CONTRACT_VERSION}, got {version!r}")
+        )
 
     event_id = _check_id("event_id", get("event_id"), reasons, True)
     user_id = _check_id("user_id", get("user_id"), reasons, True)
@@ -214,14 +225,18 @@ def _validate_full(
     if ts is None:
         reasons.append(Reason("missing_field", "ts", "ts (epoch milliseconds) is required"))
     elif not _is_int(ts):
-        reasons.append(Reason("wrong_type", "ts", f"ts must be an integer of epoch milliseconds, got {type(ts).__name__}"))
+        reasons.append(
+            Reason("wrong_type", "ts", f"ts must be an integer of epoch milliseconds, got {type(ts).__name__}")
+        )
     else:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         if ts < MIN_TS_MS:
             hint = " (seconds instead of milliseconds?)" if ts > MIN_TS_MS // 1000 else ""
             reasons.append(Reason("ts_out_of_range", "ts", f"ts {ts} is before 1995-01-01{hint}"))
         elif ts > now + max_future_skew_ms:
-            reasons.append(Reason("ts_out_of_range", "ts", f"ts {ts} is more than {max_future_skew_ms} ms in the future"))
+            reasons.append(
+                Reason("ts_out_of_range", "ts", f"ts {ts} is more than {max_future_skew_ms} ms in the future")
+            )
 
     optional: dict[str, Any] = {}
     for name in _OPTIONAL_STR:
@@ -288,7 +303,7 @@ def validate(
         except UnicodeDecodeError:
             return Validation(None, [Reason("bad_encoding", "", "value is not valid UTF-8")])
         return Validation(None, [Reason("not_json", "", f"value is not JSON: {exc}")])
-    except Exception as exc:  # orjson only raises JSONDecodeError, but the contract is 'never raise'
+    except Exception as exc:  # noqa: BLE001 - orjson only raises JSONDecodeError, but the contract is 'never raise'
         return Validation(None, [Reason("not_json", "", f"value could not be decoded: {exc}")])
     return validate_dict(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
 
@@ -325,8 +340,6 @@ def dead_letter_record(
         "key_b64": base64.b64encode(bytes(key)).decode() if key is not None else None,
     }
     if raw is not None and len(raw) <= 4096:
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             record["original_text"] = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            pass
     return orjson.dumps(record)

@@ -1,6 +1,7 @@
 """The recommendations topic's message format (version 1): one typed place that encodes and decodes it.
 
-Downstream services import this module (and :mod:`fusionrec.consumers.client`) without pulling in Faust, torch or the models.
+Downstream services import this module (and :mod:`fusionrec.consumers.client`) without pulling in Faust, torch or the
+models.
 The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON object::
 
     {"v": 1, "user_id": "u42",
@@ -100,14 +101,22 @@ class Recommendation:
             "v": FORMAT_VERSION,
             "user_id": self.user_id,
             "items": [
-                {"item_id": i.item_id, "score": i.score, "category_id": i.category_id,
-                 "contributions": dict(i.contributions)}
+                {
+                    "item_id": i.item_id,
+                    "score": i.score,
+                    "category_id": i.category_id,
+                    "contributions": dict(i.contributions),
+                }
                 for i in self.items
             ],
             "sources": {name: list(ids) for name, ids in self.sources.items()},
             "segment": self.segment,
-            "policy": {"arm": self.policy.arm, "action": self.policy.action,
-                       "propensity": self.policy.propensity, "weights": dict(self.policy.weights)},
+            "policy": {
+                "arm": self.policy.arm,
+                "action": self.policy.action,
+                "propensity": self.policy.propensity,
+                "weights": dict(self.policy.weights),
+            },
             "weights_version": self.weights_version,
             "model_version": self.model_version,
             "generated_at": self.generated_at,
@@ -137,15 +146,22 @@ def decode(value: bytes | str) -> Recommendation:
         return Recommendation(
             user_id=str(data["user_id"]),
             items=tuple(
-                RecommendedItem(str(i["item_id"]), float(i["score"]),
-                                {str(k): float(v) for k, v in i.get("contributions", {}).items()},
-                                None if i.get("category_id") is None else str(i["category_id"]))
+                RecommendedItem(
+                    str(i["item_id"]),
+                    float(i["score"]),
+                    {str(k): float(v) for k, v in i.get("contributions", {}).items()},
+                    None if i.get("category_id") is None else str(i["category_id"]),
+                )
                 for i in data["items"]
             ),
             sources={str(k): tuple(str(x) for x in v) for k, v in data.get("sources", {}).items()},
             segment=str(data["segment"]),
-            policy=Policy(str(policy["arm"]), str(policy["action"]), float(policy["propensity"]),
-                          {str(k): float(v) for k, v in policy.get("weights", {}).items()}),
+            policy=Policy(
+                str(policy["arm"]),
+                str(policy["action"]),
+                float(policy["propensity"]),
+                {str(k): float(v) for k, v in policy.get("weights", {}).items()},
+            ),
             weights_version=int(data["weights_version"]),
             model_version=str(data["model_version"]),
             generated_at=int(data["generated_at"]),

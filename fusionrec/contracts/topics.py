@@ -25,13 +25,25 @@ class TopicSpec:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic fusionrec reads or writes, with its intended layout."""
     return [
-        TopicSpec("events", settings.topic.events, settings.topic.events_partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
-                  "the shop's events (contract v1), keyed by user_id"),
-        TopicSpec("dead_letter", settings.topic.dead_letter, settings.topic.dead_letter_partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
-                  "rejected events: original bytes, reasons, source topic/partition/offset"),
-        TopicSpec("recommendations", settings.topic.recommendations, settings.topic.recommendations_partitions,
-                  {"cleanup.policy": "compact"},
-                  "latest fused list per user (compacted, keyed by user_id)"),
+        TopicSpec(
+            "events",
+            settings.topic.events,
+            settings.topic.events_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+            "the shop's events (contract v1), keyed by user_id",
+        ),
+        TopicSpec(
+            "dead_letter",
+            settings.topic.dead_letter,
+            settings.topic.dead_letter_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
+            "rejected events: original bytes, reasons, source topic/partition/offset",
+        ),
+        TopicSpec(
+            "recommendations",
+            settings.topic.recommendations,
+            settings.topic.recommendations_partitions,
+            {"cleanup.policy": "compact"},
+            "latest fused list per user (compacted, keyed by user_id)",
+        ),
     ]

@@ -34,7 +34,9 @@ def _admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.admin_config())
 
 
-def describe_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 10.0) -> list[TopicState]:
+def describe_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 10.0
+) -> list[TopicState]:
     """The current state of each topic in ``specs`` (default: all of fusionrec's)."""
     specs = specs if specs is not None else topic_specs(settings)
     admin = _admin(settings)
@@ -75,8 +77,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     missing = [s.spec for s in states if not s.exists]
     if missing:
         admin = _admin(settings)
-        new = [NewTopic(spec.name, spec.partitions, settings.kafka.replication_factor, config=dict(spec.config))
-               for spec in missing]
+        new = [
+            NewTopic(spec.name, spec.partitions, settings.kafka.replication_factor, config=dict(spec.config))
+            for spec in missing
+        ]
         for name, future in admin.create_topics(new, request_timeout=timeout).items():
             try:
                 future.result(timeout=timeout)

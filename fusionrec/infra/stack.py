@@ -8,6 +8,7 @@ configured address (a system Redis, a real Kafka) is used as it is and never sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,7 +140,9 @@ class Stack:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         # posix_spawn, not Popen: the service outlives this process, and a dropped Popen object would complain.
         pid = os.posix_spawnp(
-            argv[0], argv, {**os.environ, **(env or {})},
+            argv[0],
+            argv,
+            {**os.environ, **(env or {})},
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(log_file), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
@@ -216,7 +219,7 @@ class Stack:
         # Create the bucket (idempotent: moto answers 200 or 409 for an existing bucket).
         request = urllib.request.Request(f"{endpoint}/{self.settings.broker.s3_bucket}", method="PUT")
         try:
-            urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - loopback endpoint we started
+            urllib.request.urlopen(request, timeout=5).close()
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise StackError(f"could not create bucket {self.settings.broker.s3_bucket}: {exc}") from exc
@@ -253,12 +256,27 @@ class Stack:
             else:
                 storage = "memory://tansu/"
             listener = f"tcp://{host}:{port}"
-            argv = [tansu_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                    "--storage-engine", storage]
+            argv = [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                storage,
+            ]
             record = self._spawn("broker", argv, address, env)
         self._wait("broker", record, self._broker_healthy)
-        return ServiceStatus("broker", "running", address, record.pid, record.log_file,
-                             f"tansu, {self.settings.broker.storage} storage", started_now)
+        return ServiceStatus(
+            "broker",
+            "running",
+            address,
+            record.pid,
+            record.log_file,
+            f"tansu, {self.settings.broker.storage} storage",
+            started_now,
+        )
 
     def _up_redis(self) -> ServiceStatus:
         parts = urlsplit(self.settings.redis.url)
@@ -279,9 +297,25 @@ class Stack:
             # State derived from the events must not outlive them: with a memory broker (events gone on restart)
             # Redis keeps nothing either, or snapshots would point at offsets the new topic does not have.
             durable = "yes" if self.settings.broker.storage == "s3" else "no"
-            argv = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir), "--save", "",
-                    "--appendonly", durable, "--appendfsync", "everysec", "--daemonize", "no",
-                    "--protected-mode", "yes"]
+            argv = [
+                server,
+                "--bind",
+                host,
+                "--port",
+                str(port),
+                "--dir",
+                str(data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                durable,
+                "--appendfsync",
+                "everysec",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ]
             if self.settings.redis.password is not None:
                 argv += ["--requirepass", self.settings.redis.password.get_secret_value()]
             record = self._spawn("redis", argv, address)
@@ -345,10 +379,8 @@ class Stack:
 def _reap(pid: int, timeout: float, started: int | None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap our own child, if it is one
-        except ChildProcessError:
-            pass
         if not _pid_alive(pid, started):
             return True
         time.sleep(0.05)

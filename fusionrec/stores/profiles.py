@@ -42,8 +42,15 @@ __all__ = ["NEW", "REDELIVERED", "DUPLICATE", "Profile", "ProfileStore", "TYPE_C
 
 NEW, REDELIVERED, DUPLICATE = 1, 0, -1
 
-TYPE_CODES = {"view": "v", "favourite": "f", "add_to_cart": "c", "remove_from_cart": "x", "purchase": "b",
-              "impression": "i", "rate": "r"}
+TYPE_CODES = {
+    "view": "v",
+    "favourite": "f",
+    "add_to_cart": "c",
+    "remove_from_cart": "x",
+    "purchase": "b",
+    "impression": "i",
+    "rate": "r",
+}
 #: How much an event type adds to a category's affinity in the profile.
 CATEGORY_WEIGHTS = {"view": 1.0, "favourite": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 1.0}
 _CODE_TYPES = {code: etype for etype, code in TYPE_CODES.items()}
@@ -93,8 +100,14 @@ class Profile:
         if raw is None:
             return cls(user_id)
         counts, last_seen, recent, bought, categories = orjson.loads(raw)
-        return cls(user_id, {_CODE_TYPES[c]: n for c, n in counts.items()}, last_seen, recent, bought,
-                   {name: weight for name, weight in categories})
+        return cls(
+            user_id,
+            {_CODE_TYPES[c]: n for c, n in counts.items()},
+            last_seen,
+            recent,
+            bought,
+            {name: weight for name, weight in categories},
+        )
 
     def learn(self, event: Event, limits: tuple[int, int, int]) -> None:
         """Fold one event into the profile (pure; ``limits`` = recent, bought, categories caps)."""
@@ -115,8 +128,15 @@ class Profile:
     def encode(self) -> bytes:
         counts = {TYPE_CODES[etype]: n for etype, n in self.counts.items()}
         ranked = sorted(self.categories.items(), key=lambda kv: (-kv[1], kv[0]))
-        return orjson.dumps([counts, self.last_seen_ms, self.recent_items, self.bought_items,
-                             [[name, weight] for name, weight in ranked]])
+        return orjson.dumps(
+            [
+                counts,
+                self.last_seen_ms,
+                self.recent_items,
+                self.bought_items,
+                [[name, weight] for name, weight in ranked],
+            ]
+        )
 
 
 def _push_front(items: list[str], item: str, cap: int) -> None:
@@ -129,8 +149,13 @@ def _push_front(items: list[str], item: str, cap: int) -> None:
 class ProfileStore:
     """Reads and writes profiles and dedup entries under ``prefix`` in one Redis database."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys = RedisKeys(), profile: ProfileSettings = ProfileSettings(),
-                 dedup: DedupSettings = DedupSettings()):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: RedisKeys = RedisKeys(),
+        profile: ProfileSettings = ProfileSettings(),
+        dedup: DedupSettings = DedupSettings(),
+    ):
         self.client = client
         self.keys = keys
         self.profile = profile

@@ -16,8 +16,13 @@ MOVIELENS = SHARED_DATA / "movielens-100k" / "u.data.gz"
 
 def evaluate(tmp_path, *args):
     out = tmp_path / "report"
-    proc = subprocess.run([*FUSIONREC, "evaluate", *args, "--out", str(out), "--no-progress"],
-                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*FUSIONREC, "evaluate", *args, "--out", str(out), "--no-progress"],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "report.json").read_text())
     for png in ("hr_over_time.png", "weights_over_time.png"):
@@ -31,7 +36,9 @@ def test_evaluate_a_slice_of_each_format(tmp_path, dataset):
         pytest.fail(f"shared data not found at {dataset} (set FUSIONREC_SHARED_DATA to its folder)")
     stdout, report = evaluate(tmp_path, str(dataset), "--limit", "4000", "--block", "50")
     variants = report["variants"]
-    assert {"fused:bandit", "fused:equal", "cf", "covisit", "popular", "trending", "category", "recent"} <= set(variants)
+    assert {"fused:bandit", "fused:equal", "cf", "covisit", "popular", "trending", "category", "recent"} <= set(
+        variants
+    )
     for name, groups in variants.items():
         assert set(groups) >= {"all", "kind:new", "kind:repeat", "segment:new", "segment:returning", "coverage"}
         assert groups["all"]["targets"] == report["run"]["targets"], name
@@ -49,14 +56,31 @@ def test_evaluate_a_mapped_csv_with_holdout_and_train_until(tmp_path):
         rows.append(f"v{n % 90},p{(n * 13) % 120},{'buy' if n % 17 == 0 else 'click'},{1_700_000_000 + n * 5}")
     path.write_text("\n".join(rows) + "\n")
     stdout, report = evaluate(
-        tmp_path, str(path), "--format", "csv", "--map", "user_id=visitor,item_id=sku,type=what,ts=when",
-        "--type-map", "click=view,buy=purchase", "--holdout", "0.5", "--train-until", str(1_700_000_000 + 5000),
-        "--block", "20")
+        tmp_path,
+        str(path),
+        "--format",
+        "csv",
+        "--map",
+        "user_id=visitor,item_id=sku,type=what,ts=when",
+        "--type-map",
+        "click=view,buy=purchase",
+        "--holdout",
+        "0.5",
+        "--train-until",
+        str(1_700_000_000 + 5000),
+        "--block",
+        "20",
+    )
     assert report["run"]["scored_events"] == 2000
     assert "ab:bandit" in report["variants"] and "A/B:" in stdout
 
 
 def test_evaluate_explains_bad_input(tmp_path):
-    proc = subprocess.run([*FUSIONREC, "evaluate", str(tmp_path / "missing.csv"), "--no-progress"],
-                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*FUSIONREC, "evaluate", str(tmp_path / "missing.csv"), "--no-progress"],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "error" in proc.stderr

@@ -15,5 +15,3 @@ def worker_settings(settings):
     conf = settings.replace(redis_prefix=f"w{tag}:", worker_group=f"g-{tag}")
     ensure_topics(conf)
     return conf
-
-

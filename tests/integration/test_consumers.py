@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from fusionrec.consumers.client import RecommendationsConsumer, RecommendationStore
 from fusionrec.consumers.online_eval import run_online_eval
+from fusionrec.contracts.events import Event
 from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
-from fusionrec.contracts.events import Event
-from fusionrec.infra.stack import free_port
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import free_port
 from fusionrec.producers.producer import EventProducer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "consumers.md"
@@ -32,8 +32,10 @@ INVALID_LIST = b'{"v": 2, "user_id": "u1"}'
 def make_rec(user, generated_at, items, sources, segment="returning"):
     return Recommendation(
         user_id=user,
-        items=tuple(RecommendedItem(item, 0.9 - n / 10, {"cf": 0.5 - n / 10, "popular": 0.4}, "c1")
-                    for n, item in enumerate(items)),
+        items=tuple(
+            RecommendedItem(item, 0.9 - n / 10, {"cf": 0.5 - n / 10, "popular": 0.4}, "c1")
+            for n, item in enumerate(items)
+        ),
         sources={name: tuple(ids) for name, ids in sources.items()},
         segment=segment,
         policy=Policy("bandit", "exploit", 0.9, {"cf": 0.6, "popular": 0.4}),
@@ -111,19 +113,31 @@ def test_a_missing_topic_is_a_clear_error(settings):
 #   plus one record that is not an event (skipped)
 # Totals: fused 3/4 (new 2/3, repeat 1/1), cf 3/4 (new 2/3, repeat 1/1), popular 1/4 (new 1/3, repeat 0/1),
 # unserved 1; by segment fused returning (ann) 2/3, new (bob) 1/1.
-EXPECTED = {"fused": (3, 4, {"new": (2, 3), "repeat": (1, 1)}),
-            "cf": (3, 4, {"new": (2, 3), "repeat": (1, 1)}),
-            "popular": (1, 4, {"new": (1, 3), "repeat": (0, 1)})}
+EXPECTED = {
+    "fused": (3, 4, {"new": (2, 3), "repeat": (1, 1)}),
+    "cf": (3, 4, {"new": (2, 3), "repeat": (1, 1)}),
+    "popular": (1, 4, {"new": (1, 3), "repeat": (0, 1)}),
+}
 
 
 def publish_scenario(conf) -> int:
     t = int(time.time() * 1000) - 600_000
-    publish(conf, [make_rec("ann", t + 1000, "abc", {"cf": "bc", "popular": "d"}),
-                   make_rec("bob", t + 2000, "xy", {"cf": "x", "popular": "y"}, segment="new")],
-            raw=[INVALID_LIST])
-    events = [Event("e1", "ann", "a", "view", t + 500), Event("e2", "ann", "b", "view", t + 1500),
-              Event("e3", "ann", "c", "view", t + 1600), Event("e4", "ann", "b", "add_to_cart", t + 1700),
-              Event("e5", "bob", "y", "view", t + 2500), Event("e6", "bob", "z", "impression", t + 2600)]
+    publish(
+        conf,
+        [
+            make_rec("ann", t + 1000, "abc", {"cf": "bc", "popular": "d"}),
+            make_rec("bob", t + 2000, "xy", {"cf": "x", "popular": "y"}, segment="new"),
+        ],
+        raw=[INVALID_LIST],
+    )
+    events = [
+        Event("e1", "ann", "a", "view", t + 500),
+        Event("e2", "ann", "b", "view", t + 1500),
+        Event("e3", "ann", "c", "view", t + 1600),
+        Event("e4", "ann", "b", "add_to_cart", t + 1700),
+        Event("e5", "bob", "y", "view", t + 2500),
+        Event("e6", "bob", "z", "impression", t + 2600),
+    ]
     with EventProducer(conf) as producer:
         producer.send_raw(b"ann", b'{"v": 1, "type": "teleport"}')
         for event in events:
@@ -132,9 +146,14 @@ def publish_scenario(conf) -> int:
 
 
 def judged(summary):
-    return {variant: (cell["hits"], cell["targets"], {kind: (c["hits"], c["targets"])
-                                                      for kind, c in cell["by_kind"].items()})
-            for variant, cell in summary["variants"].items()}
+    return {
+        variant: (
+            cell["hits"],
+            cell["targets"],
+            {kind: (c["hits"], c["targets"]) for kind, c in cell["by_kind"].items()},
+        )
+        for variant, cell in summary["variants"].items()
+    }
 
 
 def test_online_eval_counts_the_hits_worked_out_by_hand(conf):
@@ -147,7 +166,9 @@ def test_online_eval_counts_the_hits_worked_out_by_hand(conf):
     fused = summary["variants"]["fused"]
     assert fused["hit_rate"] == 0.75
     assert {seg: (c["hits"], c["targets"]) for seg, c in fused["by_segment"].items()} == {
-        "new": (1, 1), "returning": (2, 3)}
+        "new": (1, 1),
+        "returning": (2, 3),
+    }
     value = registry.get_sample_value
     assert value("fusionrec_online_targets_total", {"variant": "popular", "kind": "new"}) == 3
     assert value("fusionrec_online_hits_total", {"variant": "cf", "kind": "repeat"}) == 1
@@ -158,8 +179,9 @@ def test_online_eval_counts_the_hits_worked_out_by_hand(conf):
 def test_online_eval_serves_metrics_while_running_and_stops_on_request(conf):
     publish_scenario(conf)
     port, stop, result = free_port(), threading.Event(), {}
-    runner = threading.Thread(target=lambda: result.update(run_online_eval(
-        conf, k=2, metrics_port=port, grace_ms=300, stop=stop)))
+    runner = threading.Thread(
+        target=lambda: result.update(run_online_eval(conf, k=2, metrics_port=port, grace_ms=300, stop=stop))
+    )
     runner.start()
     try:
         deadline, text = time.monotonic() + 30, ""
@@ -194,8 +216,7 @@ def test_store_reads_the_serving_copy_under_the_documented_key(stack):
         client.set(RedisKeys(prefix).recommendation("eve"), b"garbage")
         store = RecommendationStore(client, RedisKeys(prefix))
         assert store.get("ann") == ann and store.get("nobody") is None
-        assert store.get_many(["bob", "nobody", "ann", "eve"]) == {"bob": bob, "nobody": None, "ann": ann,
-                                                                  "eve": None}
+        assert store.get_many(["bob", "nobody", "ann", "eve"]) == {"bob": bob, "nobody": None, "ann": ann, "eve": None}
         assert store.invalid == 1 and store.get_many([]) == {}
         from_settings = RecommendationStore.from_settings(stack.settings.replace(redis_prefix=prefix))
         assert from_settings.get("bob") == bob
@@ -205,10 +226,13 @@ def test_store_reads_the_serving_copy_under_the_documented_key(stack):
 
 
 # --- edges -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("module", "forbidden"), [
-    ("fusionrec.consumers.client", ("faust", "torch", "models")),
-    ("fusionrec.consumers.online_eval", ("faust", "torch")),
-])
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("fusionrec.consumers.client", ("faust", "torch", "models")),
+        ("fusionrec.consumers.online_eval", ("faust", "torch")),
+    ],
+)
 def test_the_client_imports_without_the_stream_framework(module, forbidden):
     code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -223,13 +247,18 @@ def test_docs_python_example_runs(conf, stack):
     client.set(RedisKeys(prefix).recommendation("u42"), encode(rec))
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
     assert blocks, "docs/consumers.md has no python example"
-    env = {"FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": conf.kafka.bootstrap_servers,
-           "FUSIONREC_TOPIC_RECOMMENDATIONS": conf.topic.recommendations, "FUSIONREC_REDIS_URL": conf.redis.url,
-           "FUSIONREC_REDIS_PREFIX": prefix, "PATH": "/usr/bin:/bin"}
+    env = {
+        "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": conf.kafka.bootstrap_servers,
+        "FUSIONREC_TOPIC_RECOMMENDATIONS": conf.topic.recommendations,
+        "FUSIONREC_REDIS_URL": conf.redis.url,
+        "FUSIONREC_REDIS_PREFIX": prefix,
+        "PATH": "/usr/bin:/bin",
+    }
     try:
         for block in blocks:
-            proc = subprocess.run([sys.executable, "-c", block], env=env, cwd=DOCS.parent, capture_output=True,
-                                  text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, "-c", block], env=env, cwd=DOCS.parent, capture_output=True, text=True, timeout=60
+            )
             assert proc.returncode == 0, f"example failed:\n{block}\n{proc.stderr}"
             assert "u42 returning ['i7', 'i9'] exploit" in proc.stdout and "['i7', 'i9']\n" in proc.stdout
             assert "{'u42': True, 'u7': False}" in proc.stdout

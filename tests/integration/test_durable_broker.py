@@ -7,8 +7,8 @@ import time
 from fusionrec.consumers.reader import read_topic
 from fusionrec.contracts.events import Event
 from fusionrec.contracts.settings import load_settings
-from fusionrec.infra.stack import Stack, free_port
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import Stack, free_port
 from fusionrec.producers.producer import EventProducer
 
 N = 2000
@@ -16,8 +16,12 @@ N = 2000
 
 def test_acknowledged_events_survive_a_broker_crash(tmp_path):
     settings = load_settings(
-        state_dir=tmp_path, broker_storage="s3", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", topic_events_partitions=2, kafka_idempotence=False,
+        state_dir=tmp_path,
+        broker_storage="s3",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        topic_events_partitions=2,
+        kafka_idempotence=False,
     )
     stack = Stack(settings)
     try:

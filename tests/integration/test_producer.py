@@ -9,8 +9,8 @@ import pytest
 from fusionrec.consumers.reader import read_topic
 from fusionrec.contracts.events import Event, InvalidEvent
 from fusionrec.contracts.settings import load_settings
-from fusionrec.infra.stack import free_port
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.stack import free_port
 from fusionrec.producers.producer import DeliveryFailed, EventProducer
 
 

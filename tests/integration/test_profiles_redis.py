@@ -17,8 +17,12 @@ from fusionrec.stores.profiles import DUPLICATE, NEW, REDELIVERED, ProfileStore
 def store(stack):
     client = redis.Redis.from_url(stack.settings.redis.url)
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    yield ProfileStore(client, RedisKeys(prefix), ProfileSettings(recent_items=3, bought_items=3, categories=3),
-                       DedupSettings(window_s=120))
+    yield ProfileStore(
+        client,
+        RedisKeys(prefix),
+        ProfileSettings(recent_items=3, bought_items=3, categories=3),
+        DedupSettings(window_s=120),
+    )
     keys = list(client.scan_iter(match=f"{prefix}*"))
     if keys:
         client.delete(*keys)
@@ -28,9 +32,9 @@ def store(stack):
 def test_new_redelivered_and_duplicate_records(store):
     a = Event("e1", "u1", "i1", "view", 1_700_000_000_000, category_id="c1")
     b = Event("e2", "u1", "i2", "purchase", 1_700_000_000_500)
-    assert store.apply([(a, 0, 10), (b, 0, 11), (a, 0, 12)]) == [NEW, NEW, DUPLICATE]   # dup inside one batch
-    assert store.apply([(a, 0, 10), (b, 0, 11)]) == [REDELIVERED, REDELIVERED]           # same offsets again
-    assert store.apply([(b, 3, 99)]) == [DUPLICATE]                                       # same id elsewhere
+    assert store.apply([(a, 0, 10), (b, 0, 11), (a, 0, 12)]) == [NEW, NEW, DUPLICATE]  # dup inside one batch
+    assert store.apply([(a, 0, 10), (b, 0, 11)]) == [REDELIVERED, REDELIVERED]  # same offsets again
+    assert store.apply([(b, 3, 99)]) == [DUPLICATE]  # same id elsewhere
     profile = store.get("u1")
     assert profile.counts == {"view": 1, "purchase": 1}
     assert profile.recent_items == ["i2", "i1"] and profile.bought_items == ["i2"]
@@ -39,8 +43,10 @@ def test_new_redelivered_and_duplicate_records(store):
 
 
 def test_typical_profile_is_small(store):
-    events = [Event(f"e{i}", "shopper-184467", f"sku-{1000 + i}", t, 1_700_000_000_000 + i, category_id=f"cat-{i % 3}")
-              for i, t in enumerate(["view", "view", "add_to_cart", "view", "purchase"])]
+    events = [
+        Event(f"e{i}", "shopper-184467", f"sku-{1000 + i}", t, 1_700_000_000_000 + i, category_id=f"cat-{i % 3}")
+        for i, t in enumerate(["view", "view", "add_to_cart", "view", "purchase"])
+    ]
     store.apply([(e, 1, i) for i, e in enumerate(events)])
     assert store.client.memory_usage(store.profile_key("shopper-184467")) <= 300
 

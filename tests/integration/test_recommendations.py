@@ -10,8 +10,8 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from fusionrec.contracts.recommendations import decode
 from fusionrec.contracts.events import Event
+from fusionrec.contracts.recommendations import decode
 from fusionrec.producers.producer import EventProducer
 from tests.integration.workers import WorkerProcess, make_events, send
 
@@ -24,9 +24,12 @@ class ListWatcher:
     def __init__(self, settings):
         conf = settings.consumer_config(f"{settings.kafka.client_id}-watch")
         self.consumer = Consumer(conf | {"enable.auto.commit": False, "fetch.wait.max.ms": 20})
-        meta = self.consumer.list_topics(settings.topic.recommendations, timeout=10).topics[settings.topic.recommendations]
-        self.consumer.assign([TopicPartition(settings.topic.recommendations, p, OFFSET_BEGINNING)
-                              for p in meta.partitions])
+        meta = self.consumer.list_topics(settings.topic.recommendations, timeout=10).topics[
+            settings.topic.recommendations
+        ]
+        self.consumer.assign(
+            [TopicPartition(settings.topic.recommendations, p, OFFSET_BEGINNING) for p in meta.partitions]
+        )
         self.lists = {}
 
     def wait_for(self, user, predicate, timeout=30.0):
@@ -60,8 +63,12 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
         producer.flush()
 
     try:
-        worker.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(history)
-                        and m.get("fusionrec_recommendations_published_total", 0) >= 300)
+        worker.wait_for(
+            lambda m: (
+                m.get("fusionrec_worker_events_total", 0) >= len(history)
+                and m.get("fusionrec_recommendations_published_total", 0) >= 300
+            )
+        )
 
         # a returning user views something: a new list reflecting that event appears
         sent = int(time.time() * 1000)
@@ -70,8 +77,9 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
         rec, arrived = watcher.wait_for("user-7", lambda r: r.newest_event_ts == view.ts)
         assert len(rec.items) == worker_settings.ranker.k
         assert rec.generated_at - view.ts <= INTERVAL_MS + 800, "list made later than the interval allows"
-        assert all(item.contributions and abs(sum(item.contributions.values()) - item.score) < 1e-3
-                   for item in rec.items)
+        assert all(
+            item.contributions and abs(sum(item.contributions.values()) - item.score) < 1e-3 for item in rec.items
+        )
         assert set(rec.sources) == {"cf", "covisit", "popular", "trending", "category", "recent"}
         assert rec.policy.arm == "bandit" and 0 < rec.policy.propensity <= 1
 

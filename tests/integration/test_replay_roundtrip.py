@@ -55,4 +55,4 @@ def test_rate_limit_holds(settings, slice_file):
     ensure_topics(settings)
     _, result = replay_into(settings, settings.topic.events, slice_file, rate=10_000)
     assert result.delivered == N
-    assert 0.45 <= result.seconds  # 5000 events at 10k/s cannot finish in under half a second
+    assert result.seconds >= 0.45  # 5000 events at 10k/s cannot finish in under half a second

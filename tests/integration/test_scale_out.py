@@ -24,8 +24,9 @@ def test_two_workers_match_one(worker_settings, tmp_path):
     send(worker_settings, events[:3000])
 
     single = worker_settings
-    pair = worker_settings.replace(redis_prefix=f"pair{uuid.uuid4().hex[:6]}:",
-                                              worker_group=worker_settings.worker.group + "-pair")
+    pair = worker_settings.replace(
+        redis_prefix=f"pair{uuid.uuid4().hex[:6]}:", worker_group=worker_settings.worker.group + "-pair"
+    )
     one = WorkerProcess(single, tmp_path, "one")
     a = WorkerProcess(pair, tmp_path, "pair-a")
     b = None

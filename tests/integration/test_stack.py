@@ -28,8 +28,11 @@ def test_a_second_stack_sees_the_first_as_external_and_stops_nothing(stack, tmp_
 
 
 def test_fresh_stack_up_down_leaves_no_process(tmp_path):
-    settings = load_settings(state_dir=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    settings = load_settings(
+        state_dir=tmp_path,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    )
     stack = Stack(settings)
     pids = [s.pid for s in stack.up()]
     assert all(pids)
@@ -48,7 +51,6 @@ def test_remote_broker_is_never_started(tmp_path):
 
 def test_a_port_taken_by_something_else_is_reported(stack, tmp_path):
     redis_port = stack.settings.redis.url.rsplit(":", 1)[1].split("/")[0]
-    settings = stack.settings.replace(state_dir=tmp_path,
-                                                 kafka_bootstrap_servers=f"127.0.0.1:{redis_port}")
+    settings = stack.settings.replace(state_dir=tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{redis_port}")
     with pytest.raises(StackError, match="does not answer as a Kafka broker"):
         Stack(settings, health_timeout=3).up()

@@ -7,9 +7,15 @@ from fusionrec.infra.admin import describe_topics, ensure_topics
 def test_topics_are_created_once_with_their_layout(settings):
     first = ensure_topics(settings)
     assert [(s.spec.role, s.created, s.partitions) for s in first] == [
-        ("events", True, 3), ("dead_letter", True, 1), ("recommendations", True, 3)]
+        ("events", True, 3),
+        ("dead_letter", True, 1),
+        ("recommendations", True, 3),
+    ]
     assert {s.spec.role: s.config.get("cleanup.policy") for s in first} == {
-        "events": "delete", "dead_letter": "delete", "recommendations": "compact"}
+        "events": "delete",
+        "dead_letter": "delete",
+        "recommendations": "compact",
+    }
     second = ensure_topics(settings)
     assert [s.created for s in second] == [False] * 3 and all(s.exists and not s.problems for s in second)
 

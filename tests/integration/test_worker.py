@@ -47,14 +47,17 @@ def test_profiles_and_dead_letters_are_exact(worker_settings, tmp_path):
     profiles = store.get_many(sorted(expected))
     assert {p.user_id: Counter(p.counts) for p in profiles} == expected
 
-    letters = [orjson.loads(v) for _p, _o, _k, v in read_topic(worker_settings, worker_settings.topic.dead_letter,
-                                                               idle_timeout=3)]
+    letters = [
+        orjson.loads(v)
+        for _p, _o, _k, v in read_topic(worker_settings, worker_settings.topic.dead_letter, idle_timeout=3)
+    ]
     assert len(letters) == len(MALFORMED)
     assert sorted(base64.b64decode(r["original_b64"]) for r in letters) == sorted(MALFORMED)
     assert all(r["reasons"] and r["source"]["topic"] == worker_settings.topic.events for r in letters)
     codes = Counter(r["reasons"][0]["code"] for r in letters)
-    assert codes == Counter({"not_json": 1, "missing_field": 1, "bad_encoding": 1, "not_an_object": 1,
-                             "unknown_type": 1})
+    assert codes == Counter(
+        {"not_json": 1, "missing_field": 1, "bad_encoding": 1, "not_an_object": 1, "unknown_type": 1}
+    )
 
 
 def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_settings, tmp_path):
@@ -63,8 +66,12 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
     send(worker_settings, first)
 
     crashed = WorkerProcess(worker_settings, tmp_path, "crashed")
-    crashed.wait_for(lambda m: m.get("fusionrec_worker_snapshots_total", 0) >= 1
-                     and m.get("fusionrec_worker_events_total", 0) >= len(first))
+    crashed.wait_for(
+        lambda m: (
+            m.get("fusionrec_worker_snapshots_total", 0) >= 1
+            and m.get("fusionrec_worker_events_total", 0) >= len(first)
+        )
+    )
     send(worker_settings, second)
     crashed.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) > len(first))
     crashed.stop(signal.SIGKILL)
@@ -72,18 +79,26 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
     restarted = WorkerProcess(worker_settings, tmp_path, "restarted")
     try:
         metrics = restarted.wait_for(
-            lambda m: m.get("fusionrec_worker_events_total", 0) + m.get("fusionrec_worker_redelivered_total", 0)
-            >= 1 and all_snapshotted(worker_settings, len(first) + len(second)))
+            lambda m: (
+                m.get("fusionrec_worker_events_total", 0) + m.get("fusionrec_worker_redelivered_total", 0) >= 1
+                and all_snapshotted(worker_settings, len(first) + len(second))
+            )
+        )
     finally:
         restarted.stop()
     assert metrics.get("fusionrec_worker_duplicates_skipped_total", 0) == 0
 
-    clean = worker_settings.replace(redis_prefix=worker_settings.redis.prefix + "clean:",
-                                               worker_group=worker_settings.worker.group + "-clean")
+    clean = worker_settings.replace(
+        redis_prefix=worker_settings.redis.prefix + "clean:", worker_group=worker_settings.worker.group + "-clean"
+    )
     reference = WorkerProcess(clean, tmp_path, "reference")
     try:
-        reference.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(first) + len(second)
-                           and all_snapshotted(clean, len(first) + len(second)))
+        reference.wait_for(
+            lambda m: (
+                m.get("fusionrec_worker_events_total", 0) >= len(first) + len(second)
+                and all_snapshotted(clean, len(first) + len(second))
+            )
+        )
     finally:
         reference.stop()
 
@@ -100,13 +115,22 @@ def test_rebuild_replays_everything_from_the_topic(worker_settings, tmp_path):
     send(worker_settings, events)
     first = WorkerProcess(worker_settings, tmp_path, "before")
     try:
-        first.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) >= len(events)
-                       and all_snapshotted(worker_settings, len(events)))
+        first.wait_for(
+            lambda m: (
+                m.get("fusionrec_worker_events_total", 0) >= len(events)
+                and all_snapshotted(worker_settings, len(events))
+            )
+        )
     finally:
         first.stop()
 
-    out = subprocess.run([sys.executable, "-m", "fusionrec.apps.cli", "rebuild", "--yes"], env=first.env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "fusionrec.apps.cli", "rebuild", "--yes"],
+        env=first.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "deleted" in out.stdout
     client = redis.Redis.from_url(worker_settings.redis.url)

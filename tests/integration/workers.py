@@ -17,25 +17,46 @@ TYPES = ["view"] * 6 + ["add_to_cart", "favourite", "purchase", "remove_from_car
 
 def make_events(n: int, seed: int, start_ms: int) -> list[Event]:
     rng = random.Random(seed)
-    return [Event(f"ev-{seed}-{i}", f"user-{rng.randrange(300)}", f"item-{rng.randrange(500)}", rng.choice(TYPES),
-                  start_ms + i, category_id=f"cat-{rng.randrange(20)}") for i in range(n)]
+    return [
+        Event(
+            f"ev-{seed}-{i}",
+            f"user-{rng.randrange(300)}",
+            f"item-{rng.randrange(500)}",
+            rng.choice(TYPES),
+            start_ms + i,
+            category_id=f"cat-{rng.randrange(20)}",
+        )
+        for i in range(n)
+    ]
 
 
-MALFORMED = [b"not json", b'{"event_id": "x", "type": "view"}', b"\xff\xfe", b"[]",
-             orjson.dumps({"event_id": "y", "user_id": "u", "item_id": "i", "type": "click", "ts": 1})]
+MALFORMED = [
+    b"not json",
+    b'{"event_id": "x", "type": "view"}',
+    b"\xff\xfe",
+    b"[]",
+    orjson.dumps({"event_id": "y", "user_id": "u", "item_id": "i", "type": "click", "ts": 1}),
+]
 
 
 class WorkerProcess(WorkerChild):
     """A worker child with its own state dir and a short snapshot interval (tests finish sooner)."""
 
     def __init__(self, settings, tmp_path, name: str):
-        super().__init__(settings, tmp_path / f"{name}.log", FUSIONREC_STATE_DIR=str(tmp_path / name),
-                         FUSIONREC_WORKER_SNAPSHOT_INTERVAL_S="0.5")
+        super().__init__(
+            settings,
+            tmp_path / f"{name}.log",
+            FUSIONREC_STATE_DIR=str(tmp_path / name),
+            FUSIONREC_WORKER_SNAPSHOT_INTERVAL_S="0.5",
+        )
 
 
 def handled(metrics) -> float:
-    return (metrics.get("fusionrec_worker_events_total", 0) + metrics.get("fusionrec_worker_duplicates_skipped_total", 0)
-            + metrics.get("fusionrec_worker_dead_letter_total", 0))
+    return (
+        metrics.get("fusionrec_worker_events_total", 0)
+        + metrics.get("fusionrec_worker_duplicates_skipped_total", 0)
+        + metrics.get("fusionrec_worker_dead_letter_total", 0)
+    )
 
 
 def expected_counts(events: list[Event]) -> dict[str, Counter]:
@@ -64,9 +85,10 @@ def model_fingerprint(settings) -> dict:
     out = {}
     for state in SnapshotStore(client, settings, settings.topic.events).load_all():
         users = sorted({f"user-{i}" for i in range(0, 300, 7)})
-        out[state.partition] = (state.offset, {
-            name: [model.candidates(user, 5) for user in users] for name, model in sorted(state.models.items())
-        })
+        out[state.partition] = (
+            state.offset,
+            {name: [model.candidates(user, 5) for user in users] for name, model in sorted(state.models.items())},
+        )
     return out
 
 

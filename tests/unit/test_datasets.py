@@ -55,30 +55,44 @@ def test_movielens_both_layouts(tmp_path):
     colon = read_dataset(write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::x::978302109\n"))
     assert tab.format == colon.format == "movielens"
     assert [(e.user_id, e.item_id, e.type, e.rating, e.ts) for e in tab.events] == [
-        ("196", "242", "rate", 3.0, 881250949000), ("186", "302", "rate", 3.0, 891717742000)]
+        ("196", "242", "rate", 3.0, 881250949000),
+        ("186", "302", "rate", 3.0, 891717742000),
+    ]
     assert [(e.item_id, e.rating) for e in colon.events] == [("1193", 5.0)]
     assert colon.bad_rows[0].line == 2
 
 
 def test_generic_csv_with_mapping(tmp_path):
-    path = write(tmp_path, "events.csv", "timestamp,visitorid,event,itemid,transactionid\n"
-                 "1433221332117,257597,view,355908,\n1433224214164,992329,addtocart,248676,\n"
-                 "1433221999827,111016,transaction,318965,4000\n1433221999000,5,refund,1,\n")
-    mapping = CsvMapping.parse("user_id=visitorid,item_id=itemid,type=event,ts=timestamp",
-                               "addtocart=add_to_cart,transaction=purchase", ts_unit="ms")
+    path = write(
+        tmp_path,
+        "events.csv",
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,257597,view,355908,\n1433224214164,992329,addtocart,248676,\n"
+        "1433221999827,111016,transaction,318965,4000\n1433221999000,5,refund,1,\n",
+    )
+    mapping = CsvMapping.parse(
+        "user_id=visitorid,item_id=itemid,type=event,ts=timestamp",
+        "addtocart=add_to_cart,transaction=purchase",
+        ts_unit="ms",
+    )
     data = read_dataset(path, "csv", mapping=mapping)
     assert [(e.user_id, e.type, e.ts) for e in data.events] == [
-        ("257597", "view", 1433221332117), ("111016", "purchase", 1433221999827),
-        ("992329", "add_to_cart", 1433224214164)]
+        ("257597", "view", 1433221332117),
+        ("111016", "purchase", 1433221999827),
+        ("992329", "add_to_cart", 1433224214164),
+    ]
     assert [b.line for b in data.bad_rows] == [5] and "refund" in data.bad_rows[0].reason
     assert detect_format(path) == "csv"
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("user_id=a,item_id=b", "lacks required"),
-    ("user_id=a,item_id=b,type=c,ts=d,colour=e", "unknown contract field"),
-    ("user_id=a,item_id", "key=value"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("user_id=a,item_id=b", "lacks required"),
+        ("user_id=a,item_id=b,type=c,ts=d,colour=e", "unknown contract field"),
+        ("user_id=a,item_id", "key=value"),
+    ],
+)
 def test_bad_mappings_are_explained(spec, message):
     with pytest.raises(ValueError, match=message):
         CsvMapping.parse(spec)

@@ -51,8 +51,12 @@ def exported_metrics() -> set[str]:
     WorkerMetrics(worker)
     online = CollectorRegistry()
     online.register(OnlineEvalCollector(OnlineEvaluator(k=20)))
-    return {family.name + suffix for registry in (worker, online) for family in registry.collect()
-            for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    return {
+        family.name + suffix
+        for registry in (worker, online)
+        for family in registry.collect()
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
 
 
 def test_dashboard_metrics_exist():
@@ -63,9 +67,16 @@ def test_dashboard_metrics_exist():
     exported = exported_metrics()
     assert wanted - exported == set(), sorted(wanted - exported)
     # The panels the fusion work added: freshness, lists, refresh time, weights, rewards, exploration, hit rate.
-    for name in ("fusionrec_recommendations_freshness_seconds_bucket", "fusionrec_recommendations_published_total",
-                 "fusionrec_ranker_refresh_seconds_bucket", "fusionrec_fusion_weight", "fusionrec_fusion_rewards_total",
-                 "fusionrec_fusion_lists_total", "fusionrec_online_hits_total", "fusionrec_online_targets_total"):
+    for name in (
+        "fusionrec_recommendations_freshness_seconds_bucket",
+        "fusionrec_recommendations_published_total",
+        "fusionrec_ranker_refresh_seconds_bucket",
+        "fusionrec_fusion_weight",
+        "fusionrec_fusion_rewards_total",
+        "fusionrec_fusion_lists_total",
+        "fusionrec_online_hits_total",
+        "fusionrec_online_targets_total",
+    ):
         assert name in wanted, name
 
 
@@ -76,14 +87,21 @@ def test_compose_services_run_real_commands_and_are_scraped():
 
     commands = set(typer.main.get_command(app).commands)
     compose = load("docker-compose.yml")
-    fusionrec = {name: service for name, service in compose["services"].items()
-                 if service.get("image", "").startswith("${FUSIONREC_IMAGE")}
+    fusionrec = {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("image", "").startswith("${FUSIONREC_IMAGE")
+    }
     assert set(fusionrec) == {"topics", "worker", "online-eval"}
     for name, service in fusionrec.items():
         assert service.get("command") and service["command"][0] in commands, f"{name}: {service.get('command')}"
     assert "--metrics-port" in fusionrec["online-eval"]["command"]
-    scraped = {name for job in load("prometheus/prometheus.yml")["scrape_configs"]
-               for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
+    scraped = {
+        name
+        for job in load("prometheus/prometheus.yml")["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
     assert scraped == {"worker", "online-eval"}
     override = load("docker-compose.kafka-3.yml")["services"]
     assert set(fusionrec) <= set(override), "the three-broker override must reach every fusionrec service"

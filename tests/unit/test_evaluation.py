@@ -88,8 +88,11 @@ def test_holdout_reports_both_arms_over_all_users():
 
 
 def test_sessions_stand_in_for_users():
-    events = [Event("a", "u", "i1", "view", T0), Event("b", "u", "i2", "view", T0 + 1000),
-              Event("c", "u", "i3", "view", T0 + 10_000_000)]
+    events = [
+        Event("a", "u", "i1", "view", T0),
+        Event("b", "u", "i2", "view", T0 + 1000),
+        Event("c", "u", "i3", "view", T0 + 10_000_000),
+    ]
     assert [e.user_id for e in sessionize(events, 60_000)] == ["u#0", "u#0", "u#1"]
     report = evaluate(events, EvalConfig(block=1, session_gap_ms=60_000, settings=SETTINGS))
     assert report["run"]["session_gap_ms"] == 60_000
@@ -105,8 +108,10 @@ def test_report_names_the_best_single_source_and_the_timeline():
 
 
 def test_rating_mae_runs_ours_and_river_side_by_side():
-    events = [Event(f"r{n}", f"u{n % 20}", f"m{(n * 3) % 40}", "rate", T0 + n, rating=float(1 + (n * 7) % 5))
-              for n in range(2000)]
+    events = [
+        Event(f"r{n}", f"u{n % 20}", f"m{(n * 3) % 40}", "rate", T0 + n, rating=float(1 + (n * 7) % 5))
+        for n in range(2000)
+    ]
     result = rating_mae(events)
     assert result["ratings"] == 2000
     assert abs(result["mae"]["cf"] - result["mae"]["river"]) < 0.05

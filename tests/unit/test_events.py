@@ -20,8 +20,18 @@ def codes(raw: bytes) -> list[tuple[str, str]]:
 
 
 def test_valid_event_parses_with_optional_fields():
-    raw = orjson.dumps(GOOD | {"session_id": "s", "category_id": "c", "price": 9, "quantity": 2, "rec_id": "r",
-                               "rec_position": 0, "unknown_future_field": [1]})
+    raw = orjson.dumps(
+        GOOD
+        | {
+            "session_id": "s",
+            "category_id": "c",
+            "price": 9,
+            "quantity": 2,
+            "rec_id": "r",
+            "rec_position": 0,
+            "unknown_future_field": [1],
+        }
+    )
     result = validate(raw, now_ms=NOW)
     assert result.ok and result.reasons == []
     assert result.event == Event("e1", "u1", "i1", "view", NOW - 5, "s", "c", 9.0, 2, "r", 0)
@@ -29,34 +39,43 @@ def test_valid_event_parses_with_optional_fields():
 
 
 def test_every_reason_is_reported_at_once():
-    raw = orjson.dumps({"event_id": 7, "item_id": "", "type": "click", "ts": 1_500_000_000, "price": -1,
-                        "quantity": 0, "v": 2})
+    raw = orjson.dumps(
+        {"event_id": 7, "item_id": "", "type": "click", "ts": 1_500_000_000, "price": -1, "quantity": 0, "v": 2}
+    )
     assert codes(raw) == [
-        ("unsupported_version", "v"), ("wrong_type", "event_id"), ("missing_field", "user_id"),
-        ("bad_value", "item_id"), ("unknown_type", "type"), ("ts_out_of_range", "ts"), ("bad_value", "price"),
+        ("unsupported_version", "v"),
+        ("wrong_type", "event_id"),
+        ("missing_field", "user_id"),
+        ("bad_value", "item_id"),
+        ("unknown_type", "type"),
+        ("ts_out_of_range", "ts"),
+        ("bad_value", "price"),
         ("bad_value", "quantity"),
     ]
     message = [r.message for r in validate(raw, now_ms=NOW).reasons if r.field == "ts"][0]
     assert "seconds instead of milliseconds" in message
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b"", [("empty", "")]),
-    (b"\xff\xfe{", [("bad_encoding", "")]),
-    (b"{not json", [("not_json", "")]),
-    (b"[1, 2]", [("not_an_object", "")]),
-    (b"null", [("not_an_object", "")]),
-    (b"x" * 20_000, [("oversize", "")]),
-    (orjson.dumps(GOOD | {"ts": NOW + 2 * 3_600_000}), [("ts_out_of_range", "ts")]),
-    (orjson.dumps(GOOD | {"ts": float(NOW)}), [("wrong_type", "ts")]),
-    (orjson.dumps(GOOD | {"ts": True}), [("wrong_type", "ts")]),
-    (orjson.dumps(GOOD | {"user_id": "a\nb"}), [("bad_value", "user_id")]),
-    (orjson.dumps(GOOD | {"user_id": "u" * 129}), [("bad_value", "user_id")]),
-    (orjson.dumps(GOOD | {"type": "rate"}), [("missing_field", "rating")]),
-    (orjson.dumps(GOOD | {"type": "rate", "rating": 11}), [("bad_value", "rating")]),
-    (orjson.dumps(GOOD | {"price": "3"}), [("wrong_type", "price")]),
-    (orjson.dumps({k: v for k, v in GOOD.items() if k != "type"}), [("missing_field", "type")]),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", [("empty", "")]),
+        (b"\xff\xfe{", [("bad_encoding", "")]),
+        (b"{not json", [("not_json", "")]),
+        (b"[1, 2]", [("not_an_object", "")]),
+        (b"null", [("not_an_object", "")]),
+        (b"x" * 20_000, [("oversize", "")]),
+        (orjson.dumps(GOOD | {"ts": NOW + 2 * 3_600_000}), [("ts_out_of_range", "ts")]),
+        (orjson.dumps(GOOD | {"ts": float(NOW)}), [("wrong_type", "ts")]),
+        (orjson.dumps(GOOD | {"ts": True}), [("wrong_type", "ts")]),
+        (orjson.dumps(GOOD | {"user_id": "a\nb"}), [("bad_value", "user_id")]),
+        (orjson.dumps(GOOD | {"user_id": "u" * 129}), [("bad_value", "user_id")]),
+        (orjson.dumps(GOOD | {"type": "rate"}), [("missing_field", "rating")]),
+        (orjson.dumps(GOOD | {"type": "rate", "rating": 11}), [("bad_value", "rating")]),
+        (orjson.dumps(GOOD | {"price": "3"}), [("wrong_type", "price")]),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "type"}), [("missing_field", "type")]),
+    ],
+)
 def test_invalid_inputs_give_their_reason(raw, expected):
     assert codes(raw) == expected
 
@@ -95,23 +114,47 @@ json_values = st.recursive(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(
-    st.sampled_from(["event_id", "user_id", "item_id", "type", "ts", "price", "quantity", "rating", "v",
-                     "session_id", "rec_position", "other"]),
-    json_values | st.sampled_from(sorted(EVENT_TYPES)) | st.integers(NOW - 10**12, NOW + 10**10),
-))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "event_id",
+                "user_id",
+                "item_id",
+                "type",
+                "ts",
+                "price",
+                "quantity",
+                "rating",
+                "v",
+                "session_id",
+                "rec_position",
+                "other",
+            ]
+        ),
+        json_values | st.sampled_from(sorted(EVENT_TYPES)) | st.integers(NOW - 10**12, NOW + 10**10),
+    )
+)
 def test_any_json_object_validates_or_gives_reasons(obj):
     result = validate_dict(obj, now_ms=NOW)
     assert (result.event is None) == bool(result.reasons)
 
 
-ids = st.text(st.characters(codec="utf-8", categories=["L", "N", "P", "S"], include_characters=" "), min_size=1,
-              max_size=40)
+ids = st.text(
+    st.characters(codec="utf-8", categories=["L", "N", "P", "S"], include_characters=" "), min_size=1, max_size=40
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(ids, ids, ids, st.sampled_from(sorted(EVENT_TYPES - {"rate"})), st.integers(788_918_400_000, NOW),
-       st.none() | st.floats(0, 1e6), st.none() | st.integers(1, 1000))
+@given(
+    ids,
+    ids,
+    ids,
+    st.sampled_from(sorted(EVENT_TYPES - {"rate"})),
+    st.integers(788_918_400_000, NOW),
+    st.none() | st.floats(0, 1e6),
+    st.none() | st.integers(1, 1000),
+)
 def test_valid_events_round_trip_through_json(event_id, user, item, etype, ts, price, quantity):
     event = Event(event_id, user, item, etype, ts, price=price, quantity=quantity)
     result = validate(event.to_json(), now_ms=NOW)
@@ -136,11 +179,18 @@ def test_dead_letter_record_keeps_the_original_bytes(raw, key):
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.dictionaries(
-    st.sampled_from(["event_id", "user_id", "item_id", "type", "ts", "v", "session_id", "category_id", "price"]),
-    st.none() | st.booleans() | st.integers(-5, NOW + 10**10) | st.floats(allow_nan=False)
-    | st.text(max_size=130) | st.sampled_from(sorted(EVENT_TYPES)) | st.integers(788_918_400_000, NOW),
-))
+@given(
+    st.dictionaries(
+        st.sampled_from(["event_id", "user_id", "item_id", "type", "ts", "v", "session_id", "category_id", "price"]),
+        st.none()
+        | st.booleans()
+        | st.integers(-5, NOW + 10**10)
+        | st.floats(allow_nan=False)
+        | st.text(max_size=130)
+        | st.sampled_from(sorted(EVENT_TYPES))
+        | st.integers(788_918_400_000, NOW),
+    )
+)
 def test_fast_path_agrees_with_the_full_validator(obj):
     from fusionrec.contracts.events import _validate_full
 
@@ -150,6 +200,13 @@ def test_fast_path_agrees_with_the_full_validator(obj):
 def test_fast_path_agrees_on_typical_events():
     from fusionrec.contracts.events import _validate_full
 
-    for obj in (GOOD, GOOD | {"session_id": "s", "category_id": "c"}, GOOD | {"v": 1}, GOOD | {"v": True},
-                GOOD | {"type": "rate", "rating": 3}, GOOD | {"category_id": ""}, GOOD | {"ts": NOW + 10**9}):
+    for obj in (
+        GOOD,
+        GOOD | {"session_id": "s", "category_id": "c"},
+        GOOD | {"v": 1},
+        GOOD | {"v": True},
+        GOOD | {"type": "rate", "rating": 3},
+        GOOD | {"category_id": ""},
+        GOOD | {"ts": NOW + 10**9},
+    ):
         assert validate_dict(obj, now_ms=NOW) == _validate_full(obj, now_ms=NOW)

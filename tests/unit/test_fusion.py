@@ -114,7 +114,9 @@ def test_fixed_weights_never_learn():
 
 
 def _fused(bandit=None, **kwargs) -> FusedRecommender:
-    return FusedRecommender(["good", "bad"], FusionRanker(k=5, candidates=10, normalise="max", device="cpu"), bandit, **kwargs)
+    return FusedRecommender(
+        ["good", "bad"], FusionRanker(k=5, candidates=10, normalise="max", device="cpu"), bandit, **kwargs
+    )
 
 
 def test_credit_goes_to_the_sources_behind_the_item_by_position_and_type():

@@ -45,8 +45,9 @@ BARE = {"models", "streams", "consumers", "producers"}
 def layer_of(module: str) -> int | None:
     if module == "fusionrec":
         return 0  # the root package holds only the version
-    best = max((prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")),
-               key=len, default=None)
+    best = max(
+        (prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")), key=len, default=None
+    )
     return None if best is None else LAYERS[best]
 
 
@@ -115,23 +116,36 @@ def test_the_checker_catches_an_upward_import(tmp_path):
 FORBIDDEN_FOR_EDGES = ("faust", "mode", "aiokafka", "torch")
 
 
-@pytest.mark.parametrize("module", [
-    "fusionrec.contracts.settings", "fusionrec.contracts.events", "fusionrec.contracts.topics",
-    "fusionrec.contracts.recommendations", "fusionrec.contracts.keys", "fusionrec.infra.admin",
-    "fusionrec.infra.stack", "fusionrec.stores.profiles", "fusionrec.apps.cli", "fusionrec.producers.producer",
-    "fusionrec.producers.datasets", "fusionrec.producers.replay", "fusionrec.consumers.reader",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "fusionrec.contracts.settings",
+        "fusionrec.contracts.events",
+        "fusionrec.contracts.topics",
+        "fusionrec.contracts.recommendations",
+        "fusionrec.contracts.keys",
+        "fusionrec.infra.admin",
+        "fusionrec.infra.stack",
+        "fusionrec.stores.profiles",
+        "fusionrec.apps.cli",
+        "fusionrec.producers.producer",
+        "fusionrec.producers.datasets",
+        "fusionrec.producers.replay",
+        "fusionrec.consumers.reader",
+    ],
+)
 def test_edges_do_not_pull_in_the_stream_framework(module):
-    code = (f"import sys, {module}; bad = [m for m in {FORBIDDEN_FOR_EDGES!r} if m in sys.modules]; "
-            "print(','.join(bad))")
+    code = f"import sys, {module}; bad = [m for m in {FORBIDDEN_FOR_EDGES!r} if m in sys.modules]; print(','.join(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"{module} imports {out}"
 
 
 def test_contracts_import_nothing_else_of_the_project():
-    code = ("import sys, fusionrec.contracts.settings, fusionrec.contracts.events, fusionrec.contracts.topics, "
-            "fusionrec.contracts.recommendations, fusionrec.contracts.keys; "
-            "print(','.join(sorted(m for m in sys.modules if m.startswith('fusionrec.') "
-            "and not m.startswith('fusionrec.contracts'))))")
+    code = (
+        "import sys, fusionrec.contracts.settings, fusionrec.contracts.events, fusionrec.contracts.topics, "
+        "fusionrec.contracts.recommendations, fusionrec.contracts.keys; "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('fusionrec.') "
+        "and not m.startswith('fusionrec.contracts'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -24,10 +24,14 @@ def ev(user: str, item: str, kind: str, ts: int, category: str | None) -> Event:
 
 def test_score_is_the_users_category_share_times_the_items_share_of_it():
     model = CategoryAffinity()
-    model.learn_many([
-        ev("ann", "green", "view", T0, "tea"), ev("ann", "black", "purchase", T0, "tea"),
-        ev("ann", "mug", "view", T0, "kitchen"), ev("bob", "oolong", "add_to_cart", T0, "tea"),
-    ])
+    model.learn_many(
+        [
+            ev("ann", "green", "view", T0, "tea"),
+            ev("ann", "black", "purchase", T0, "tea"),
+            ev("ann", "mug", "view", T0, "kitchen"),
+            ev("bob", "oolong", "add_to_cart", T0, "tea"),
+        ]
+    )
     # ann: tea 6/7, kitchen 1/7; tea: green 1, black 5, oolong 3 of 9; kitchen: mug 1 of 1
     expected = {"black": 6 / 7 * 5 / 9, "oolong": 6 / 7 * 3 / 9, "green": 6 / 7 * 1 / 9, "mug": 1 / 7}
     assert close(model.candidates("ann", 10), sorted(expected.items(), key=lambda p: -p[1]))
@@ -44,8 +48,13 @@ def test_a_cold_user_gets_nothing_and_a_new_item_shows_at_once():
 
 def test_an_event_without_category_uses_the_items_known_one():
     model = CategoryAffinity()
-    model.learn_many([ev("ann", "green", "view", T0, "tea"), ev("bob", "green", "purchase", T0, None),
-                      ev("bob", "mystery", "purchase", T0, None)])
+    model.learn_many(
+        [
+            ev("ann", "green", "view", T0, "tea"),
+            ev("bob", "green", "purchase", T0, None),
+            ev("bob", "mystery", "purchase", T0, None),
+        ]
+    )
     assert model.candidates("bob", 5) == [("green", 1.0)]
     assert model.n_items == 1  # "mystery" has no known category: nothing to learn
 
@@ -66,8 +75,13 @@ def test_affinity_decays_with_the_user_half_life():
 
 def test_an_item_that_changes_category_leaves_the_old_one():
     model = CategoryAffinity()
-    model.learn_many([ev("ann", "kettle", "view", T0, "tea"), ev("ann", "pot", "view", T0, "tea"),
-                      ev("bob", "kettle", "view", T0, "kitchen")])
+    model.learn_many(
+        [
+            ev("ann", "kettle", "view", T0, "tea"),
+            ev("ann", "pot", "view", T0, "tea"),
+            ev("bob", "kettle", "view", T0, "kitchen"),
+        ]
+    )
     assert close(model.candidates("ann", 5), [("pot", 0.5)])  # tea's total still counts kettle's view
     assert model.candidates("bob", 5) == [("kettle", 1.0)]
 
@@ -76,8 +90,11 @@ def test_lists_are_pruned_to_the_strongest():
     model = CategoryAffinity(max_categories_per_user=2, items_per_category=2)
     events = [ev("ann", f"strong{n}", "purchase", T0, "big") for n in range(2)]
     events += [ev("ann", f"weak{n}", "view", T0, "big") for n in range(5)]
-    events += [ev("ann", "x", "add_to_cart", T0, "cat-x"), ev("ann", "y", "view", T0, "cat-y"),
-               ev("ann", "z", "view", T0, "cat-z")]
+    events += [
+        ev("ann", "x", "add_to_cart", T0, "cat-x"),
+        ev("ann", "y", "view", T0, "cat-y"),
+        ev("ann", "z", "view", T0, "cat-z"),
+    ]
     model.learn_many(events)
     # "big" kept strong0, strong1 and the latest weak item; ann kept "big" (15) and "cat-x" (3), not y or z
     assert {item for item, _ in model.candidates("ann", 50)} == {"strong0", "strong1", "weak4", "x"}

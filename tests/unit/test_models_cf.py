@@ -31,8 +31,12 @@ def test_biases_follow_river_exactly():
     # with zero latent vectors both models reduce to mean + biases, so every prediction must match River's
     data = ratings(0, 400)
     ours = MatrixFactorization(bias_lr=0.03, latent_lr=0.05, l2_bias=0.01, init_std=0.0, seed=1)
-    river = reco.BiasedMF(bias_optimizer=optim.SGD(0.03), latent_optimizer=optim.SGD(0.05), l2_bias=0.01,
-                          latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.0, seed=1))
+    river = reco.BiasedMF(
+        bias_optimizer=optim.SGD(0.03),
+        latent_optimizer=optim.SGD(0.05),
+        l2_bias=0.01,
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.0, seed=1),
+    )
     for user, item, y in data:
         assert ours.predict_rating(user, item) == pytest.approx(river.predict_one(user, item), abs=1e-9)
         ours.learn_rating(user, item, y)
@@ -63,8 +67,12 @@ def test_rating_error_is_on_par_with_river():
     data = ratings(1, 6000)
     params = dict(n_factors=10, bias_lr=0.025, latent_lr=0.05, init_std=0.1)
     ours = MatrixFactorization(**params, seed=73)
-    river = reco.BiasedMF(n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
-                          latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73))
+    river = reco.BiasedMF(
+        n_factors=10,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.05),
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+    )
     errors = {"ours": 0.0, "river": 0.0, "mean": 0.0}
     seen = []
     for user, item, y in data:  # progressive validation: predict, then learn
@@ -89,7 +97,7 @@ def test_candidates_are_the_brute_force_top_k(chunk_rows):
     assert matrix.shape == (1200, 10) and bias.shape == (1200,) and len(ids) == 1200
     for user in ("u0", "u13", "u29"):
         scores = model.global_mean + model.user_bias(user) + bias + matrix @ model.user_vector(user)
-        expected = sorted(zip(ids, scores.tolist()), key=lambda p: (p[1], p[0]), reverse=True)
+        expected = sorted(zip(ids, scores.tolist(), strict=False), key=lambda p: (p[1], p[0]), reverse=True)
         for k in (1, 5, 40):
             got = model.candidates(user, k)
             assert [item for item, _ in got] == [item for item, _ in expected[:k]]

@@ -46,8 +46,9 @@ FACTORIES: dict[str, Callable[..., Recommender]] = {
 NAMES = sorted(FACTORIES)
 
 
-def stream(seed: int, n: int = 400, users: int = 12, items: int = 30, start: int = T0, first_item: int = 0
-           ) -> list[Event]:
+def stream(
+    seed: int, n: int = 400, users: int = 12, items: int = 30, start: int = T0, first_item: int = 0
+) -> list[Event]:
     """A seeded shop stream: sessions of a few events, mixed types, every item in a fixed category."""
     rng = random.Random(seed)
     kinds = ["view"] * 10 + ["favourite", "add_to_cart", "add_to_cart", "remove_from_cart", "purchase", "impression"]
@@ -58,8 +59,17 @@ def stream(seed: int, n: int = 400, users: int = 12, items: int = 30, start: int
         for _ in range(rng.randint(1, 6)):
             ts += rng.randint(1, 5) * 1000
             item = first_item + rng.randrange(items)
-            out.append(Event(f"e{seed}-{len(out)}", user, f"i{item}", rng.choice(kinds), ts,
-                             session_id=session, category_id=f"c{item % 4}"))
+            out.append(
+                Event(
+                    f"e{seed}-{len(out)}",
+                    user,
+                    f"i{item}",
+                    rng.choice(kinds),
+                    ts,
+                    session_id=session,
+                    category_id=f"c{item % 4}",
+                )
+            )
     return out[:n]
 
 
@@ -87,8 +97,9 @@ def test_an_untrained_model_has_no_opinion(name):
 def test_impressions_alone_teach_nothing(name):
     # impressions weigh 0 by default: a model fed only impressions holds no users or items
     model = FACTORIES[name]()
-    model.learn_many([Event(f"e{n}", f"u{n % 3}", f"i{n % 5}", "impression", T0 + n, category_id="c")
-                      for n in range(30)])
+    model.learn_many(
+        [Event(f"e{n}", f"u{n % 3}", f"i{n % 5}", "impression", T0 + n, category_id="c") for n in range(30)]
+    )
     assert (model.n_users, model.n_items) == (0, 0)
     assert model.candidates("u1", k=5) == []
     assert model.clock_ms == T0 + 29
@@ -117,7 +128,7 @@ def test_rank_sorts_by_score(name):
     items = [f"i{n}" for n in range(30)] + ["never-seen"]
     random.Random(3).shuffle(items)
     for user in ("u0", "u3", "u7", "nobody"):
-        scores = dict(zip(items, model.score(user, items).tolist()))
+        scores = dict(zip(items, model.score(user, items).tolist(), strict=False))
         expected = sorted(items, key=lambda item: -scores[item])  # stable: ties keep input order
         assert model.rank(user, items) == expected
 
@@ -217,8 +228,9 @@ def _learns_covisit():
     for n in range(40):  # A then B in the same session, every time; noise items in between sessions
         session = f"s{n}"
         events.append(Event(f"a{n}", f"u{n}", "A", "view", T0 + n * MINUTE, session_id=session))
-        events.append(Event(f"n{n}", f"u{n}", f"noise{rng.randrange(20)}", "view", T0 + n * MINUTE + 500,
-                            session_id=f"other{n}"))
+        events.append(
+            Event(f"n{n}", f"u{n}", f"noise{rng.randrange(20)}", "view", T0 + n * MINUTE + 500, session_id=f"other{n}")
+        )
         events.append(Event(f"b{n}", f"u{n}", "B", "view", T0 + n * MINUTE + 1000, session_id=session))
     model.learn_many(events)
     model.learn_one(Event("x", "shopper", "A", "view", T0 + HOUR, session_id="new"))
@@ -242,17 +254,21 @@ def _learns_category():
         category = "X" if n % 2 else "Y"
         item = f"{category}-best" if n % 3 == 0 else f"{category}-{n}"
         events.append(Event(f"e{n}", f"other{n}", item, "view", T0 + n, category_id=category))
-    events += [Event("s1", "shopper", "X-1", "view", T0 + 100, category_id="X"),
-               Event("s2", "shopper", "X-3", "view", T0 + 101, category_id="X")]
+    events += [
+        Event("s1", "shopper", "X-1", "view", T0 + 100, category_id="X"),
+        Event("s2", "shopper", "X-3", "view", T0 + 101, category_id="X"),
+    ]
     model.learn_many(events)
     return model, "shopper", "X-best"
 
 
 def _learns_recent():
     model = RecentItems()
-    events = [Event("e1", "shopper", "socks", "add_to_cart", T0, session_id="s"),
-              Event("e2", "shopper", "hat", "add_to_cart", T0 + 1000),
-              Event("e3", "shopper", "hat", "purchase", T0 + 2000)]
+    events = [
+        Event("e1", "shopper", "socks", "add_to_cart", T0, session_id="s"),
+        Event("e2", "shopper", "hat", "add_to_cart", T0 + 1000),
+        Event("e3", "shopper", "hat", "purchase", T0 + 2000),
+    ]
     events += [Event(f"v{n}", "shopper", f"look{n}", "view", T0 + 3000 + n) for n in range(10)]
     model.learn_many(events)
     return model, "shopper", "socks"
@@ -281,7 +297,7 @@ def test_learns_cf_ranks_unseen_items_of_the_users_taste_above_the_other_taste(m
     rng = random.Random(0)
     held_out = ["t1-8", "t1-9", "t1-10", "t1-11"]
     events = []
-    for epoch in range(10):
+    for _epoch in range(10):
         for user in rng.sample(range(40), 40):
             taste = user % 2
             for item in rng.sample(range(8 if user == 1 else 12), 8):
@@ -329,11 +345,14 @@ DROPPED = {"cf": 3, "covisit": 3, "popular": 2, "trending": 2, "category": 3, "r
 
 
 def _idle_stream() -> list[Event]:
-    old = [Event("o1", "old-user", "old-1", "view", T0, session_id="s-old", category_id="c-old"),
-           Event("o2", "old-user", "old-2", "add_to_cart", T0 + 1000, session_id="s-old", category_id="c-old")]
-    new = [Event("n1", "new-user", "new-1", "view", T0 + 3 * HOUR, session_id="s-new", category_id="c-new"),
-           Event("n2", "new-user", "new-2", "add_to_cart", T0 + 3 * HOUR + 1000, session_id="s-new",
-                 category_id="c-new")]
+    old = [
+        Event("o1", "old-user", "old-1", "view", T0, session_id="s-old", category_id="c-old"),
+        Event("o2", "old-user", "old-2", "add_to_cart", T0 + 1000, session_id="s-old", category_id="c-old"),
+    ]
+    new = [
+        Event("n1", "new-user", "new-1", "view", T0 + 3 * HOUR, session_id="s-new", category_id="c-new"),
+        Event("n2", "new-user", "new-2", "add_to_cart", T0 + 3 * HOUR + 1000, session_id="s-new", category_id="c-new"),
+    ]
     return old + new
 
 

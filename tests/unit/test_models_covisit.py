@@ -25,8 +25,14 @@ def test_each_direction_is_weighted_by_the_event_on_its_target():
 
 def test_links_decay_with_the_half_life():
     model = CoVisitation(half_life_ms=HOUR)
-    model.learn_many([ev("u1", "a", "view", T0, "s1"), ev("u1", "b", "view", T0, "s1"),
-                      ev("u2", "a", "view", T0 + HOUR, "s2"), ev("u2", "b", "add_to_cart", T0 + HOUR, "s2")])
+    model.learn_many(
+        [
+            ev("u1", "a", "view", T0, "s1"),
+            ev("u1", "b", "view", T0, "s1"),
+            ev("u2", "a", "view", T0 + HOUR, "s2"),
+            ev("u2", "b", "add_to_cart", T0 + HOUR, "s2"),
+        ]
+    )
     # a -> b: 1 at T0, 3 at T0 + 1h; read at T0 + 2h: 0.25 + 1.5
     assert model.neighbours("a", 5, now_ms=T0 + 2 * HOUR) == [("b", 1.75)]
 
@@ -68,11 +74,15 @@ def test_candidates_weigh_recent_items_by_one_over_rank_and_leave_them_out():
     model = CoVisitation()
     history = [
         # other shoppers: x follows a, y follows b, and b also leads to a
-        ev("o1", "a", "view", T0, "s1"), ev("o1", "x", "view", T0, "s1"),
-        ev("o2", "b", "view", T0, "s2"), ev("o2", "y", "view", T0, "s2"),
-        ev("o3", "b", "view", T0, "s3"), ev("o3", "a", "view", T0, "s3"),
+        ev("o1", "a", "view", T0, "s1"),
+        ev("o1", "x", "view", T0, "s1"),
+        ev("o2", "b", "view", T0, "s2"),
+        ev("o2", "y", "view", T0, "s2"),
+        ev("o3", "b", "view", T0, "s3"),
+        ev("o3", "a", "view", T0, "s3"),
         # the shopper viewed a, then b
-        ev("me", "a", "view", T0, "mine"), ev("me", "b", "view", T0, "mine"),
+        ev("me", "a", "view", T0, "mine"),
+        ev("me", "b", "view", T0, "mine"),
     ]
     model.learn_many(history)
     # b is the latest (weight 1): y 1; a second (weight 1/2): x 1/2; a and b themselves are left out
@@ -98,8 +108,14 @@ def test_neighbour_lists_keep_the_strongest():
 
 def test_idle_and_capped_items_take_their_links_with_them():
     model = CoVisitation(max_idle_ms=HOUR)
-    model.learn_many([ev("u1", "old", "view", T0, "s1"), ev("u1", "a", "view", T0, "s1"),
-                      ev("u2", "a", "view", T0 + 2 * HOUR, "s2"), ev("u2", "b", "view", T0 + 2 * HOUR, "s2")])
+    model.learn_many(
+        [
+            ev("u1", "old", "view", T0, "s1"),
+            ev("u1", "a", "view", T0, "s1"),
+            ev("u2", "a", "view", T0 + 2 * HOUR, "s2"),
+            ev("u2", "b", "view", T0 + 2 * HOUR, "s2"),
+        ]
+    )
     assert model.evict(T0 + 2 * HOUR) == 2  # u1 and "old"
     assert [item for item, _ in model.neighbours("a", 5)] == ["b"]
     capped = CoVisitation(max_items=16)

@@ -10,7 +10,10 @@ import pytest
 
 import fusionrec.models
 
-MODULES = ["fusionrec.models", *sorted(m.name for m in pkgutil.walk_packages(fusionrec.models.__path__, "fusionrec.models."))]
+MODULES = [
+    "fusionrec.models",
+    *sorted(m.name for m in pkgutil.walk_packages(fusionrec.models.__path__, "fusionrec.models.")),
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

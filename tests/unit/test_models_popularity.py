@@ -97,7 +97,7 @@ def test_cached_top_items_equal_a_brute_force_ranking(events, top_n, k):
         model.learn_one(Event(f"e{n}", "u", f"i{item}", kind, stamps[n]))
     now = max(stamps)
     totals: dict[str, float] = {}
-    for (item, kind, _), ts in zip(events, stamps):
+    for (item, kind, _), ts in zip(events, stamps, strict=False):
         totals[f"i{item}"] = totals.get(f"i{item}", 0.0) + WEIGHTS[kind] * 2.0 ** ((ts - now) / HOUR)
     expected = sorted(totals.items(), key=lambda p: (p[1], p[0]), reverse=True)[:k]
     assert model.candidates("anyone", k) == expected

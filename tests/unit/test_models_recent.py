@@ -41,19 +41,24 @@ def test_bought_items_leave_and_stay_out_until_carted_again():
 
 def test_removing_from_the_cart_withdraws_the_cart_intent_only():
     model = RecentItems(half_life_ms=HOUR)
-    model.learn_many([
-        ev("viewed-then-carted", "view", T0), ev("viewed-then-carted", "add_to_cart", T0),
-        ev("only-carted", "add_to_cart", T0),
-        ev("viewed-then-carted", "remove_from_cart", T0), ev("only-carted", "remove_from_cart", T0),
-        ev("never-carted", "remove_from_cart", T0),
-    ])
+    model.learn_many(
+        [
+            ev("viewed-then-carted", "view", T0),
+            ev("viewed-then-carted", "add_to_cart", T0),
+            ev("only-carted", "add_to_cart", T0),
+            ev("viewed-then-carted", "remove_from_cart", T0),
+            ev("only-carted", "remove_from_cart", T0),
+            ev("never-carted", "remove_from_cart", T0),
+        ]
+    )
     assert model.candidates("ann", 5) == [("viewed-then-carted", 1.0)]
 
 
 def test_a_full_list_drops_its_weakest_item():
     model = RecentItems(half_life_ms=HOUR, max_items_per_user=3)
-    model.learn_many([ev("cart", "add_to_cart", T0), ev("v1", "view", T0 + 1), ev("v2", "view", T0 + 2),
-                      ev("v3", "view", T0 + 3)])
+    model.learn_many(
+        [ev("cart", "add_to_cart", T0), ev("v1", "view", T0 + 1), ev("v2", "view", T0 + 2), ev("v3", "view", T0 + 3)]
+    )
     # the oldest view goes, not the older but stronger cart
     assert sorted(item for item, _ in model.candidates("ann", 5)) == ["cart", "v2", "v3"]
     assert model.n_items == 3

@@ -8,8 +8,8 @@ import pytest
 
 import fusionrec.consumers.online_eval
 from fusionrec.consumers.online_eval import OnlineEvaluator
-from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
 from fusionrec.contracts.events import Event
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
 
 
 def rec(user, generated_at, items, sources=None, segment="returning"):
@@ -61,8 +61,10 @@ def cell(hits, targets):
 
 def variant(new, repeat, new_seg, returning_seg):
     hits, targets = new[0] + repeat[0], new[1] + repeat[1]
-    return cell(hits, targets) | {"by_kind": {"new": cell(*new), "repeat": cell(*repeat)},
-                                  "by_segment": {"new": cell(*new_seg), "returning": cell(*returning_seg)}}
+    return cell(hits, targets) | {
+        "by_kind": {"new": cell(*new), "repeat": cell(*repeat)},
+        "by_segment": {"new": cell(*new_seg), "returning": cell(*returning_seg)},
+    }
 
 
 def run(evaluator, lists=LISTS, stream=STREAM):
@@ -151,8 +153,9 @@ def test_non_targets_are_not_counted_anywhere():
     assert evaluator.observe_event(ev(1600, "ann", "a", "remove_from_cart")) is None
     summary = evaluator.summary()
     assert summary["targets"] == 0 and summary["unserved"] == 0
-    assert summary["variants"] == {"fused": cell(0, 0) | {"by_kind": {"new": cell(0, 0), "repeat": cell(0, 0)},
-                                                           "by_segment": {}}}
+    assert summary["variants"] == {
+        "fused": cell(0, 0) | {"by_kind": {"new": cell(0, 0), "repeat": cell(0, 0)}, "by_segment": {}}
+    }
 
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"max_lists_per_user": 0}, {"max_users": 0}])

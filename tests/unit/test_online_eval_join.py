@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import fusionrec.consumers.online_eval
 from fusionrec.consumers.online_eval import OnlineEvaluator, _TimeOrderedJoin
-from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
 from fusionrec.contracts.events import Event
+from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
 
 GRACE_MS = 100
 
 
 def rec(user, generated_at, items):
-    return Recommendation(user, tuple(RecommendedItem(item, 1.0) for item in items), {}, "returning",
-                          Policy("bandit", "exploit", 0.9), 1, "test", generated_at, generated_at - 1)
+    return Recommendation(
+        user,
+        tuple(RecommendedItem(item, 1.0) for item in items),
+        {},
+        "returning",
+        Policy("bandit", "exploit", 0.9),
+        1,
+        "test",
+        generated_at,
+        generated_at - 1,
+    )
 
 
 def ev(ts, user, item):

@@ -16,8 +16,20 @@ TYPES = ["view"] * 6 + ["add_to_cart", "favourite", "purchase", "remove_from_car
 
 def stream(n: int, seed: int) -> list[tuple[Event, int]]:
     rng = random.Random(seed)
-    return [(Event(f"e{i}", f"u{rng.randrange(80)}", f"i{rng.randrange(150)}", rng.choice(TYPES),
-                   1_700_000_000_000 + 1000 * i, category_id=f"c{rng.randrange(9)}"), i) for i in range(n)]
+    return [
+        (
+            Event(
+                f"e{i}",
+                f"u{rng.randrange(80)}",
+                f"i{rng.randrange(150)}",
+                rng.choice(TYPES),
+                1_700_000_000_000 + 1000 * i,
+                category_id=f"c{rng.randrange(9)}",
+            ),
+            i,
+        )
+        for i in range(n)
+    ]
 
 
 def fingerprint(state: PartitionState) -> dict:
@@ -26,7 +38,7 @@ def fingerprint(state: PartitionState) -> dict:
 
 def test_batching_does_not_change_what_the_models_learn(monkeypatch):
     monkeypatch.setattr(state_module, "EVICT_EVERY", 700)  # cross several eviction boundaries
-    settings = load_settings(model_max_idle_s=60)            # 60 s of event time: eviction really drops state
+    settings = load_settings(model_max_idle_s=60)  # 60 s of event time: eviction really drops state
     events = stream(3000, seed=4)
     whole = PartitionState(0, build_models(settings, 0))
     whole.learn(events, events[-1][1])
@@ -35,13 +47,14 @@ def test_batching_does_not_change_what_the_models_learn(monkeypatch):
     i = 0
     while i < len(events):
         n = rng.randrange(1, 400)
-        cut.learn(events[i:i + n], events[min(i + n, len(events)) - 1][1])
+        cut.learn(events[i : i + n], events[min(i + n, len(events)) - 1][1])
         i += n
     assert whole.offset == cut.offset == 2999
     assert whole.evicted and whole.evicted == cut.evicted
     assert fingerprint(whole) == fingerprint(cut)
-    assert {k: [e.event_id for e in v] for k, v in whole.pending.items()} == \
-        {k: [e.event_id for e in v] for k, v in cut.pending.items()}
+    assert {k: [e.event_id for e in v] for k, v in whole.pending.items()} == {
+        k: [e.event_id for e in v] for k, v in cut.pending.items()
+    }
 
 
 def test_block_fed_model_waits_for_a_full_block():
@@ -51,7 +64,7 @@ def test_block_fed_model_waits_for_a_full_block():
     events = stream(block - 1, seed=1)
     state.learn(events, events[-1][1])
     assert len(state.pending["cf"]) == block - 1 and state.models["cf"].n_users == 0
-    more = stream(block + 1, seed=2)[block - 1:]
+    more = stream(block + 1, seed=2)[block - 1 :]
     state.learn([(e, o) for e, o in more], more[-1][1])
     assert len(state.pending["cf"]) == 1 and state.models["cf"].n_users > 0
     assert state.models["popular"].n_items > 0 and state.dirty

@@ -26,8 +26,16 @@ def shop_events(n=3000, seed=0):
     out = []
     for i in range(n):
         item = rng.randrange(200)
-        out.append(Event(f"e{i}", f"u{rng.randrange(60)}", f"i{item}", rng.choice(["view"] * 8 + ["add_to_cart"]),
-                         T0 + i * 1000, category_id=f"c{item % 12}"))
+        out.append(
+            Event(
+                f"e{i}",
+                f"u{rng.randrange(60)}",
+                f"i{item}",
+                rng.choice(["view"] * 8 + ["add_to_cart"]),
+                T0 + i * 1000,
+                category_id=f"c{item % 12}",
+            )
+        )
     return out
 
 
@@ -101,16 +109,19 @@ def test_new_item_reaches_lists_through_covisitation_as_soon_as_seen():
     events = shop_events()
     models = trained_models(events)
     ts = events[-1].ts
-    fresh = [Event("n1", "u7", "niche", "view", ts + 1, category_id="c5"),
-             Event("n2", "u7", "brand-new", "view", ts + 2, category_id="c5")]
+    fresh = [
+        Event("n1", "u7", "niche", "view", ts + 1, category_id="c5"),
+        Event("n2", "u7", "brand-new", "view", ts + 2, category_id="c5"),
+    ]
     for model in models.values():
         model.learn_many(fresh)
     viewer = Event("n3", "visitor", "niche", "view", ts + 3, category_id="c5")
     for model in models.values():
         model.learn_one(viewer)
     covisit_only = {name: 1.0 if name == "covisit" else 0.0 for name in SOURCES}
-    [result] = FusionRanker(k=10, candidates=100, category_cap=0, device="cpu").rank(models, ["visitor"],
-                                                                                      [covisit_only])
+    [result] = FusionRanker(k=10, candidates=100, category_cap=0, device="cpu").rank(
+        models, ["visitor"], [covisit_only]
+    )
     assert "brand-new" in result.item_ids
 
 

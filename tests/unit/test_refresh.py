@@ -39,8 +39,14 @@ class _Publisher:
 
 def partition(settings, number: int, users: int) -> PartitionState:
     state = PartitionState(number, build_models(settings, number), build_fusion(settings, number))
-    events = [(Event(f"e{number}-{u}-{n}", f"p{number}u{u}", f"i{(u + n) % 7}", "view", 1_700_000_000_000 + 10 * u + n),
-               u * 2 + n) for u in range(users) for n in range(2)]
+    events = [
+        (
+            Event(f"e{number}-{u}-{n}", f"p{number}u{u}", f"i{(u + n) % 7}", "view", 1_700_000_000_000 + 10 * u + n),
+            u * 2 + n,
+        )
+        for u in range(users)
+        for n in range(2)
+    ]
     state.learn(events, events[-1][1])
     return state
 
@@ -59,8 +65,10 @@ def test_a_slice_ranks_at_most_its_budget_longest_waiting_first_then_the_rest(pr
     assert processor.refresh(max_users=4) == 4
     first = processor.publisher.calls
     assert [(p, users) for p, users, _ in first] == [(0, ["p0u0", "p0u1"]), (0, ["p0u2", "p0u3"])]
-    assert first[0][2] == {"p0u0": [1_700_000_000_000, 1_700_000_000_001],
-                           "p0u1": [1_700_000_000_010, 1_700_000_000_011]}  # each event's time, for freshness
+    assert first[0][2] == {
+        "p0u0": [1_700_000_000_000, 1_700_000_000_001],
+        "p0u1": [1_700_000_000_010, 1_700_000_000_011],
+    }  # each event's time, for freshness
     assert list(processor.states[0].changed) == ["p0u4"]
     # The next call starts with the next partition, and everything left fits in the default budget.
     assert processor.refresh() == 8

@@ -27,18 +27,21 @@ def test_defaults_and_env(monkeypatch):
     assert settings.kafka.bootstrap_servers == "k1:9092,k2:9093"
     assert settings.kafka.bootstrap_hosts == [("k1", 9092), ("k2", 9093)]
     assert settings.topic.events_partitions == 12
-    with pytest.raises(Exception):  # noqa: B017,PT011 - pydantic's frozen error
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
         settings.topic.events_partitions = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("var", "value", "fragment"), [
-    ("FUSIONREC_KAFKA_BOOTSTRAP_SERVERS", "nohostport", "is not host:port"),
-    ("FUSIONREC_TOPIC_EVENTS_PARTITIONS", "0", "greater than or equal to 1"),
-    ("FUSIONREC_TOPIC_EVENTS", "bad topic!", "not a legal Kafka topic name"),
-    ("FUSIONREC_REDIS_URL", "http://x", "must start with redis://"),
-    ("FUSIONREC_KAFKA_COMPRESSION", "brotli", "Input should be"),
-    ("FUSIONREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "needs FUSIONREC_KAFKA_SASL_MECHANISM"),
-])
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("FUSIONREC_KAFKA_BOOTSTRAP_SERVERS", "nohostport", "is not host:port"),
+        ("FUSIONREC_TOPIC_EVENTS_PARTITIONS", "0", "greater than or equal to 1"),
+        ("FUSIONREC_TOPIC_EVENTS", "bad topic!", "not a legal Kafka topic name"),
+        ("FUSIONREC_REDIS_URL", "http://x", "must start with redis://"),
+        ("FUSIONREC_KAFKA_COMPRESSION", "brotli", "Input should be"),
+        ("FUSIONREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "needs FUSIONREC_KAFKA_SASL_MECHANISM"),
+    ],
+)
 def test_invalid_values_are_rejected_with_the_variable_named(monkeypatch, var, value, fragment):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as info:

@@ -14,32 +14,38 @@ def ev(user, item, type, rating=None, ts=1_700_000_000_000):
     return Event(f"{user}-{item}-{type}", user, item, type, ts, rating=rating)
 
 
-@pytest.mark.parametrize(("type", "rating", "kind"), [
-    ("view", None, "new"),
-    ("favourite", None, "new"),
-    ("add_to_cart", None, "new"),
-    ("purchase", None, "new"),
-    ("rate", 4.0, "new"),
-    ("rate", 5.0, "new"),
-    ("rate", 3.9, None),
-    ("rate", 1.0, None),
-    ("impression", None, None),
-    ("remove_from_cart", None, None),
-])
+@pytest.mark.parametrize(
+    ("type", "rating", "kind"),
+    [
+        ("view", None, "new"),
+        ("favourite", None, "new"),
+        ("add_to_cart", None, "new"),
+        ("purchase", None, "new"),
+        ("rate", 4.0, "new"),
+        ("rate", 5.0, "new"),
+        ("rate", 3.9, None),
+        ("rate", 1.0, None),
+        ("impression", None, None),
+        ("remove_from_cart", None, None),
+    ],
+)
 def test_first_interaction_with_an_item(type, rating, kind):
     assert TargetFilter().classify(ev("ann", "tea", type, rating)) == kind
 
 
-@pytest.mark.parametrize(("type", "rating", "kind"), [
-    ("view", None, None),
-    ("favourite", None, None),
-    ("add_to_cart", None, "repeat"),
-    ("purchase", None, "repeat"),
-    ("rate", 5.0, None),
-    ("rate", 1.0, None),
-    ("impression", None, None),
-    ("remove_from_cart", None, None),
-])
+@pytest.mark.parametrize(
+    ("type", "rating", "kind"),
+    [
+        ("view", None, None),
+        ("favourite", None, None),
+        ("add_to_cart", None, "repeat"),
+        ("purchase", None, "repeat"),
+        ("rate", 5.0, None),
+        ("rate", 1.0, None),
+        ("impression", None, None),
+        ("remove_from_cart", None, None),
+    ],
+)
 def test_interaction_with_an_item_seen_before(type, rating, kind):
     targets = TargetFilter()
     assert targets.classify(ev("ann", "tea", "view")) == "new"
