@@ -5,14 +5,19 @@ DATA ?= ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
 ML1M ?= ../shared/data/movielens-1m-partial/ratings_first2999users.dat.gz
 ML100K ?= ../shared/data/movielens-100k/u.data.gz
 
-.PHONY: setup demo test test-unit bench clean
+.PHONY: setup demo lint test test-unit bench clean
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/fusionrec demo $(DATA)
 
-test: setup
+# Lint and format check (ruff, configured in pyproject.toml), then every test.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 test-unit: setup

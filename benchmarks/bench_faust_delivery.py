@@ -102,19 +102,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
-    from fusionrec.contracts.settings import load_settings
     from fusionrec.infra.admin import ensure_topics
-    from fusionrec.infra.stack import Stack, free_port
+    from fusionrec.infra.stack import Stack, private_settings
     from fusionrec.producers.datasets import read_dataset
     from fusionrec.producers.producer import EventProducer
     from fusionrec.producers.replay import replay_events
 
     events = read_dataset(args.path, limit=args.limit).events
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-faust-"))
-    settings = load_settings(
-        state_dir=tmp / "stack",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = private_settings(
+        tmp / "stack",
         topic_events_partitions=6,
         topic_events=f"bench-faust-{time.time_ns()}",
     )

@@ -51,13 +51,14 @@ from collections import Counter
 from pathlib import Path
 
 from fusionrec.apps.evaluation import EvalConfig, evaluate
-from fusionrec.consumers.online_eval import OnlineEvaluator, run_online_eval
+from fusionrec.consumers.online_eval import OnlineEvaluator
+from fusionrec.consumers.online_eval_service import run_online_eval
 from fusionrec.consumers.reader import read_topic
 from fusionrec.contracts.events import Event, validate
 from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
-from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
-from fusionrec.infra.stack import Stack, free_port
+from fusionrec.infra.stack import Stack, private_settings
 from fusionrec.models import SOURCES
 from fusionrec.models.targets import TargetFilter
 from fusionrec.producers.datasets import read_dataset
@@ -215,10 +216,8 @@ def main() -> None:
     block = max(1, round(args.rate * args.interval_ms / 1000))
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-parity-"))
     stamp = time.time_ns()
-    settings = load_settings(
-        state_dir=tmp / "stack",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = private_settings(
+        tmp / "stack",
         topic_events_partitions=1,
         topic_recommendations_partitions=1,
         topic_events=f"parity-events-{stamp}",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fusionrec.contracts.settings import Settings, load_settings
-from fusionrec.infra.stack import Stack, free_port
+from fusionrec.contracts.settings import Settings
+from fusionrec.infra.stack import Stack, free_port, private_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FUSIONREC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -32,10 +32,8 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
 def stack(tmp_path_factory) -> Stack:
     """A running embedded broker + Redis for the whole session; stopped (by PID) at the end."""
     tmp = tmp_path_factory.mktemp("stack")
-    settings = load_settings(
-        state_dir=tmp / "state",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = private_settings(
+        tmp / "state",
     )
     stack = Stack(settings)
     services = stack.up()

@@ -80,12 +80,7 @@ def plot_timeline(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("event time (UTC)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, ncol=2)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path = out_dir / "hr_over_time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / "hr_over_time.png"))
 
     segments = list(timeline[0]["weights"])
     fig, axes = plt.subplots(1, len(segments), figsize=(6 * len(segments), 4.5), sharey=True, squeeze=False)
@@ -99,10 +94,16 @@ def plot_timeline(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("exploit weight")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    written.append(_save(fig, out_dir / "weights_over_time.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out a figure of time series, write it as PNG and free it."""
+    import matplotlib.pyplot as plt
+
     fig.autofmt_xdate()
     fig.tight_layout()
-    path = out_dir / "weights_over_time.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

@@ -11,6 +11,9 @@ The flat name of a key (``ranker_interval_ms``: the variable without ``FUSIONREC
 This module is also the single place that turns the settings into client configurations: librdkafka dicts for
 confluent-kafka and keyword arguments for aiokafka/Faust, so broker quirks (Tansu needs a short session timeout
 and a short fetch wait) are tuned here and nowhere else.
+
+It is longer than the project's other modules on purpose: every setting, its default, its bounds and its
+documentation stand in this one file, so that there is exactly one place to look them up.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 (PID, command line, log file) under ``settings.state_dir``. ``fusionrec down`` stops only those processes, by
 PID, after checking that the PID still runs the program we started. Anything that was already reachable at the
 configured address (a system Redis, a real Kafka) is used as it is and never stopped.
+
+One module (a little over 400 lines) because starting, checking and stopping the three services share the PID
+records and the health checks; split, each part would need the others.
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fusionrec.contracts.settings import Settings
+from fusionrec.contracts.settings import Settings, load_settings
 
-__all__ = ["Stack", "ServiceStatus", "StackError", "free_port", "process_start_time", "tansu_binary"]
+__all__ = [
+    "ServiceStatus",
+    "Stack",
+    "StackError",
+    "free_port",
+    "private_settings",
+    "process_start_time",
+    "tansu_binary",
+]
 
 log = logging.getLogger("fusionrec.infra.stack")
 
@@ -62,6 +73,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def private_settings(state_dir: Path, **overrides) -> Settings:
+    """Settings for a private embedded stack (tests, benchmarks): its own state dir, and a broker and a Redis on
+    free loopback ports, so that it never meets a running one; ``overrides`` by flat name."""
+    return load_settings(
+        state_dir=state_dir,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        **overrides,
+    )
 
 
 def tansu_binary() -> str:

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from fusionrec.consumers.client import RecommendationsConsumer, RecommendationStore
-from fusionrec.consumers.online_eval import run_online_eval
+from fusionrec.consumers.online_eval_service import run_online_eval
 from fusionrec.contracts.events import Event
 from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
@@ -229,8 +229,9 @@ def test_store_reads_the_serving_copy_under_the_documented_key(stack):
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("fusionrec.consumers.client", ("faust", "torch", "models")),
+        ("fusionrec.consumers.client", ("faust", "torch", "fusionrec.models")),
         ("fusionrec.consumers.online_eval", ("faust", "torch")),
+        ("fusionrec.consumers.online_eval_service", ("faust", "torch")),
     ],
 )
 def test_the_client_imports_without_the_stream_framework(module, forbidden):

@@ -44,7 +44,8 @@ def exported_metrics() -> set[str]:
     """Every sample name the worker and the online-eval consumer export (the two processes Prometheus scrapes)."""
     from prometheus_client import CollectorRegistry
 
-    from fusionrec.consumers.online_eval import OnlineEvalCollector, OnlineEvaluator
+    from fusionrec.consumers.online_eval import OnlineEvaluator
+    from fusionrec.consumers.online_eval_service import OnlineEvalCollector
     from fusionrec.streams.metrics import WorkerMetrics
 
     worker = CollectorRegistry()

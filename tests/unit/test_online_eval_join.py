@@ -1,10 +1,10 @@
-"""The online evaluation's join in event time (``_TimeOrderedJoin``): what the Kafka reader feeds the evaluator, on
+"""The online evaluation's join in event time (``TimeOrderedJoin``): what the Kafka reader feeds the evaluator, on
 hand-made read orders whose judgements were worked out by hand."""
 
 from __future__ import annotations
 
 import fusionrec.consumers.online_eval
-from fusionrec.consumers.online_eval import OnlineEvaluator, _TimeOrderedJoin
+from fusionrec.consumers.online_eval import OnlineEvaluator, TimeOrderedJoin
 from fusionrec.contracts.events import Event
 from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem
 
@@ -31,7 +31,7 @@ def ev(ts, user, item):
 
 def join(**kwargs):
     evaluator = OnlineEvaluator(k=1, **kwargs)
-    return evaluator, _TimeOrderedJoin(evaluator, GRACE_MS, [0], [0], now=0.0)
+    return evaluator, TimeOrderedJoin(evaluator, GRACE_MS, [0], [0], now=0.0)
 
 
 def hits_and_unserved(evaluator):

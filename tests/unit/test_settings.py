@@ -85,6 +85,24 @@ def test_client_configs_carry_tansu_friendly_timings():
     assert producer["linger.ms"] == 20 and producer["acks"] == "all" and producer["enable.idempotence"] is True
 
 
+def test_a_variable_a_section_does_not_know_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("FUSIONREC_RANKER_INTERVALMS", "100")  # a typo of FUSIONREC_RANKER_INTERVAL_MS
+    with pytest.raises(SettingsError, match="FUSIONREC_RANKER_INTERVALMS: Extra inputs are not permitted"):
+        load_settings()
+
+
+def test_sections_and_flat_names_address_the_same_keys():
+    settings = load_settings(ranker_k=7, redis_prefix="x:")
+    assert settings.ranker.k == 7 and settings.redis.prefix == "x:" and settings.redis.keys.profile("u") == "x:p:u"
+    changed = settings.replace(topic_events="other", ranker_k=9)
+    assert (changed.topic.events, changed.ranker.k, changed.redis.prefix) == ("other", 9, "x:")
+    assert settings.ranker.k == 7  # frozen: replace makes a copy
+    with pytest.raises(SettingsError, match="FUSIONREC_RANKER_NOPE: no such setting"):
+        settings.replace(ranker_nope=1)
+    child = settings.to_env()
+    assert child["FUSIONREC_RANKER_K"] == "7" and child["FUSIONREC_REDIS_PREFIX"] == "x:"
+
+
 def test_heartbeat_must_fit_session_timeout(monkeypatch):
     monkeypatch.setenv("FUSIONREC_KAFKA_HEARTBEAT_INTERVAL_MS", "3000")
     with pytest.raises(SettingsError, match="at most a third"):

@@ -1,0 +1,5 @@
+"""``python -m fusionrec.apps.cli``: the same as the ``fusionrec`` command."""
+
+from fusionrec.apps.cli import main
+
+main()
