@@ -452,6 +452,8 @@ class Settings(BaseSettings):
             "client.id": f"{kafka.client_id}-producer",
             "acks": "all",
             "enable.idempotence": kafka.idempotence,
+            # The Java client's placement of keys (murmur2), not librdkafka's CRC32: fusionrec.contracts.partitioning
+            "partitioner": "murmur2_random",
             "linger.ms": kafka.linger_ms,
             "compression.type": kafka.compression,
             "batch.num.messages": 10_000,

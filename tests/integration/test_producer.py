@@ -8,6 +8,7 @@ import pytest
 
 from fusionrec.consumers.reader import read_topic
 from fusionrec.contracts.events import Event, InvalidEvent
+from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import load_settings
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.stack import free_port
@@ -30,6 +31,22 @@ def test_events_are_delivered_keyed_by_user(settings):
     for partition, _offset, key, _value in records:
         by_user.setdefault(key, set()).add(partition)
     assert len(by_user) == 4 and all(len(parts) == 1 for parts in by_user.values())
+
+
+def test_users_land_on_the_partition_the_java_client_would_choose(settings):
+    """The producer's placement of a key is murmur2's, not librdkafka's CRC32: a user is never split between this
+    producer and a shop service that produces with the Java client."""
+    settings = settings.replace(topic_events_partitions=6)
+    ensure_topics(settings)
+    now = int(time.time() * 1000)
+    users = [f"user-{n}" for n in range(60)]
+    with EventProducer(settings) as producer:
+        for n, user in enumerate(users):
+            producer.send(Event(f"p{n}", user, "i1", "view", now))
+    records = list(read_topic(settings, settings.topic.events, max_messages=60, idle_timeout=5))
+    placed = {key.decode(): partition for partition, _offset, key, _value in records}
+    assert placed == {user: partition_for(user, 6) for user in users}
+    assert len(set(placed.values())) == 6  # the check would be vacuous with one partition
 
 
 def test_invalid_event_is_refused_before_sending(settings):
