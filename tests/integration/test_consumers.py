@@ -24,6 +24,7 @@ from fusionrec.contracts.recommendations import Policy, Recommendation, Recommen
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.stack import free_port
 from fusionrec.producers.producer import EventProducer
+from tests.integration.examples import run_python_examples
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "consumers.md"
 INVALID_LIST = b'{"v": 2, "user_id": "u1"}'
@@ -246,23 +247,16 @@ def test_docs_python_example_runs(conf, stack):
     publish(conf, [rec])
     client = redis.Redis.from_url(stack.settings.redis.url)
     client.set(RedisKeys(prefix).recommendation("u42"), encode(rec))
-    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    assert blocks, "docs/consumers.md has no python example"
     env = {
         "FUSIONREC_KAFKA_BOOTSTRAP_SERVERS": conf.kafka.bootstrap_servers,
         "FUSIONREC_TOPIC_RECOMMENDATIONS": conf.topic.recommendations,
         "FUSIONREC_REDIS_URL": conf.redis.url,
         "FUSIONREC_REDIS_PREFIX": prefix,
-        "PATH": "/usr/bin:/bin",
     }
     try:
-        for block in blocks:
-            proc = subprocess.run(
-                [sys.executable, "-c", block], env=env, cwd=DOCS.parent, capture_output=True, text=True, timeout=60
-            )
-            assert proc.returncode == 0, f"example failed:\n{block}\n{proc.stderr}"
-            assert "u42 returning ['i7', 'i9'] exploit" in proc.stdout and "['i7', 'i9']\n" in proc.stdout
-            assert "{'u42': True, 'u7': False}" in proc.stdout
+        output = "".join(run_python_examples(DOCS, env))
+        assert "u42 returning ['i7', 'i9'] exploit" in output and "['i7', 'i9']\n" in output
+        assert "{'u42': True, 'u7': False}" in output
     finally:
         client.delete(RedisKeys(prefix).recommendation("u42"))
         client.close()
