@@ -14,11 +14,14 @@ from fusionrec.contracts.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help="fusionrec: streaming, real-time fused recommendations for shops, on Kafka.\n\n"
-    "Every setting is an environment variable FUSIONREC_<NAME> (see `fusionrec config`); the global flags below "
-    "override the most common ones.",
+    "Every setting is an environment variable FUSIONREC_<SECTION>_<KEY> (see `fusionrec config --env`); the global "
+    "flags below override the most common ones.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts say "[env FUSIONREC_…]" and "[default …]": plain text, not Rich markup (which would eat them).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 log = logging.getLogger("fusionrec")
 
