@@ -11,7 +11,7 @@ Replays a dataset at ``--rate`` events/s (timestamps stamped when sent, as a liv
     worker's CPU time (utime + stime, forked snapshot children included) and RSS over the replay.
 
 Quantiles are Prometheus-style (linear within a bucket), so p99.9 is "-ish": it is only as fine as the buckets.
-Then, unless ``--no-profile``: the refresh in-process (``BatchProcessor.refresh`` after every tick's worth of
+Then, unless ``--no-profile``: the refresh in-process (``Refresher.refresh`` after every tick's worth of
 events, ``rate × interval``), timed per call and per user and broken down by stage under cProfile.
 
     python benchmarks/bench_freshness.py ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
@@ -72,25 +72,26 @@ def ms(values: list[float]) -> str:
 
 
 def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
-    """Feed ``events`` through an in-process :class:`BatchProcessor` one tick's worth at a time, refreshing after
-    each; return per-refresh times, users per refresh and a cProfile breakdown of the refresh by stage."""
+    """Feed ``events`` through an in-process :class:`BatchApplier` one tick's worth at a time, refreshing after
+    each (:class:`Refresher`); return per-refresh times, users per refresh and a cProfile breakdown of the refresh
+    by stage."""
     from fusionrec.stores.profiles import ProfileStore
     from fusionrec.streams.app import tune_gc
+    from fusionrec.streams.apply import BatchApplier
     from fusionrec.streams.batching import Record, RecordBatch
-    from fusionrec.streams.processor import BatchProcessor
     from fusionrec.streams.publisher import RecommendationPublisher
-    from fusionrec.streams.state import SnapshotStore, build_ranker
+    from fusionrec.streams.refresh import Refresher
+    from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
 
     tune_gc()  # as the worker does, and its torch threads
     if settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
     client = redis.Redis.from_url(settings.redis.url)
     conf = settings.replace(redis_prefix="bench-refresh:")
-    processor = BatchProcessor(
-        conf,
-        ProfileStore.from_settings(conf, client),
-        SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)),
-        publisher=RecommendationPublisher(conf, client),
+    registry = PartitionRegistry(SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)))
+    applier = BatchApplier(registry, ProfileStore.from_settings(conf, client), conf.event)
+    refresher = Refresher(
+        registry, RecommendationPublisher.from_settings(conf, client), client, conf.redis.keys, "bench"
     )
     partitions = settings.topic.events_partitions
     offsets = [0] * partitions
@@ -107,25 +108,25 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
             for event in chunk:
                 records.append(Record(offsets[partition], event.key, event.to_json(), event.ts))
                 offsets[partition] += 1
-            processor.process(RecordBatch("bench", partition, records))
+            applier.apply(RecordBatch("bench", partition, records))
         began = time.perf_counter()
         profiler.enable()
-        n = processor.refresh()
+        n = refresher.refresh()
         profiler.disable()
         times.append(time.perf_counter() - began)
         users.append(n)
         now += 1  # keep event times moving
-    processor.publisher.flush()
+    refresher.publisher.flush()
     stats = pstats.Stats(profiler)
     stages = {
-        ("refresh", "processor.py"): "refresh, all",
+        ("refresh", "refresh.py"): "refresh, all",
         ("recommend", "fused.py"): "  FusedRecommender.recommend",
         ("_cf_candidates", "ranker.py"): "    CF candidates (exhaustive top-k, torch)",
         ("gather", "ranker.py"): "    gather, all sources",
         ("prepare", "ranker.py"): "    prepare (gather + filter + normalise)",
         ("fuse", "ranker.py"): "    fuse (tensor product, sort, category cap)",
         ("publish", "publisher.py"): "  publish (encode, produce, Redis pipeline, metrics)",
-        ("unavailable", "processor.py"): "  unavailable items (Redis SMEMBERS, cached 1 s)",
+        ("unavailable", "refresh.py"): "  unavailable items (Redis SMEMBERS, cached 1 s)",
     }
     rows: dict[str, float] = {}
     per_source: dict[str, float] = {}
@@ -136,7 +137,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         elif func == "candidates" and "/models/" in filename:
             name = Path(filename).stem
             per_source[name] = per_source.get(name, 0.0) + cumtime
-    keys = list(client.scan_iter(match="bench-refresh:*"))
+    keys = list(client.scan_iter(match=conf.redis.keys.everything))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
     client.close()

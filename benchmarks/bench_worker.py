@@ -5,7 +5,7 @@ Throughput (the same events, one run):
   * River's ``BiasedMF.learn_one`` loop in-process (no broker, no Redis): the rate of one online CF model;
   * one ``fusionrec worker`` process through the full stack: Kafka → validation → Redis profiles with dedup →
     six online models (rate from its own metrics, first event to last);
-  * where the worker's time goes: ``BatchProcessor.process`` in-process under cProfile, by stage.
+  * where the worker's time goes: ``BatchApplier.apply`` in-process under cProfile, by stage.
 Latency (``--latency``): events offered at a fixed rate, event time → profile written, p50/p99 from the worker's
 histogram. Memory: the worker's RSS and Redis bytes per user profile after the run.
 
@@ -96,29 +96,30 @@ def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], fl
     """The in-process batch path on up to 60k events: its rate, then a cProfile breakdown by stage."""
     from fusionrec.stores.profiles import ProfileStore
     from fusionrec.streams.app import tune_gc
-    from fusionrec.streams.processor import BatchProcessor
-    from fusionrec.streams.state import SnapshotStore
+    from fusionrec.streams.apply import BatchApplier
+    from fusionrec.streams.state import PartitionRegistry, SnapshotStore
 
     tune_gc()  # as the worker does
     client = redis.Redis.from_url(settings.redis.url)
     events = dataset_events[:60_000]
 
-    def processor(prefix):
+    def applier(prefix):
         conf = settings.replace(redis_prefix=prefix)
-        return BatchProcessor(conf, ProfileStore.from_settings(conf, client), SnapshotStore(client, conf, "bench"))
+        partitions = PartitionRegistry(SnapshotStore(client, conf, "bench"))
+        return BatchApplier(partitions, ProfileStore.from_settings(conf, client), conf.event)
 
-    timed = processor("bench-rate:")
+    timed = applier("bench-rate:")
     batches = _batches(events)
     began = time.perf_counter()
     for batch in batches:
-        timed.process(batch)
+        timed.apply(batch)
     rate = len(events) / (time.perf_counter() - began)
 
-    profiled = processor("bench-profile:")
+    profiled = applier("bench-profile:")
     profiler = cProfile.Profile()
     profiler.enable()
     for batch in batches:
-        profiled.process(batch)
+        profiled.apply(batch)
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = stats.total_tt
@@ -221,7 +222,7 @@ def main() -> None:
         client = redis.Redis.from_url(settings.redis.url)
         users = {e.user_id for e in events}
         sample = list(users)[:2000]
-        profile_bytes = sum(client.memory_usage(f"{settings.redis.prefix}p:{u}") or 0 for u in sample) / len(sample)
+        profile_bytes = sum(client.memory_usage(settings.redis.keys.profile(u)) or 0 for u in sample) / len(sample)
         used = client.info("memory")["used_memory"]
         worker.stop()
         worker = None
@@ -236,7 +237,7 @@ def main() -> None:
         print(f"{'River BiasedMF.learn_one loop, in-process':<52}{river:>12,.0f}")
         print(f"{'fusionrec CF model alone (learn_many), in-process':<52}{cf:>12,.0f}")
         print(f"{'fusionrec worker, full stack (1 process)':<52}{worker_rate:>12,.0f}")
-        print(f"{'BatchProcessor in-process (Redis, no broker)':<52}{inproc_rate:>12,.0f}")
+        print(f"{'BatchApplier in-process (Redis, no broker)':<52}{inproc_rate:>12,.0f}")
         print(
             f"\nworker / River: {worker_rate / river:.2f}x;  CF model / River: {cf / river:.2f}x;  "
             f"worker / raw consume: {worker_rate / raw_rate:.2f}x"

@@ -1,11 +1,14 @@
-"""The stream worker: the Faust app, built in this one module, and its thin agent, timer and rebalance hooks.
+"""The stream worker: the Faust app, built in this one module, with its agent, timer, task and rebalance hooks.
 
-The agent receives whole partition batches (:mod:`fusionrec.streams.batching`) and hands each to
-:class:`~fusionrec.streams.processor.BatchProcessor` on a single dedicated thread, which owns all model state: the event
-loop stays free for Faust (timers, rebalances, the web server), and batches, snapshots and rebalance hand-overs
-never run at the same time. The snapshots are the position of record: a newly assigned partition resumes just
-after its snapshot (or at the start without one), and offsets are committed to Kafka only up to the snapshots,
-for tools that read group lag.
+:class:`Worker` holds the app, the single state thread and the components the hooks call into, and its methods are
+the hooks; :func:`wire` connects them to the app, every Faust entry point in one place. The agent receives whole
+partition batches (:mod:`fusionrec.streams.batching`) and hands each to the
+:class:`~fusionrec.streams.apply.BatchApplier` on the state thread, which owns all model state
+(:class:`~fusionrec.streams.state.PartitionRegistry`): the event loop stays free for Faust (timers, rebalances, the
+web server), and batches, ranker slices (:class:`~fusionrec.streams.refresh.Refresher`), snapshots
+(:class:`~fusionrec.streams.snapshots.Snapshotter`) and rebalance hand-overs never run at the same time. The
+snapshots are the position of record: a newly assigned partition resumes just after its snapshot (or at the start
+without one), and offsets are committed to Kafka only up to the snapshots, for tools that read group lag.
 """
 
 from __future__ import annotations
@@ -13,23 +16,28 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import faust
 import redis
 import torch
-from faust.types import TP
+from faust.types import TP, TopicT
 
 from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
+from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
 from fusionrec.streams.metrics import WorkerMetrics
-from fusionrec.streams.processor import MAX_USERS_PER_REFRESH, RANK_BATCH, BatchProcessor
 from fusionrec.streams.publisher import RecommendationPublisher
-from fusionrec.streams.state import SnapshotStore, build_ranker
+from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH, RANK_BATCH, Refresher
+from fusionrec.streams.snapshots import Snapshotter
+from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
 
-__all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc"]
+__all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc", "wire"]
 
 log = logging.getLogger("fusionrec.worker")
 
@@ -61,18 +69,168 @@ def faust_credentials(settings: Settings) -> dict:
     return {}
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Worker:
-    """The Faust app with the objects its agent works with."""
+    """The Faust app and what its hooks work with; each hook is a method, connected to the app by :func:`wire`.
+
+    Everything that touches model state runs on ``executor``, the single state thread.
+    """
 
     app: BatchingApp
-    processor: BatchProcessor
-    executor: ThreadPoolExecutor
-    settings: Settings
+    topic: str  # the events topic's name
+    dead_letters: TopicT
+    partitions: PartitionRegistry
+    applier: BatchApplier
+    refresher: Refresher
+    snapshotter: Snapshotter
+    rank_interval_s: float
+    metrics: WorkerMetrics | None = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=partial(ThreadPoolExecutor, max_workers=1, thread_name_prefix="fusionrec-state")
+    )
+    weights_logged: float = float("-inf")  # loop time the fusion weights were last logged
+
+    # --- helpers -------------------------------------------------------------------------------------------------
+
+    async def on_state_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def allow_commits(self, snapshotted: dict[int, int]) -> None:
+        for partition, offset in snapshotted.items():
+            if offset >= 0:
+                self.app.consumer.limit_commit(TP(self.topic, partition), offset + 1)
+
+    async def best_effort(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run ``fn`` on the state thread; log a failure (Redis down, say) instead of crashing the app: lists and
+        weights are derived data, rewritten on the next tick."""
+        try:
+            return await self.on_state_thread(fn)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+            return None
+
+    async def apply_until_done(self, batch: RecordBatch) -> BatchOutcome:
+        """Apply ``batch``, retrying with backoff while it fails: Faust acknowledges an event whose agent
+        crashes, so a failure must never leave the loop. Retrying is safe: profiles are deduplicated and models
+        skip offsets they have learned."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.on_state_thread(self.applier.apply, batch)
+            except Exception:
+                log.exception(
+                    "batch %d..%d of partition %d failed; retrying in %.1f s",
+                    batch.first_offset,
+                    batch.last_offset,
+                    batch.partition,
+                    delay,
+                )
+                if self.metrics:
+                    self.metrics.batch_failures.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def log_weights(self, report: dict[int, dict]) -> None:
+        """Log the fusion weights, at most once every ``WEIGHTS_LOG_INTERVAL_S``."""
+        loop_time = asyncio.get_running_loop().time()
+        if not report or loop_time - self.weights_logged < WEIGHTS_LOG_INTERVAL_S:
+            return
+        self.weights_logged = loop_time
+        for partition, entry in sorted(report.items()):
+            log.info(
+                "fusion weights p%d (v%d, %d rewards): %s",
+                partition,
+                entry["version"],
+                entry["rewards"],
+                "; ".join(
+                    f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items()) for seg, ws in entry["weights"].items()
+                ),
+            )
+
+    # --- the hooks (see wire) ------------------------------------------------------------------------------------
+
+    async def position_of(self, tp: TP) -> int:
+        """Where an assigned partition resumes: just after its snapshot."""
+        return await self.on_state_thread(self.snapshotter.store.position, tp.partition)
+
+    async def process_events(self, stream) -> None:
+        """The agent: apply each partition batch; its dead letters are delivered before it can be acknowledged."""
+        batch: RecordBatch
+        async for batch in stream:
+            outcome = await self.apply_until_done(batch)
+            if outcome.dead_letters:
+                pending = [await self.dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
+                await asyncio.gather(*pending)  # delivered before this batch can be acknowledged
+
+    async def snapshot_partitions(self) -> None:
+        """The snapshot timer: a background snapshot (commits follow the previous one), then the fusion weights."""
+        self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot_in_background))
+        report = await self.best_effort(self.refresher.publish_weights, "writing the fusion weights to Redis")
+        self.log_weights(report)
+
+    async def refresh_recommendations(self) -> None:
+        """Every ranker interval, rank and publish the lists of users whose state changed, off the event loop.
+
+        One slice of ``RANK_BATCH`` users per turn of the state thread, so batches waiting for it run in between
+        (and the users they change join this tick's later slices). The interval runs from the start of one tick to
+        the next: a Faust timer sleeps the whole interval *after* each run, which would add the refresh's own time
+        to every list's wait, and more users per tick make that time longer still.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self.rank_interval_s
+        while not self.app.should_stop:
+            began = loop.time()
+            budget = MAX_USERS_PER_REFRESH
+            try:
+                while budget > 0:
+                    done = await self.on_state_thread(self.refresher.refresh, min(RANK_BATCH, budget))
+                    budget -= done
+                    if done < RANK_BATCH:
+                        break
+            except Exception:
+                log.exception("ranker refresh failed")
+            await self.app.sleep(max(interval - (loop.time() - began), 0.0))
+
+    async def hand_over(self, app, revoked, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
+        """Before revoked partitions move: snapshot them synchronously (the next owner resumes there), drop them."""
+        partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
+        if self.metrics:
+            self.metrics.assigned.set(0)
+        if partitions:
+            self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot, partitions))
+            await self.on_state_thread(self.partitions.drop, partitions)
+            log.info("handed over partitions %s", partitions)
+
+    async def count_assigned(self, app, assigned, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
+        """After a rebalance: the assigned-partitions gauge and a log line (state loads on the first batch)."""
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        if self.metrics:
+            self.metrics.assigned.set(len(mine))
+        log.info("assigned partitions %s", mine)
+
+    async def final_snapshot(self, app, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
+        """On shutdown: a last refresh, the lists flushed, a synchronous snapshot, the final weights."""
+        await self.best_effort(self.refresher.refresh, "the last ranker refresh")
+        await self.best_effort(self.refresher.publisher.flush, "flushing the last lists")
+        self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot))
+        await self.best_effort(self.refresher.publish_weights, "writing the final fusion weights")
+        log.info("final snapshot written")
+
+
+def wire(worker: Worker, events: TopicT, snapshot_interval_s: float) -> None:
+    """Connect the worker's hooks to its app: every Faust entry point of the worker, in one place."""
+    app = worker.app
+    app.fusionrec_position_of = worker.position_of  # read by BatchingConsumer on assignment
+    app.agent(events, name="fusionrec-events")(worker.process_events)
+    app.timer(snapshot_interval_s)(worker.snapshot_partitions)
+    app.task(worker.refresh_recommendations)
+    app.on_partitions_revoked.connect(worker.hand_over)
+    app.on_partitions_assigned.connect(worker.count_assigned)
+    app.on_before_shutdown.connect(worker.final_snapshot)
 
 
 def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
-    """Build the Faust app, its topics, agent, snapshot timer and rebalance hooks from ``settings``."""
+    """Build the Faust app, its topics and the worker's components from ``settings``, and wire them."""
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = BatchingApp(
         settings.worker.group,
@@ -101,137 +259,19 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         torch.get_num_threads(),
         settings.ranker.interval_ms,
     )
-    processor = BatchProcessor(
-        settings,
-        ProfileStore.from_settings(settings, client),
-        SnapshotStore(client, settings, settings.topic.events, ranker),
-        metrics,
-        RecommendationPublisher(settings, client, metrics),
+    snapshots = SnapshotStore(client, settings, settings.topic.events, ranker)
+    partitions = PartitionRegistry(snapshots, metrics)
+    publisher = RecommendationPublisher.from_settings(settings, client, metrics)
+    worker = Worker(
+        app,
+        topic=settings.topic.events,
+        dead_letters=dead_letters,
+        partitions=partitions,
+        applier=BatchApplier(partitions, ProfileStore.from_settings(settings, client), settings.event, metrics),
+        refresher=Refresher(partitions, publisher, client, settings.redis.keys, settings.topic.events, metrics),
+        snapshotter=Snapshotter(partitions, snapshots, metrics),
+        rank_interval_s=settings.ranker.interval_ms / 1000,
+        metrics=metrics,
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-state")
-    worker = Worker(app, processor, executor, settings)
-
-    async def on_state_thread(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-    def allow_commits(snapshotted: dict[int, int]) -> None:
-        for partition, offset in snapshotted.items():
-            if offset >= 0:
-                app.consumer.limit_commit(TP(settings.topic.events, partition), offset + 1)
-
-    async def position_of(tp: TP) -> int:
-        return await on_state_thread(processor.snapshots.position, tp.partition)
-
-    app.fusionrec_position_of = position_of
-
-    async def process_until_done(batch: RecordBatch):
-        """Process ``batch``, retrying with backoff while it fails: Faust acknowledges an event whose agent
-        crashes, so a failure must never leave the loop. Retrying is safe: profiles are deduplicated and models
-        skip offsets they have learned."""
-        delay = 0.5
-        while True:
-            try:
-                return await on_state_thread(processor.process, batch)
-            except Exception:
-                log.exception(
-                    "batch %d..%d of partition %d failed; retrying in %.1f s",
-                    batch.first_offset,
-                    batch.last_offset,
-                    batch.partition,
-                    delay,
-                )
-                if metrics:
-                    metrics.batch_failures.inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    @app.agent(events, name="fusionrec-events")
-    async def process_events(stream):
-        batch: RecordBatch
-        async for batch in stream:
-            outcome = await process_until_done(batch)
-            if outcome.dead_letters:
-                pending = [await dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
-                await asyncio.gather(*pending)  # delivered before this batch can be acknowledged
-
-    async def best_effort(fn, what: str):
-        """Run ``fn`` on the state thread; log a failure (Redis down, say) instead of crashing the app: lists and
-        weights are derived data, rewritten on the next tick."""
-        try:
-            return await on_state_thread(fn)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
-            return None
-
-    @app.timer(settings.worker.snapshot_interval_s)
-    async def snapshot_partitions():
-        allow_commits(await on_state_thread(processor.snapshot_in_background))
-        report = await best_effort(processor.publish_weights, "writing the fusion weights to Redis")
-        loop_time = asyncio.get_running_loop().time()
-        if report and loop_time - weights_logged[0] >= WEIGHTS_LOG_INTERVAL_S:
-            weights_logged[0] = loop_time
-            for partition, entry in sorted(report.items()):
-                log.info(
-                    "fusion weights p%d (v%d, %d rewards): %s",
-                    partition,
-                    entry["version"],
-                    entry["rewards"],
-                    "; ".join(
-                        f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items())
-                        for seg, ws in entry["weights"].items()
-                    ),
-                )
-
-    weights_logged = [float("-inf")]
-
-    @app.task
-    async def refresh_recommendations():
-        """Every ranker interval, rank and publish the lists of users whose state changed, off the event loop.
-
-        One slice of ``RANK_BATCH`` users per turn of the state thread, so batches waiting for it run in between
-        (and the users they change join this tick's later slices). The interval runs from the start of one tick to
-        the next: a Faust timer sleeps the whole interval *after* each run, which would add the refresh's own time
-        to every list's wait, and more users per tick make that time longer still.
-        """
-        loop = asyncio.get_running_loop()
-        interval = settings.ranker.interval_ms / 1000
-        while not app.should_stop:
-            began = loop.time()
-            budget = MAX_USERS_PER_REFRESH
-            try:
-                while budget > 0:
-                    done = await on_state_thread(processor.refresh, min(RANK_BATCH, budget))
-                    budget -= done
-                    if done < RANK_BATCH:
-                        break
-            except Exception:
-                log.exception("ranker refresh failed")
-            await app.sleep(max(interval - (loop.time() - began), 0.0))
-
-    @app.on_partitions_revoked.connect
-    async def hand_over(app, revoked, **kwargs):  # noqa: ARG001 - faust signal signature
-        partitions = [tp.partition for tp in revoked if tp.topic == settings.topic.events]
-        if metrics:
-            metrics.assigned.set(0)
-        if partitions:
-            allow_commits(await on_state_thread(processor.snapshot, partitions))
-            await on_state_thread(processor.drop, partitions)
-            log.info("handed over partitions %s", partitions)
-
-    @app.on_partitions_assigned.connect
-    async def count_assigned(app, assigned, **kwargs):  # noqa: ARG001 - faust signal signature
-        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic.events)
-        if metrics:
-            metrics.assigned.set(len(mine))
-        log.info("assigned partitions %s", mine)
-
-    @app.on_before_shutdown.connect
-    async def final_snapshot(app, **kwargs):  # noqa: ARG001
-        await best_effort(processor.refresh, "the last ranker refresh")
-        if processor.publisher is not None:
-            await best_effort(processor.publisher.flush, "flushing the last lists")
-        allow_commits(await on_state_thread(processor.snapshot))
-        await best_effort(processor.publish_weights, "writing the final fusion weights")
-        log.info("final snapshot written")
-
+    wire(worker, events, settings.worker.snapshot_interval_s)
     return worker

@@ -92,7 +92,7 @@ class WorkerMetrics:
         self.refresh_seconds = Histogram(
             "fusionrec_ranker_refresh_seconds",
             "Time of one ranker refresh call on the state thread (at most "
-            "fusionrec.streams.processor.RANK_BATCH users; a tick makes as many calls as its "
+            "fusionrec.streams.refresh.RANK_BATCH users; a tick makes as many calls as its "
             "changed users need).",
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 
 from fusionrec import __version__
+from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
 from fusionrec.contracts.settings import Settings
 from fusionrec.models.fused import FusedList
@@ -53,12 +55,37 @@ def to_recommendation(
 class RecommendationPublisher:
     """Sends lists to the recommendations topic and Redis; observes freshness per reflected event."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, metrics: WorkerMetrics | None = None):
-        self.settings = settings
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: RedisKeys,
+        producer_config: dict[str, Any],
+        *,
+        topic: str,
+        list_ttl_s: int,
+        metrics: WorkerMetrics | None = None,
+    ):
         self.client = client
+        self.keys = keys
+        self.topic = topic
+        self.list_ttl_s = list_ttl_s
         self.metrics = metrics
-        self.producer = Producer(settings.producer_config(**{"client.id": f"{settings.kafka.client_id}-ranker"}))
+        self.producer = Producer(producer_config)
         self.errors = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client: redis.Redis, metrics: WorkerMetrics | None = None
+    ) -> RecommendationPublisher:
+        """The worker's publisher: the recommendations topic, the list TTL, and a producer of its own."""
+        return cls(
+            client,
+            settings.redis.keys,
+            settings.producer_config(**{"client.id": f"{settings.kafka.client_id}-ranker"}),
+            topic=settings.topic.recommendations,
+            list_ttl_s=settings.ranker.list_ttl_s,
+            metrics=metrics,
+        )
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -72,13 +99,12 @@ class RecommendationPublisher:
         """Publish ``lists``; ``changed`` holds the event times each list newly reflects (for freshness)."""
         if not lists:
             return 0
-        settings = self.settings
         generated_at = int(time.time() * 1000)
         model_version = f"fusionrec-{__version__} p{partition}@{offset}"
         pipe = self.client.pipeline(transaction=False)
-        ttl = settings.ranker.list_ttl_s
-        keys = settings.redis.keys
-        topic = settings.topic.recommendations
+        ttl = self.list_ttl_s
+        keys = self.keys
+        topic = self.topic
         produce = self.producer.produce
         for fused in lists:
             stamps = changed.get(fused.user_id) or [generated_at]

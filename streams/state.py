@@ -17,6 +17,10 @@ hash: ``offset`` (the last offset learned), ``model:{name}`` per model, ``pendin
 ``fusion`` (the bandit's state and the lists last served, which its rewards are credited against). The snapshot is
 the source of truth for "what the models have learned"; offsets are committed to Kafka only up to it, so after a
 crash a worker restores the snapshot and re-reads at most one snapshot interval.
+
+:class:`PartitionRegistry` holds the states of the partitions this worker owns, loading each from its snapshot on
+first use; the batch path (:mod:`~fusionrec.streams.apply`), the ranker (:mod:`~fusionrec.streams.refresh`) and the
+snapshotter (:mod:`~fusionrec.streams.snapshots`) share it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from fusionrec.models import SOURCES, Recommender
 from fusionrec.models.fused import FusedRecommender
 from fusionrec.models.fusion import FusionBandit
 from fusionrec.models.ranker import FusionRanker
+from fusionrec.streams.metrics import WorkerMetrics
 
-__all__ = ["PartitionState", "SnapshotStore", "build_fusion", "build_models", "build_ranker"]
+__all__ = ["PartitionRegistry", "PartitionState", "SnapshotStore", "build_fusion", "build_models", "build_ranker"]
 
 log = logging.getLogger("fusionrec.state")
 
@@ -228,3 +233,31 @@ class SnapshotStore:
         """Every partition's snapshot of this topic (for tools and tests that compare whole runs)."""
         for key in self.client.scan_iter(match=self.keys.snapshots(self.topic)):
             yield self.load(self.keys.partition_of(key))
+
+
+class PartitionRegistry:
+    """The :class:`PartitionState` of every partition this worker holds, loaded from its snapshot on first use.
+
+    Only the state thread touches it (batches, refreshes, snapshots and hand-overs run there one after another).
+    """
+
+    def __init__(self, store: SnapshotStore, metrics: WorkerMetrics | None = None):
+        self.store = store
+        self.metrics = metrics
+        self.states: dict[int, PartitionState] = {}
+
+    def state(self, partition: int) -> PartitionState:
+        """The partition's state, restored from its snapshot (or fresh) the first time it is asked for."""
+        state = self.states.get(partition)
+        if state is None:
+            state = self.states[partition] = self.store.load(partition)
+            if self.metrics:
+                self.metrics.partitions.set(len(self.states))
+        return state
+
+    def drop(self, partitions: list[int]) -> None:
+        """Forget partitions this worker no longer owns (after snapshotting them)."""
+        for partition in partitions:
+            self.states.pop(partition, None)
+        if self.metrics:
+            self.metrics.partitions.set(len(self.states))

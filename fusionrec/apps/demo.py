@@ -167,7 +167,7 @@ def run_demo(
 def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: Callable[[str], None], *, paced: bool):
     """Wait until every applied event is reflected in a published list, or ``LISTS_WAIT_S``; report; return the
     worker's latest metrics."""
-    from fusionrec.streams.processor import MAX_USERS_PER_REFRESH
+    from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH
 
     reflected_key = f"{FRESHNESS}_count"
     bar = tqdm(total=int(applied), unit="ev", unit_scale=True, desc="  reflected in a list", disable=None)

@@ -95,7 +95,7 @@ def model_fingerprint(settings) -> dict:
 def all_snapshotted(settings, total: int) -> bool:
     """True when the partition snapshots together cover ``total`` records (offsets are per partition)."""
     client = redis.Redis.from_url(settings.redis.url)
-    keys = list(client.scan_iter(match=f"{settings.redis.prefix}snap:{settings.topic.events}:*"))
+    keys = list(client.scan_iter(match=settings.redis.keys.snapshots(settings.topic.events)))
     covered = sum(int(client.hget(k, "offset")) + 1 for k in keys)
     client.close()
     return covered >= total
