@@ -34,9 +34,9 @@ from pathlib import Path
 import redis
 import torch
 
-from fusionrec.contracts.settings import Settings, load_settings
+from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
-from fusionrec.infra.stack import Stack, free_port
+from fusionrec.infra.stack import Stack, private_settings
 from fusionrec.producers.datasets import read_dataset
 from fusionrec.producers.producer import EventProducer
 from fusionrec.producers.replay import replay_events
@@ -167,10 +167,8 @@ def main() -> None:
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     overrides = {"ranker_interval_ms": args.interval_ms} if args.interval_ms else {}
-    settings = load_settings(
-        state_dir=tmp / "stack",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = private_settings(
+        tmp / "stack",
         topic_events_partitions=6,
         topic_events=f"bench-events-{time.time_ns()}",
         topic_recommendations=f"bench-recs-{time.time_ns()}",
@@ -189,13 +187,9 @@ def main() -> None:
             settings, tmp / "worker.log", FUSIONREC_STATE_DIR=str(tmp / "worker"), FUSIONREC_LOG_LEVEL="WARNING"
         )
         # Warm up: the worker owns every partition and has ranked once before the clock starts.
-        warm = [e._replace(event_id=f"warm-{i}", user_id=f"warm-user-{i}") for i, e in enumerate(events[:300])]
         producer = EventProducer(settings, validate=False)  # one long-lived producer, as a shop has
-        replay_events(warm, producer, timestamps="wallclock")
-        before = worker.wait_for(
-            lambda m: m["fusionrec_worker_events_total"] >= len(warm) and m[f"{FRESHNESS}_count"] >= len(warm),
-            timeout=120,
-        )
+        warm = events[:300]
+        before = worker.warm_up(producer, warm, lists=True)
         cpu_before, wall_before = cpu_seconds(worker.pid), time.perf_counter()
         producer.stats = type(producer.stats)()
         result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")

@@ -28,9 +28,8 @@ from pathlib import Path
 import redis
 
 from fusionrec.consumers.reader import read_topic
-from fusionrec.contracts.settings import load_settings
 from fusionrec.infra.admin import ensure_topics
-from fusionrec.infra.stack import Stack, free_port
+from fusionrec.infra.stack import Stack, private_settings
 from fusionrec.models.base import DEFAULT_EVENT_WEIGHTS
 from fusionrec.producers.datasets import read_dataset
 from fusionrec.producers.producer import EventProducer
@@ -157,10 +156,8 @@ def main() -> None:
     events = dataset.events
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
-    settings = load_settings(
-        state_dir=tmp / "stack",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = private_settings(
+        tmp / "stack",
         topic_events_partitions=6,
         topic_events=f"bench-events-{time.time_ns()}",
         redis_prefix="bench:",
@@ -176,11 +173,9 @@ def main() -> None:
         if args.latency:
             worker = start_worker(settings, tmp, "worker")
             # Warm up: the worker must have joined the group and own every partition before the clock starts.
-            warm = [e._replace(event_id=f"warm-{i}", user_id=f"warm-user-{i}") for i, e in enumerate(events[:300])]
             producer = EventProducer(settings, validate=False)  # one long-lived producer, as a shop has
-            replay_events(warm, producer, timestamps="wallclock")
-            worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= len(warm), timeout=120)
-            before = worker.metrics()
+            warm = events[:300]
+            before = worker.warm_up(producer, warm)
             producer.stats = type(producer.stats)()
             result = replay_events(events, producer, rate=args.rate, timestamps="wallclock")
             after = worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= n + len(warm), timeout=600)

@@ -12,13 +12,16 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from fusionrec.contracts.events import Event
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.stack import free_port
+from fusionrec.producers.producer import EventProducer
+from fusionrec.producers.replay import replay_events
 
 __all__ = ["WorkerChild"]
 
@@ -87,6 +90,20 @@ class WorkerChild:
                 return metrics
             time.sleep(0.1)
         raise TimeoutError(f"worker did not get there in {timeout:.0f}s; see {self.log_path}")
+
+    def warm_up(self, producer: EventProducer, events: Sequence[Event], *, lists: bool = False) -> Counter:
+        """Send ``events`` as users of their own (``warm-user-{i}``: no measured user's state changes) and wait
+        until the worker has processed them (with ``lists``, also published their lists); return its metrics then.
+
+        After it the worker has joined the group and owns every partition, so a measurement starts warm.
+        """
+        warm = [e._replace(event_id=f"warm-{i}", user_id=f"warm-user-{i}") for i, e in enumerate(events)]
+        replay_events(warm, producer, timestamps="wallclock")
+        freshness = "fusionrec_recommendations_freshness_seconds_count"
+        return self.wait_for(
+            lambda m: m["fusionrec_worker_events_total"] >= len(warm) and (not lists or m[freshness] >= len(warm)),
+            timeout=120,
+        )
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> int | None:
         """Signal the worker and wait (SIGKILL after ``grace``); return its exit code."""
