@@ -121,7 +121,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     stages = {
         ("refresh", "refresh.py"): "refresh, all",
         ("recommend", "fused.py"): "  FusedRecommender.recommend",
-        ("_cf_candidates", "ranker.py"): "    CF candidates (exhaustive top-k, torch)",
+        ("candidates_many", "cf.py"): "    CF candidates (exhaustive top-k, torch)",
         ("gather", "ranker.py"): "    gather, all sources",
         ("prepare", "ranker.py"): "    prepare (gather + filter + normalise)",
         ("fuse", "ranker.py"): "    fuse (tensor product, sort, category cap)",

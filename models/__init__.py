@@ -1,8 +1,11 @@
 """Online recommenders: each one a *source* of candidates and scores that the fusion layer combines.
 
 Every model implements :class:`~fusionrec.models.base.Recommender` (``learn_one``/``learn_many`` on
-:class:`fusionrec.contracts.events.Event`, ``score``/``rank``/``candidates``, ``evict``, ``snapshot``/``restore``).
-This package is pure: numpy, river and torch only, no Kafka, Redis, Faust or Prometheus.
+:class:`fusionrec.contracts.events.Event`, ``score``/``rank``/``candidates``, ``evict``, ``snapshot``/``restore``,
+and the optional ``candidates_many``/``excluded``/``category_of``), so that the ranker
+(:mod:`fusionrec.models.ranker`) and the fused recommender (:mod:`fusionrec.models.fused`, weighted by a
+:class:`~fusionrec.models.fusion.FusionPolicy`) never name a concrete model. This package is pure: numpy, river and
+torch only, no Kafka, Redis, Faust or Prometheus.
 
 >>> sorted(SOURCES)
 ['category', 'cf', 'covisit', 'popular', 'recent', 'trending']

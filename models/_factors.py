@@ -1,4 +1,5 @@
-"""Storage for :mod:`fusionrec.models.cf`: contiguous rows of latent factors with an id index, and two numpy helpers."""
+"""Storage for :mod:`fusionrec.models.cf`: contiguous rows of latent factors with an id index, the pool new rows'
+latent vectors come from, and two numpy helpers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FactorTable", "occurrence", "top_indices"]
+from ._state import cap_chunk
+
+__all__ = ["FactorTable", "LatentPool", "occurrence", "top_indices"]
 
 _INITIAL_ROWS = 1024
 
@@ -63,6 +66,12 @@ class FactorTable:
         """The rows without an event since ``cutoff``."""
         return np.flatnonzero(self.last[: self.n] < cutoff)
 
+    def trim(self, cap: int, adding: int = 0) -> None:
+        """If ``adding`` more rows would pass ``cap``, first drop the least recently touched rows down to
+        ``cap - cap_chunk(cap)`` (the convention of :mod:`fusionrec.models.base`)."""
+        if self.n + adding > cap:
+            self.remove_rows(self.oldest_rows(self.n - cap + cap_chunk(cap)))
+
     def remove_rows(self, rows: np.ndarray) -> None:
         """Drop ``rows``: survivors from the tail fill the holes, keeping rows ``[0, n)`` contiguous."""
         if not rows.shape[0]:
@@ -104,6 +113,50 @@ class FactorTable:
         table.index = {key: row for row, key in enumerate(table.ids)}
         table.n = n
         return table
+
+
+class LatentPool:
+    """Initial latent vectors for new rows, drawn from N(0, ``std``) ``rows`` at a time (one numpy call instead of
+    one per new user or item); the draws come from ``rng``, which the model shares with its negative sampling.
+
+    >>> pool = LatentPool(n_factors=2, std=0.1, rng=np.random.default_rng(0), rows=4)
+    >>> pool.take(3).shape, pool.remaining().shape, pool.take(2).shape, pool.remaining().shape
+    ((3, 2), (1, 2), (2, 2), (3, 2))
+
+    """
+
+    __slots__ = ("n_factors", "std", "rng", "rows", "_pool", "_next")
+
+    def __init__(self, n_factors: int, std: float, rng: np.random.Generator, rows: int = 256) -> None:
+        self.n_factors, self.std, self.rng, self.rows = n_factors, std, rng, rows
+        self._pool = np.empty((0, n_factors))
+        self._next = 0
+
+    def take(self, count: int) -> np.ndarray:
+        """``count`` fresh vectors, as a ``(count, n_factors)`` array (possibly a view of the pool: copy it in)."""
+        if self._next + count <= self._pool.shape[0]:
+            self._next += count
+            return self._pool[self._next - count : self._next]
+        out = np.empty((count, self.n_factors))
+        filled = 0
+        while filled < count:
+            if self._next == self._pool.shape[0]:
+                self._pool = self.rng.normal(0.0, self.std, (self.rows, self.n_factors))
+                self._next = 0
+            take = min(count - filled, self._pool.shape[0] - self._next)
+            out[filled : filled + take] = self._pool[self._next : self._next + take]
+            self._next += take
+            filled += take
+        return out
+
+    def remaining(self) -> np.ndarray:
+        """A copy of the vectors drawn but not taken yet (for a snapshot: they come next, after a restore too)."""
+        return self._pool[self._next :].copy()
+
+    def refill(self, vectors: np.ndarray) -> None:
+        """Make ``vectors`` (what :meth:`remaining` returned) the next ones taken."""
+        self._pool = np.array(vectors, dtype=np.float64).reshape(-1, self.n_factors)
+        self._next = 0
 
 
 def occurrence(keys: np.ndarray) -> np.ndarray:

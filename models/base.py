@@ -12,11 +12,10 @@ Conventions shared by every model in this package:
   gives the same answers as the live run it replays.
 * **Event-type weights.** :data:`DEFAULT_EVENT_WEIGHTS` says how much each event type counts (a ``rate`` event's
   weight is scaled by its rating, see :func:`event_weight`); every model takes an ``event_weights`` mapping that
-  overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier
-  ``add_to_cart`` already counted as interest, a negative weight would push decayed counters below zero, and the
-  models that care about removals (:class:`~fusionrec.models.recent.RecentItems`, whose carted items stop counting as
-  carted)
-  read the event type itself. Models skip events whose weight is 0; only
+  overrides some or all of them. ``remove_from_cart`` weighs 0 by default: the earlier ``add_to_cart`` already
+  counted as interest, a negative weight would push decayed counters below zero, and the models that care about
+  removals (:class:`~fusionrec.models.recent.RecentItems`, whose carted items stop counting as carted) read the
+  event type itself. Models skip events whose weight is 0; only
   :class:`~fusionrec.models.cf.MatrixFactorization` uses negative weights (as negative feedback).
 * **Randomness is injected**: a ``seed`` parameter feeds private generators, never the global ones.
 * **Bounded memory**: caps (``max_users``, ``max_items``, ...) are enforced as state is added: a new entry that
@@ -26,27 +25,58 @@ Conventions shared by every model in this package:
   :meth:`Recommender.restore` checks the model name and format version before reading anything else. Only restore
   snapshots you wrote: the payload is a pickle, read with an unpickler that allows plain containers and numpy arrays
   and refuses every other global.
+* **Optional capabilities** have defaults that say nothing, so a ranker can ask every source alike:
+  :meth:`Recommender.candidates_many` (one batch of users at once), :meth:`Recommender.excluded` (items never to
+  propose to a user) and :meth:`Recommender.category_of`; :meth:`Recommender.provides` tells which a model overrides.
+
+The parameters every model takes mean the same everywhere, and are documented here once:
+
+``event_weights``
+    Overrides of some or all of :data:`DEFAULT_EVENT_WEIGHTS` (unknown event types are refused).
+``max_users``, ``max_items``
+    The caps (*bounded memory* above): most users, and most items, the model holds state for.
+``max_idle_ms``
+    :meth:`Recommender.evict` drops users and items without events for longer than this; ``None``: only the caps
+    apply.
+
+>>> from fusionrec.models import Popularity
+>>> model = Popularity(event_weights={"view": 2.0}, max_idle_ms=60_000)
+>>> model.event_weights, model.max_idle_ms, model.provides("excluded")
+({'view': 2.0}, 60000, False)
 
 """
 
 from __future__ import annotations
 
 import abc
-import heapq
 import inspect
-import io
 import json
 import pickle
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 from fusionrec.contracts.events import EVENT_TYPES, Event
 
-__all__ = ["DEFAULT_EVENT_WEIGHTS", "Recommender", "SnapshotError", "event_weight", "resolve_event_weights"]
+from ._snapshot import SnapshotError, find_subclass, load_payload
+from ._state import MAX_DECAY_EXPONENT, decay_factor
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_EVENT_WEIGHTS",
+    "Recommender",
+    "SnapshotError",
+    "event_weight",
+    "require_at_least",
+    "require_positive",
+    "resolve_event_weights",
+]
 
 #: How much each event type counts, strongest intent last. See the module docstring for ``remove_from_cart``.
 DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = MappingProxyType(
@@ -62,35 +92,8 @@ DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = MappingProxyType(
 )
 
 _MAGIC = b"FUSIONREC-MODEL\n"
-#: Forward-decay exponents are re-based once they pass this many half-lives (2**256 is far from overflow).
-MAX_DECAY_EXPONENT = 256.0
-
-
-class SnapshotError(ValueError):
-    """A snapshot could not be restored: not a model snapshot, another model's, or an unsupported format version."""
-
-
-class _StateUnpickler(pickle.Unpickler):
-    """Reads containers and numpy arrays only; any other global in the payload is refused."""
-
-    _ALLOWED = frozenset(
-        {
-            ("numpy", "dtype"),
-            ("numpy", "ndarray"),
-            ("numpy._core.numeric", "_frombuffer"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "scalar"),
-            ("numpy.core.numeric", "_frombuffer"),
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy.core.multiarray", "scalar"),
-            ("collections", "deque"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise SnapshotError(f"snapshot payload refers to {module}.{name}, which a model snapshot never holds")
-        return super().find_class(module, name)
+#: The optional capabilities of :class:`Recommender`: methods whose default says nothing.
+CAPABILITIES = frozenset({"candidates_many", "excluded", "category_of"})
 
 
 def resolve_event_weights(event_weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -128,12 +131,35 @@ def event_weight(weights: Mapping[str, float], event: Event) -> float:
     return weight
 
 
+def require_positive(**values: float) -> None:
+    """Refuse (``ValueError``) the first of ``values`` that is not > 0: the constructors' check of half-lives.
+
+    >>> require_positive(half_life_ms=3_600_000, item_half_life_ms=0)
+    Traceback (most recent call last):
+        ...
+    ValueError: item_half_life_ms must be > 0, got 0
+
+    """
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def require_at_least(bound: int, **values: int) -> None:
+    """Refuse (``ValueError``) the first of ``values`` below ``bound``: the constructors' check of caps and sizes."""
+    for name, value in values.items():
+        if value < bound:
+            raise ValueError(f"{name} must be >= {bound}, got {value}")
+
+
 class Recommender(abc.ABC):
     """Base class of the online recommenders: one source of candidates and scores.
 
     Subclasses keep their constructor arguments as attributes of the same name (River style) and their learned
     state in private attributes; they implement :meth:`learn_one`, :meth:`score`, :meth:`candidates`,
-    :meth:`evict`, :attr:`n_users`, :attr:`n_items`, and ``_get_state``/``_set_state`` for snapshots.
+    :meth:`evict`, :attr:`n_users`, :attr:`n_items`, and ``_get_state``/``_set_state`` for snapshots (or list
+    ``_state_fields``). They pass ``event_weights`` and ``max_idle_ms`` (the module docstring) to this constructor,
+    which keeps them and resolves the weights into ``self._weights``.
 
     """
 
@@ -145,8 +171,12 @@ class Recommender(abc.ABC):
     snapshot_version: ClassVar[int] = 1
 
     _clock: int
+    _t0: int | None  # the forward-decay origin, in models that use it
 
-    def __init__(self) -> None:
+    def __init__(self, event_weights: Mapping[str, float] | None = None, max_idle_ms: int | None = None) -> None:
+        self.event_weights = event_weights
+        self.max_idle_ms = max_idle_ms
+        self._weights = resolve_event_weights(event_weights)
         self._clock = 0
 
     # --- learning ----------------------------------------------------------------------------------------------
@@ -160,6 +190,13 @@ class Recommender(abc.ABC):
         learn_one = self.learn_one
         for event in events:
             learn_one(event)
+
+    def _weigh(self, event: Event) -> float:
+        """Move the clock up to ``event``'s time; the event's weight (:func:`event_weight`, ``self._weights``)."""
+        ts = event.ts
+        if ts > self._clock:
+            self._clock = ts
+        return event_weight(self._weights, event)
 
     # --- inference ---------------------------------------------------------------------------------------------
 
@@ -182,6 +219,47 @@ class Recommender(abc.ABC):
         order = np.argsort(-np.asarray(self.score(user_id, items, now_ms), dtype=np.float64), kind="stable")
         return [items[i] for i in order]
 
+    # --- optional capabilities (see the module docstring) ------------------------------------------------------
+
+    def candidates_many(
+        self,
+        users: Sequence[str],
+        k: int,
+        now_ms: int | None = None,
+        *,
+        device: str | torch.device | None = None,  # noqa: ARG002 - a hint for sources that score in bulk
+        max_chunk_bytes: int | None = None,  # noqa: ARG002 - likewise
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`candidates` for each of ``users``, one list per user.
+
+        A source that scores a batch faster than one user at a time overrides this; ``device`` (the torch device to
+        score on) and ``max_chunk_bytes`` (the memory bound of one block) are hints for it, ``None`` for its own
+        choice. The default loops over :meth:`candidates`; a source that is not :attr:`personal` is asked once and
+        every user gets that same list object (so that a ranker normalises it once).
+        """
+        if not users:
+            return []
+        if not self.personal:
+            return [self.candidates(users[0], k, now_ms)] * len(users)
+        candidates = self.candidates
+        return [candidates(user, k, now_ms) for user in users]
+
+    def excluded(self, user_id: str) -> AbstractSet[str]:  # noqa: ARG002 - the default knows of no exclusion
+        """Items never to propose to ``user_id``, whichever source proposes them (bought items, say); none here."""
+        return frozenset()
+
+    def category_of(self, item_id: str) -> str | None:  # noqa: ARG002 - the default knows no category
+        """The category of ``item_id``, if this source knows it (for a ranker's diversity cap); ``None`` here."""
+        return None
+
+    @classmethod
+    def provides(cls, capability: str) -> bool:
+        """Whether this model overrides the optional ``capability`` (a name in :data:`CAPABILITIES`) instead of
+        inheriting its default: a caller resolves once which models to ask, rather than asking every model."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; known: {sorted(CAPABILITIES)}")
+        return getattr(cls, capability) is not getattr(Recommender, capability)
+
     # --- memory ------------------------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -202,6 +280,28 @@ class Recommender(abc.ABC):
     def clock_ms(self) -> int:
         """The latest event time seen (epoch ms): what ``now_ms=None`` stands for. 0 before any event."""
         return self._clock
+
+    # --- forward decay (see fusionrec.models.popularity) -------------------------------------------------------
+
+    def _forward_origin(self, ts: int, half_life_ms: float) -> int:
+        """The origin ``t0`` of forward decay (weights grow as ``2**((ts - t0) / half_life)``, so old scores never
+        need touching), set at the first event and moved to ``ts`` through ``self._rebase`` before the exponent
+        could overflow. Models using it keep ``self._t0`` and implement ``_rebase(ts)``."""
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = ts
+        if (ts - t0) / half_life_ms > MAX_DECAY_EXPONENT:
+            self._rebase(ts)  # type: ignore[attr-defined]
+            t0 = ts
+        return t0
+
+    def _forward_factor(self, now_ms: int | None, half_life_ms: float) -> float:
+        """What forward-decayed values are multiplied by to be read at ``now_ms`` (``None``: the clock); 0.0 before
+        the first event."""
+        if self._t0 is None:
+            return 0.0
+        now = self._clock if now_ms is None else now_ms
+        return decay_factor((self._t0 - now) / half_life_ms)
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
@@ -229,18 +329,6 @@ class Recommender(abc.ABC):
         """Install what :meth:`_get_state` returned on a freshly constructed instance."""
         for name in self._state_fields:
             setattr(self, f"_{name}", state[name])
-
-    def _forward_origin(self, ts: int, half_life_ms: float) -> int:
-        """The origin ``t0`` of forward decay (weights grow as ``2**((ts - t0) / half_life)``, so old scores never
-        need touching), set at the first event and moved to ``ts`` through ``self._rebase`` before the exponent
-        could overflow. Models using it keep ``self._t0`` and implement ``_rebase(ts)``."""
-        t0 = self._t0
-        if t0 is None:
-            t0 = self._t0 = ts
-        if (ts - t0) / half_life_ms > MAX_DECAY_EXPONENT:
-            self._rebase(ts)
-            t0 = ts
-        return t0
 
     def clone(self) -> Self:
         """A fresh, untrained model with the same parameters."""
@@ -279,7 +367,7 @@ class Recommender(abc.ABC):
             name, version = header["model"], header["version"]
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"corrupt model snapshot header: {exc}") from None
-        target = _find_model_class(name) if cls is Recommender else cls
+        target = find_subclass(Recommender, name) if cls is Recommender else cls
         if target is None or target.__name__ != name:
             wanted = "a registered model" if target is None else target.__name__
             raise SnapshotError(f"snapshot holds a {name} model, not {wanted}")
@@ -288,13 +376,7 @@ class Recommender(abc.ABC):
                 f"{name} snapshot has format version {version!r}; this code reads version {target.snapshot_version}. "
                 "Retrain the model, or restore with the release that wrote the snapshot and migrate it."
             )
-        try:
-            payload = _StateUnpickler(io.BytesIO(blob[end + 1 :])).load()
-            params, state = payload["params"], payload["state"]
-        except SnapshotError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a truncated or corrupted payload can raise almost anything from pickle
-            raise SnapshotError(f"corrupt {name} snapshot payload: {exc}") from None
+        params, state = load_payload(blob[end + 1 :], name)
         model = target(**params)
         model._clock = state.pop("_clock")
         model._set_state(state)
@@ -303,92 +385,3 @@ class Recommender(abc.ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
         return f"{type(self).__name__}({params})"
-
-
-def _find_model_class(name: str) -> type[Recommender] | None:
-    pending: list[type[Recommender]] = [Recommender]
-    while pending:
-        klass = pending.pop()
-        if klass.__name__ == name and not inspect.isabstract(klass):
-            return klass
-        pending.extend(klass.__subclasses__())
-    return None
-
-
-def make_rngs(seed: int | None) -> tuple[random.Random, np.random.Generator]:
-    """A private ``random.Random`` (cheap per-event draws) and numpy ``Generator`` (vectorised draws) for ``seed``."""
-    return random.Random(seed), np.random.default_rng(seed)
-
-
-def top_k(pairs: Iterable[tuple[str, float]], k: int) -> list[tuple[str, float]]:
-    """The ``k`` pairs with the largest positive scores, best first.
-
-    Ties go to the larger item id: any fixed order would do, and this one (descending ``(score, item)``) is the one
-    a min-heap of ``(score, item)`` keeps exact for free.
-
-    >>> top_k([("b", 3.0), ("a", 1.0), ("c", 0.0), ("d", 3.0)], 2)
-    [('d', 3.0), ('b', 3.0)]
-
-    """
-    if k <= 0:
-        return []
-    return heapq.nlargest(k, (p for p in pairs if p[1] > 0.0), key=by_score_then_id)
-
-
-def oldest_keys(last: Mapping[str, int], n: int) -> list[str]:
-    """The ``n`` keys of ``last`` (key -> latest event ts) touched least recently.
-
-    >>> oldest_keys({"a": 5, "b": 1, "c": 3}, 2)
-    ['b', 'c']
-
-    """
-    keys = list(last)
-    if n >= len(keys):
-        return keys
-    stamps = np.fromiter(last.values(), dtype=np.int64, count=len(keys))
-    chosen = np.argpartition(stamps, n - 1)[:n]
-    return [keys[i] for i in np.sort(chosen).tolist()]
-
-
-def idle_keys(last: Mapping[str, int], cutoff: int) -> list[str]:
-    """The keys of ``last`` (key -> latest event ts) not touched since ``cutoff``."""
-    return [key for key, ts in last.items() if ts < cutoff]
-
-
-def touch(last: dict[str, int], key: str, ts: int, cap: int, drop: Callable[[str], None]) -> None:
-    """Record that ``key`` was active at ``ts``. A new key that would pass ``cap`` first drops the least recently
-    active chunk of keys through ``drop``.
-
-    >>> last, dropped = {"a": 1, "b": 2}, []
-    >>> touch(last, "c", 3, cap=2, drop=lambda k: (dropped.append(k), last.pop(k)))
-    >>> sorted(last), dropped
-    (['b', 'c'], ['a'])
-
-    """
-    previous = last.get(key)
-    if previous is None:
-        if len(last) >= cap:
-            for old in oldest_keys(last, cap_chunk(cap)):
-                drop(old)
-        last[key] = ts
-    elif ts > previous:
-        last[key] = ts
-
-
-def cap_chunk(cap: int) -> int:
-    """How many entries go at once when a cap is reached: 1/16 of it, so the scan for them is amortised."""
-    return max(1, cap // 16)
-
-
-def by_score_then_id(pair: tuple[str, float]) -> tuple[float, str]:
-    return (pair[1], pair[0])
-
-
-def decay_factor(exponent: float) -> float:
-    """``2 ** exponent``, clamped so that far-past or far-future ``now_ms`` values cannot overflow.
-
-    >>> decay_factor(-1.0), decay_factor(5000.0) > 1e300
-    (0.5, True)
-
-    """
-    return 2.0 ** min(max(exponent, -1100.0), 1000.0)

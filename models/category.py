@@ -26,19 +26,13 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from .base import (
-    Recommender,
-    event_weight,
-    idle_keys,
-    resolve_event_weights,
-    top_k,
-    touch,
-)
+from ._state import UserItemActivity, top_k
+from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
 
 
-class CategoryAffinity(Recommender):
+class CategoryAffinity(UserItemActivity, Recommender):
     """Popular items from the user's favourite categories.
 
     Parameters
@@ -53,20 +47,15 @@ class CategoryAffinity(Recommender):
         Categories kept per user, the strongest; pruned back to this size when grown by half again.
     items_per_category
         Items kept per category, the most popular; pruned back to this size when grown by half again.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
-    max_users
-        Most users tracked; a new user beyond it first drops the least recently active 1/16.
-    max_items
-        Most items whose category is remembered; a new item beyond it first drops the least recently touched 1/16.
-    max_idle_ms
-        :meth:`evict` drops users and items without events for longer than this. ``None``: only the caps apply.
+    event_weights, max_users, max_items, max_idle_ms
+        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored. The items are
+        those whose category is remembered.
 
     Examples
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import CategoryAffinity
+    >>> from fusionrec.models import CategoryAffinity
 
     >>> t = 1_700_000_000_000
     >>> model = CategoryAffinity()
@@ -103,25 +92,27 @@ class CategoryAffinity(Recommender):
         max_items: int = 1_000_000,
         max_idle_ms: int | None = None,
     ):
-        super().__init__()
-        if user_half_life_ms <= 0 or item_half_life_ms <= 0:
-            raise ValueError("user_half_life_ms and item_half_life_ms must be > 0")
-        if min(top_categories, max_categories_per_user, items_per_category, max_users, max_items) < 1:
-            raise ValueError("top_categories, max_categories_per_user, items_per_category and the caps must be >= 1")
+        super().__init__(event_weights, max_idle_ms)
+        require_positive(user_half_life_ms=user_half_life_ms, item_half_life_ms=item_half_life_ms)
+        require_at_least(
+            1,
+            top_categories=top_categories,
+            max_categories_per_user=max_categories_per_user,
+            items_per_category=items_per_category,
+            max_users=max_users,
+            max_items=max_items,
+        )
         self.user_half_life_ms = user_half_life_ms
         self.item_half_life_ms = item_half_life_ms
         self.top_categories = top_categories
         self.max_categories_per_user = max_categories_per_user
         self.items_per_category = items_per_category
-        self.event_weights = event_weights
         self.max_users = max_users
         self.max_items = max_items
-        self.max_idle_ms = max_idle_ms
 
-        self._weights = resolve_event_weights(event_weights)
         self._prune_user_at = max_categories_per_user + max(1, max_categories_per_user // 2)
         self._prune_category_at = items_per_category + max(1, items_per_category // 2)
-        self._t0: int | None = None
+        self._t0 = None
         self._affinity: dict[str, dict[str, float]] = {}  # user -> category -> forward-decayed affinity
         self._user_last: dict[str, int] = {}  # user -> latest event ts
         self._category_items: dict[str, dict[str, float]] = {}  # category -> item -> forward-decayed tally
@@ -132,13 +123,10 @@ class CategoryAffinity(Recommender):
     # --- learning ----------------------------------------------------------------------------------------------
 
     def learn_one(self, event: Event) -> None:
-        ts = event.ts
-        if ts > self._clock:
-            self._clock = ts
-        w = event_weight(self._weights, event)
+        w = self._weigh(event)
         if w <= 0.0:
             return
-        item, category = event.item_id, event.category_id
+        ts, item, category = event.ts, event.item_id, event.category_id
         known = self._item_category.get(item)
         if category is None:
             if known is None:
@@ -154,8 +142,7 @@ class CategoryAffinity(Recommender):
         item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
 
         user = event.user_id
-        touch(self._user_last, user, ts, self.max_users, self._drop_user)
-        touch(self._item_last, item, ts, self.max_items, self._drop_item)
+        self._touch(user, item, ts)
         affinity = self._affinity.get(user)
         if affinity is None:
             affinity = self._affinity[user] = {}
@@ -229,36 +216,14 @@ class CategoryAffinity(Recommender):
         """The item's category as last reported by an event, or ``None`` if unknown (for diversity caps)."""
         return self._item_category.get(item_id)
 
-    # --- memory ------------------------------------------------------------------------------------------------
-
-    @property
-    def n_users(self) -> int:
-        return len(self._user_last)
-
-    @property
-    def n_items(self) -> int:
-        return len(self._item_last)
-
-    def evict(self, now_ms: int) -> int:
-        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped.
-        A category
-               whose items are all dropped is dropped too (not counted).
-        """
-        if self.max_idle_ms is None:
-            return 0
-        cutoff = now_ms - self.max_idle_ms
-        idle_users, idle_items = idle_keys(self._user_last, cutoff), idle_keys(self._item_last, cutoff)
-        for user in idle_users:
-            self._drop_user(user)
-        for item in idle_items:
-            self._drop_item(item)
-        return len(idle_users) + len(idle_items)
+    # --- memory (n_users, n_items and evict come with UserItemActivity) ----------------------------------------
 
     def _drop_user(self, user: str) -> None:
         del self._user_last[user]
         self._affinity.pop(user, None)
 
     def _drop_item(self, item: str) -> None:
+        """Forget ``item``; a category whose items are all dropped goes too (evict does not count it)."""
         del self._item_last[item]
         category = self._item_category.pop(item)
         tally = self._category_items.get(category)

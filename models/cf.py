@@ -30,24 +30,31 @@ moves once per event and in order; the positive and negatives of an event move t
 summed), and an item touched several times in one round moves by the mean of those steps (summing them would let
 a hot item take a hundred steps at once and diverge).
 
+The storage lives in :mod:`fusionrec.models._factors`, the update rule in both forms (one step, and the vectorised
+rounds) in :mod:`fusionrec.models._sgd`. What stays here, past the usual 400 lines, is one algorithm that a further
+split would scatter: which samples each event makes, and the three ways of reading the factors back
+(``score``, ``candidates``, ``candidates_many``).
+
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._factors import FactorTable, occurrence, top_indices
-from .base import Recommender, cap_chunk, event_weight, make_rngs, resolve_event_weights
+from ._factors import FactorTable, LatentPool, top_indices
+from ._sgd import SGDRates, sgd_rounds, sgd_step
+from .base import Recommender, event_weight, require_at_least
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MatrixFactorization"]
-
-_POOL_ROWS = 256  # latent vectors drawn at a time for new users and items
 
 
 class MatrixFactorization(Recommender):
@@ -73,15 +80,8 @@ class MatrixFactorization(Recommender):
         Items drawn uniformly from the known catalogue as negatives (target 0) for every positive event.
     batch_size
         Events per mini-batch in :meth:`learn_many`.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. 0 is ignored; a negative weight is a
-        negative.
-    max_users
-        Most users held; a new user beyond it first drops the least recently active 1/16.
-    max_items
-        Most items held; a new item beyond it first drops the least recently touched 1/16.
-    max_idle_ms
-        :meth:`evict` drops users and items without events for longer than this. ``None``: only the caps apply.
+    event_weights, max_users, max_items, max_idle_ms
+        As for every model (:mod:`fusionrec.models.base`); weight 0 is ignored, a negative weight is a negative.
     seed
         Seeds the latent initialisation and the negative sampling.
 
@@ -90,7 +90,7 @@ class MatrixFactorization(Recommender):
 
     Explicit ratings, as in River's BiasedMF example:
 
-    >>> from models import MatrixFactorization
+    >>> from fusionrec.models import MatrixFactorization
 
     >>> ratings = [
     ...     ("Alice", "Superman", 8), ("Alice", "Terminator", 9), ("Alice", "Star Wars", 8),
@@ -122,6 +122,8 @@ class MatrixFactorization(Recommender):
     source = "cf"
     #: Rows scored per matrix product in :meth:`candidates`.
     chunk_rows = 65_536
+    #: Memory bound of one block in :meth:`candidates_many` when the caller gives none.
+    chunk_bytes = 64 * 2**20
 
     def __init__(
         self,
@@ -140,11 +142,9 @@ class MatrixFactorization(Recommender):
         max_idle_ms: int | None = None,
         seed: int | None = None,
     ):
-        super().__init__()
-        if n_factors < 1 or batch_size < 1 or n_negatives < 0:
-            raise ValueError("n_factors and batch_size must be >= 1, n_negatives >= 0")
-        if max_users < 1 or max_items < 1:
-            raise ValueError("max_users and max_items must be >= 1")
+        super().__init__(event_weights, max_idle_ms)
+        require_at_least(1, n_factors=n_factors, batch_size=batch_size, max_users=max_users, max_items=max_items)
+        require_at_least(0, n_negatives=n_negatives)
         self.n_factors = n_factors
         self.bias_lr = bias_lr
         self.latent_lr = latent_lr
@@ -154,38 +154,18 @@ class MatrixFactorization(Recommender):
         self.clip_gradient = clip_gradient
         self.n_negatives = n_negatives
         self.batch_size = batch_size
-        self.event_weights = event_weights
         self.max_users = max_users
         self.max_items = max_items
-        self.max_idle_ms = max_idle_ms
         self.seed = seed
 
-        self._weights = resolve_event_weights(event_weights)
-        self._rng: random.Random
-        self._rng, self._np_rng = make_rngs(seed)
+        self._rng = random.Random(seed)  # cheap per-event draws
+        self._np_rng = np.random.default_rng(seed)  # vectorised draws
         self._mean = 0.0  # running (weighted) mean of the targets
         self._weight_sum = 0.0
         self._users = FactorTable(n_factors)
         self._items = FactorTable(n_factors)
-        self._pool = np.empty((0, n_factors))  # latent vectors drawn for the next new users and items
-        self._pool_next = 0
-
-    def _fresh(self, count: int) -> np.ndarray:
-        """Initial latent vectors for ``count`` new users or items, from a pool drawn ``_POOL_ROWS`` at a time."""
-        if self._pool_next + count <= self._pool.shape[0]:
-            self._pool_next += count
-            return self._pool[self._pool_next - count : self._pool_next]
-        out = np.empty((count, self.n_factors))
-        filled = 0
-        while filled < count:
-            if self._pool_next == self._pool.shape[0]:
-                self._pool = self._np_rng.normal(0.0, self.init_std, (_POOL_ROWS, self.n_factors))
-                self._pool_next = 0
-            take = min(count - filled, self._pool.shape[0] - self._pool_next)
-            out[filled : filled + take] = self._pool[self._pool_next : self._pool_next + take]
-            self._pool_next += take
-            filled += take
-        return out
+        self._pool = LatentPool(n_factors, init_std, self._np_rng)  # latent vectors of the next new users and items
+        self._rates = SGDRates(bias_lr, latent_lr, l2_bias, l2_latent, clip_gradient)
 
     # --- rows --------------------------------------------------------------------------------------------------
 
@@ -198,64 +178,35 @@ class MatrixFactorization(Recommender):
         if row is None:
             if cap is None:
                 return table.add(key, ts, None)
-            if table.n >= cap:
-                table.remove_rows(table.oldest_rows(table.n - cap + cap_chunk(cap)))
-            return table.add(key, ts, self._fresh(1)[0])
+            table.trim(cap, adding=1)
+            return table.add(key, ts, self._pool.take(1)[0])
         if ts > table.last[row]:
             table.last[row] = ts
         return row
 
     # --- learning ----------------------------------------------------------------------------------------------
 
-    def _step(self, u: int, i: int, y: float, weight: float) -> None:
-        """One River-style SGD step on user row ``u``, item row ``i``, target ``y``, gradient weighted ``weight``."""
-        self._weight_sum += weight
-        self._mean += weight * (y - self._mean) / self._weight_sum
-        users, items = self._users, self._items
-        pu, qi = users.factors[u], items.factors[i]
-        bu, bi = users.bias, items.bias
-        bu_u, bi_i = float(bu[u]), float(bi[i])
-        g = 2.0 * (self._mean + bu_u + bi_i + float(pu.dot(qi)) - y)
-        clip = self.clip_gradient
-        if g > clip:
-            g = clip
-        elif g < -clip:
-            g = -clip
-        g *= weight
-        lr, l2 = self.bias_lr, self.l2_bias
-        bu[u] = bu_u - lr * (g + l2 * bu_u)
-        bi[i] = bi_i - lr * (g + l2 * bi_i)
-        a = self.latent_lr * g
-        step_u = qi * a  # from the old q_i
-        if self.l2_latent:
-            keep = 1.0 - self.latent_lr * self.l2_latent
-            qi *= keep
-            qi -= pu * a
-            pu *= keep
-        else:
-            qi -= pu * a
-        pu -= step_u
-
     def learn_one(self, event: Event) -> None:
-        ts = event.ts
-        if ts > self._clock:
-            self._clock = ts
-        w = event_weight(self._weights, event)
+        """One sequential SGD step on the event (target 1, or 0 for a negative weight), then one per negative."""
+        w = self._weigh(event)
         if w == 0.0:
             return
-        u = self._row(self._users, event.user_id, ts, self.max_users)
-        i = self._row(self._items, event.item_id, ts, self.max_items)
+        ts = event.ts
+        users, items, rates = self._users, self._items, self._rates
+        u = self._row(users, event.user_id, ts, self.max_users)
+        i = self._row(items, event.item_id, ts, self.max_items)
         if w < 0.0:
-            self._step(u, i, 0.0, -w)
+            self._mean, self._weight_sum = sgd_step(users, items, u, i, 0.0, -w, self._mean, self._weight_sum, rates)
             return
-        self._step(u, i, 1.0, w)
-        n = self._items.n
+        mean, weight_sum = sgd_step(users, items, u, i, 1.0, w, self._mean, self._weight_sum, rates)
+        n = items.n
         if n > 1:
             draw = self._rng.random
             for _ in range(self.n_negatives):
                 j = int(draw() * n)
                 if j != i:
-                    self._step(u, j, 0.0, 1.0)
+                    mean, weight_sum = sgd_step(users, items, u, j, 0.0, 1.0, mean, weight_sum, rates)
+        self._mean, self._weight_sum = mean, weight_sum
 
     def learn_many(self, events: Iterable[Event]) -> None:
         """Learn ``events`` in mini-batches of ``batch_size``, one vectorised SGD step per round (see the module)."""
@@ -293,26 +244,20 @@ class MatrixFactorization(Recommender):
         self._clock = clock
         for table, start in ((users, new_users), (items, new_items)):
             if table.n > start:
-                table.factors[start : table.n] = self._fresh(table.n - start)
+                table.factors[start : table.n] = self._pool.take(table.n - start)
         if rows_u:
             u, i = np.array(rows_u, dtype=np.intp), np.array(rows_i, dtype=np.intp)
             ts_array, w_array = np.array(stamps, dtype=np.int64), np.array(signed)
             np.maximum.at(users.last, u, ts_array)
             np.maximum.at(items.last, i, ts_array)
             self._update_batch(u, i, (w_array > 0.0).astype(np.float64), np.abs(w_array))
-        for table, cap in ((users, self.max_users), (items, self.max_items)):
-            if table.n > cap:
-                table.remove_rows(table.oldest_rows(table.n - cap + cap_chunk(cap)))
+        users.trim(self.max_users)
+        items.trim(self.max_items)
 
     def _update_batch(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, weight: np.ndarray) -> None:
-        """SGD on events ``(u, i, y, weight)`` and their negatives, one vectorised step per round.
-
-        Round ``r`` holds every user's ``r``-th event of the batch, so a user moves once per event, in order, by
-        the summed gradient of the event's positive and its negatives (the usual negative-sampling step). An item
-        that several samples of one round touch moves by the mean of their gradients, so that a hot item cannot
-        take a hundred summed steps at once; items touched once move exactly as in sequential SGD. The global mean
-        moves per round.
-        """
+        """SGD on events ``(u, i, y, weight)`` and ``n_negatives`` negatives each, drawn uniformly from the catalogue
+        (:func:`~fusionrec.models._sgd.sgd_rounds` applies the steps). A negative that hits its own positive, or
+        follows an event of target 0, is no sample."""
         k = self.n_negatives if self._items.n > 1 else 0
         n_events = u.shape[0]
         # (events, 1 + k) item rows, targets and weights: the event itself, then its negatives
@@ -325,55 +270,9 @@ class MatrixFactorization(Recommender):
         if k:
             cols_i[:, 1:] = self._np_rng.integers(0, self._items.n, size=(n_events, k))
             cols_w[:, 1:] = ((y > 0.0)[:, None] & (cols_i[:, 1:] != i[:, None])).astype(np.float64)
-        users, items = self._users, self._items
-        P, Q, bu_all, bi_all = users.factors, items.factors, users.bias, items.bias
-        blr, llr, l2b, l2l, clip = self.bias_lr, self.latent_lr, self.l2_bias, self.l2_latent, self.clip_gradient
-        rounds = occurrence(u)
-        order = np.argsort(rounds, kind="stable")
-        bounds = np.flatnonzero(np.diff(rounds[order])) + 1
-        mean, weight_sum = self._mean, self._weight_sum
-        for part in np.split(order, bounds):
-            su, si, sy, sw = u[part], cols_i[part], cols_y[part], cols_w[part]
-            flat_w = sw.ravel()
-            total = float(flat_w.sum())
-            mean = (mean * weight_sum + float(flat_w @ sy.ravel())) / (weight_sum + total)
-            weight_sum += total
-            pu, bu = P[su], bu_all[su]  # (R, f), (R,)
-            qi, bi = Q[si], bi_all[si]  # (R, 1+k, f), (R, 1+k)
-            g = 2.0 * (mean + bu[:, None] + bi + np.einsum("rf,rjf->rj", pu, qi) - sy)
-            np.clip(g, -clip, clip, out=g)
-            g *= sw
-            if l2b or l2l:
-                active = (sw > 0.0).sum(axis=1)
-                bu_all[su] = bu - blr * (g.sum(axis=1) + l2b * active * bu)
-                P[su] = pu - llr * (np.einsum("rj,rjf->rf", g, qi) + (l2l * active)[:, None] * pu)
-            else:
-                bu_all[su] = bu - blr * g.sum(axis=1)
-                P[su] = pu - llr * np.einsum("rj,rjf->rf", g, qi)
-            # item side, one row per (event, column) sample
-            flat_i, flat_g, flat_b = si.ravel(), g.ravel(), bi.ravel()
-            flat_q, flat_p = qi.reshape(-1, qi.shape[-1]), np.repeat(pu, 1 + k, axis=0)
-            used = flat_w > 0.0
-            if not used.all():  # negatives that hit their own positive are not samples
-                flat_i, flat_g, flat_b, flat_q, flat_p = (
-                    flat_i[used],
-                    flat_g[used],
-                    flat_b[used],
-                    flat_q[used],
-                    flat_p[used],
-                )
-            step_b = blr * (flat_g + l2b * flat_b) if l2b else blr * flat_g
-            step_q = llr * (flat_g[:, None] * flat_p + l2l * flat_q) if l2l else (llr * flat_g)[:, None] * flat_p
-            ordered = np.sort(flat_i)
-            if (ordered[1:] == ordered[:-1]).any():  # repeated items: the mean of their steps
-                _, inverse, counts = np.unique(flat_i, return_inverse=True, return_counts=True)
-                share = 1.0 / counts[inverse]
-                np.add.at(bi_all, flat_i, -step_b * share)
-                np.add.at(Q, flat_i, -step_q * share[:, None])
-            else:
-                bi_all[flat_i] = flat_b - step_b
-                Q[flat_i] = flat_q - step_q
-        self._mean, self._weight_sum = mean, weight_sum
+        self._mean, self._weight_sum = sgd_rounds(
+            self._users, self._items, u, cols_i, cols_y, cols_w, self._mean, self._weight_sum, self._rates
+        )
 
     def learn_rating(self, user: str, item: str, y: float, ts: int | None = None) -> None:
         """Learn an explicit rating ``y``, exactly as River's ``BiasedMF.learn_one(user, item, y)`` does.
@@ -386,7 +285,9 @@ class MatrixFactorization(Recommender):
             self._clock = ts
         u = self._row(self._users, user, ts, self.max_users)
         i = self._row(self._items, item, ts, self.max_items)
-        self._step(u, i, float(y), 1.0)
+        self._mean, self._weight_sum = sgd_step(
+            self._users, self._items, u, i, float(y), 1.0, self._mean, self._weight_sum, self._rates
+        )
 
     def predict_rating(self, user: str, item: str) -> float:
         """The predicted rating: global mean + biases + dot product; unknown users and items contribute 0."""
@@ -441,7 +342,42 @@ class MatrixFactorization(Recommender):
         pairs = sorted(zip(all_values.tolist(), (ids[r] for r in all_rows.tolist()), strict=False), reverse=True)[:k]
         return [(item, value) for value, item in pairs]
 
-    # --- catalogue access for rankers ----------------------------------------------------------------------------
+    def candidates_many(
+        self,
+        users: Sequence[str],
+        k: int,
+        now_ms: int | None = None,  # noqa: ARG002 - the Recommender interface; this model has no time decay
+        *,
+        device: str | torch.device | None = None,
+        max_chunk_bytes: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Every user's top ``k`` over the whole catalogue at once: one exhaustive float32 scoring in blocks of at
+        most ``max_chunk_bytes`` on ``device`` (:func:`~fusionrec.models.topk.exhaustive_top_k`). The items are
+        :meth:`candidates`' up to float32 rounding (and the order of near ties); none for an unknown user."""
+        from .topk import exhaustive_top_k  # torch is loaded only when a ranker asks
+
+        out: list[list[tuple[str, float]]] = [[] for _ in users]
+        known = [(n, vector) for n, user in enumerate(users) if (vector := self.user_vector(user)) is not None]
+        if not known or self.n_items == 0:
+            return out
+        rows = [n for n, _ in known]
+        factors = np.stack([vector for _, vector in known]).astype(np.float32, copy=False)
+        base = np.array([self.global_mean + self.user_bias(users[n]) for n in rows], dtype=np.float32)
+        scores, indices = exhaustive_top_k(
+            factors,
+            np.asarray(self.item_matrix(), dtype=np.float32),
+            k,
+            item_bias=np.asarray(self.item_bias(), dtype=np.float32),
+            user_bias=base,
+            device=device,
+            max_chunk_bytes=self.chunk_bytes if max_chunk_bytes is None else max_chunk_bytes,
+        )
+        ids = self.item_ids()
+        for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
+            out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
+        return out
+
+    # --- catalogue access for rankers --------------------------------------------------------------------------
 
     def item_ids(self) -> list[str]:
         """The item ids in row order of :meth:`item_matrix` (a copy)."""
@@ -504,7 +440,7 @@ class MatrixFactorization(Recommender):
             "weight_sum": self._weight_sum,
             "rng": self._rng.getstate(),
             "np_rng": self._np_rng.bit_generator.state,
-            "pool": self._pool[self._pool_next :].copy(),
+            "pool": self._pool.remaining(),
         }
         state["users"], state["items"] = self._users.state(), self._items.state()
         return state
@@ -514,7 +450,6 @@ class MatrixFactorization(Recommender):
         self._weight_sum = state["weight_sum"]
         self._rng.setstate(state["rng"])
         self._np_rng.bit_generator.state = state["np_rng"]
-        self._pool = np.array(state["pool"], dtype=np.float64).reshape(-1, self.n_factors)
-        self._pool_next = 0
+        self._pool.refill(state["pool"])
         self._users = FactorTable.from_state(state["users"], self.n_factors)
         self._items = FactorTable.from_state(state["items"], self.n_factors)

@@ -25,20 +25,13 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from .base import (
-    Recommender,
-    decay_factor,
-    event_weight,
-    idle_keys,
-    resolve_event_weights,
-    top_k,
-    touch,
-)
+from ._state import UserItemActivity, top_k
+from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
 
 
-class CoVisitation(Recommender):
+class CoVisitation(UserItemActivity, Recommender):
     """Co-visitation neighbours of the user's recent items.
 
     Parameters
@@ -52,20 +45,15 @@ class CoVisitation(Recommender):
     max_neighbours
         Neighbours kept per item, the strongest; an item's list is pruned back to this size when it has grown by
         half again.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
-    max_users
-        Most users whose recent items are tracked; a new user beyond it first drops the least recently active 1/16.
-    max_items
-        Most items with neighbour lists; a new item beyond it first drops the least recently touched 1/16.
-    max_idle_ms
-        :meth:`evict` drops users and items without events for longer than this. ``None``: only the caps apply.
+    event_weights, max_users, max_items, max_idle_ms
+        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored. The users are
+        those whose recent items are tracked, the items those with neighbour lists.
 
     Examples
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import CoVisitation
+    >>> from fusionrec.models import CoVisitation
 
     Shoppers who view a kettle tend to buy a mug next, in the same session:
 
@@ -98,23 +86,20 @@ class CoVisitation(Recommender):
         max_items: int = 500_000,
         max_idle_ms: int | None = None,
     ):
-        super().__init__()
-        if half_life_ms <= 0:
-            raise ValueError(f"half_life_ms must be > 0, got {half_life_ms}")
-        if min(max_recent, max_neighbours, max_users, max_items) < 1:
-            raise ValueError("max_recent, max_neighbours, max_users and max_items must be >= 1")
+        super().__init__(event_weights, max_idle_ms)
+        require_positive(half_life_ms=half_life_ms)
+        require_at_least(
+            1, max_recent=max_recent, max_neighbours=max_neighbours, max_users=max_users, max_items=max_items
+        )
         self.window_ms = window_ms
         self.max_recent = max_recent
         self.half_life_ms = half_life_ms
         self.max_neighbours = max_neighbours
-        self.event_weights = event_weights
         self.max_users = max_users
         self.max_items = max_items
-        self.max_idle_ms = max_idle_ms
 
-        self._weights = resolve_event_weights(event_weights)
         self._prune_at = max_neighbours + max(1, max_neighbours // 2)
-        self._t0: int | None = None
+        self._t0 = None
         # user -> their latest distinct items, oldest first: [item, ts, session_id, weight]
         self._recent: dict[str, list[list[Any]]] = {}
         self._user_last: dict[str, int] = {}  # user -> latest event ts
@@ -124,17 +109,14 @@ class CoVisitation(Recommender):
     # --- learning ----------------------------------------------------------------------------------------------
 
     def learn_one(self, event: Event) -> None:
-        ts = event.ts
-        if ts > self._clock:
-            self._clock = ts
-        w = event_weight(self._weights, event)
+        w = self._weigh(event)
         if w <= 0.0:
             return
+        ts = event.ts
         exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
         decay = 2.0**exponent
         user, item, session = event.user_id, event.item_id, event.session_id
-        touch(self._user_last, user, ts, self.max_users, self._drop_user)
-        touch(self._item_last, item, ts, self.max_items, self._drop_item)
+        self._touch(user, item, ts)
 
         recent = self._recent.get(user)
         if recent is None:
@@ -186,12 +168,6 @@ class CoVisitation(Recommender):
 
     # --- inference ---------------------------------------------------------------------------------------------
 
-    def _factor(self, now_ms: int | None) -> float:
-        if self._t0 is None:
-            return 0.0
-        now = self._clock if now_ms is None else now_ms
-        return decay_factor((self._t0 - now) / self.half_life_ms)
-
     def _scored(self, user_id: str, now_ms: int | None) -> dict[str, float]:
         recent = self._recent.get(user_id)
         if not recent:
@@ -207,7 +183,7 @@ class CoVisitation(Recommender):
                     scores[other] = get(other, 0.0) + seed_weight * strength
         for seed, *_ in recent:
             scores.pop(seed, None)
-        factor = self._factor(now_ms)
+        factor = self._forward_factor(now_ms, self.half_life_ms)
         return {item: value * factor for item, value in scores.items()}
 
     def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:
@@ -227,30 +203,10 @@ class CoVisitation(Recommender):
 
         This is the "shoppers also viewed" list of a product page, independent of any user.
         """
-        factor = self._factor(now_ms)
+        factor = self._forward_factor(now_ms, self.half_life_ms)
         return top_k(((other, s * factor) for other, s in self._links.get(item_id, {}).items()), k)
 
-    # --- memory ------------------------------------------------------------------------------------------------
-
-    @property
-    def n_users(self) -> int:
-        return len(self._user_last)
-
-    @property
-    def n_items(self) -> int:
-        return len(self._item_last)
-
-    def evict(self, now_ms: int) -> int:
-        """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped."""
-        if self.max_idle_ms is None:
-            return 0
-        cutoff = now_ms - self.max_idle_ms
-        idle_users, idle_items = idle_keys(self._user_last, cutoff), idle_keys(self._item_last, cutoff)
-        for user in idle_users:
-            self._drop_user(user)
-        for item in idle_items:
-            self._drop_item(item)
-        return len(idle_users) + len(idle_items)
+    # --- memory (n_users, n_items and evict come with UserItemActivity) ----------------------------------------
 
     def _drop_user(self, user: str) -> None:
         del self._user_last[user]

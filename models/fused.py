@@ -4,8 +4,7 @@ One :class:`FusedRecommender` sits beside a set of source models (a worker keeps
 evaluation one per run). It learns from the same events as the sources, but what it learns is *which sources to
 trust*: an event on an item of the list last served to that user rewards the sources that put the item there
 (:mod:`fusionrec.models.fusion`). :meth:`FusedRecommender.recommend` chooses each user's segment and weights (bandit,
-or fixed
-weights for users in the holdout), ranks, and remembers the served lists and their exposure.
+or fixed weights for users in the holdout), ranks, and remembers the served lists and their exposure.
 
 Pure: no I/O. The worker publishes what :meth:`~FusedRecommender.recommend` returns; the evaluation scores it.
 """
@@ -18,8 +17,9 @@ from typing import Any
 
 from fusionrec.contracts.events import Event
 
-from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight, idle_keys, touch
-from .fusion import SEGMENTS, FixedWeights, FusionBandit, Pull, holdout_arm, position_discount
+from ._state import evict_idle, touch
+from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight
+from .fusion import SEGMENTS, FixedWeights, FusionPolicy, Pull, holdout_arm, position_discount
 from .ranker import Candidates, FusionRanker, RankedList
 from .targets import TargetFilter
 
@@ -67,7 +67,9 @@ class FusedRecommender:
     ranker
         The :class:`~fusionrec.models.ranker.FusionRanker` that builds the lists.
     bandit
-        Learns the weights; ``None`` for fixed equal weights for everyone (equal-weight fusion).
+        Learns the weights: a :class:`~fusionrec.models.fusion.FusionBandit`, or any other
+        :class:`~fusionrec.models.fusion.FusionPolicy` (its lists are credited to it by its ``arm``); ``None`` for
+        fixed equal weights for everyone (equal-weight fusion).
     holdout
         Fraction of users (by :func:`~fusionrec.models.fusion.holdout_arm`) served with fixed equal weights even when a
         bandit is given: the control arm of a live A/B test.
@@ -84,7 +86,7 @@ class FusedRecommender:
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import Popularity
+    >>> from fusionrec.models import Popularity
     >>> from fusionrec.models.ranker import FusionRanker
     >>> popular = Popularity()
     >>> popular.learn_many([Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2)])
@@ -105,7 +107,7 @@ class FusedRecommender:
         self,
         sources: Sequence[str],
         ranker: FusionRanker,
-        bandit: FusionBandit | None = None,
+        bandit: FusionPolicy | None = None,
         holdout: float = 0.0,
         new_user_events: int = 5,
         reward_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
@@ -129,7 +131,8 @@ class FusedRecommender:
 
     # --- learning ----------------------------------------------------------------------------------------------
 
-    def policy(self, user_id: str) -> FusionBandit | FixedWeights:
+    def policy(self, user_id: str) -> FusionPolicy:
+        """The policy that chooses ``user_id``'s weights: the bandit, or the fixed weights for the holdout."""
         if self.bandit is None or holdout_arm(user_id, self.holdout) == "fixed":
             return self.fixed
         return self.bandit
@@ -141,9 +144,9 @@ class FusedRecommender:
         """Count the user's activity and reward the sources if ``event`` is on an item of the served list.
 
         Only events that are recommendation targets (:class:`~fusionrec.models.targets.TargetFilter`: a first
-        interaction
-        with an item, or a cart/purchase) earn a reward: a second look at an item the user already knew is no
-        evidence that the list helped, and rewarding it would teach the bandit to recommend what users have seen.
+        interaction with an item, or a cart/purchase) earn a reward: a second look at an item the user already knew
+        is no evidence that the list helped, and rewarding it would teach the bandit to recommend what users have
+        seen.
         """
         user = event.user_id
         touch(self._last, user, event.ts, self.max_users, self._forget)
@@ -162,7 +165,7 @@ class FusedRecommender:
         served.credited.add(key)
         position, shares = hit
         reward = weight * position_discount(position)
-        policy = self.bandit if served.arm == "bandit" and self.bandit is not None else self.fixed
+        policy = self.bandit if self.bandit is not None and served.arm == self.bandit.arm else self.fixed
         policy.update(served.segment, {s: reward * share for s, share in shares.items()}, event.ts)
         self.rewards += 1
 
@@ -211,7 +214,7 @@ class FusedRecommender:
 
     def weights(self) -> dict[str, dict[str, float]]:
         """The bandit's current exploit weights per segment (the fixed weights without a bandit)."""
-        policy = self.bandit if self.bandit is not None else self.fixed
+        policy: FusionPolicy = self.bandit if self.bandit is not None else self.fixed
         return {segment: policy.weights(segment) for segment in SEGMENTS}
 
     # --- memory ------------------------------------------------------------------------------------------------
@@ -223,12 +226,8 @@ class FusedRecommender:
         self._served.pop(user, None)
 
     def evict(self, now_ms: int) -> int:
-        if self.max_idle_ms is None:
-            return 0
-        idle = idle_keys(self._last, now_ms - self.max_idle_ms)
-        for user in idle:
-            self._forget(user)
-        return len(idle)
+        """Forget the users idle since ``now_ms - max_idle_ms``; how many."""
+        return evict_idle(now_ms, self.max_idle_ms, (self._last, self._forget))
 
     @property
     def n_users(self) -> int:

@@ -21,24 +21,26 @@ weights from the shop's own events, River-style (:meth:`~FusionBandit.pull` / :m
 * **Segments.** One set of statistics per segment (``new`` and ``returning`` users by default): what works for a
   first visit (popular, trending, category) is not what works for a loyal customer (CF, co-visitation).
 
-:class:`FixedWeights` has the same interface and never learns: equal-weight fusion, and the holdout arm of a live
-A/B test (:func:`holdout_arm`).
+:class:`FixedWeights` never learns: equal-weight fusion, and the holdout arm of a live A/B test (:func:`holdout_arm`).
+Both are a :class:`FusionPolicy`, the interface the fused recommender uses.
 
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "SEGMENTS",
     "FixedWeights",
     "FusionBandit",
+    "FusionPolicy",
     "Pull",
     "holdout_arm",
     "position_discount",
@@ -85,13 +87,86 @@ class Pull:
     version: int
 
 
-class FixedWeights:
-    """Fusion with weights that never change (equal by default): the baseline and the holdout arm."""
+class FusionPolicy(abc.ABC):
+    """How the fusion weights of each list are chosen (per user segment), and what is learned from the lists served.
+
+    The shape of River's ``bandit/base.py``: :meth:`pull` chooses, :meth:`update` learns. The public :meth:`pull`
+    does the shared step (the exploit weights, then the :class:`Pull` record); subclasses write :meth:`_exploit`
+    (the weights they trust) and, if they explore, :meth:`_choose` (a departure from them, and its probability).
+
+    Parameters
+    ----------
+    sources
+        The source names (arms); at least one.
+
+    """
+
+    #: Which arm of a live A/B test this policy is (``Pull.arm``).
+    arm: ClassVar[str]
+
+    def __init__(self, sources: Sequence[str]):
+        if not sources:
+            raise ValueError("a fusion policy needs at least one source")
+        self.sources = tuple(sources)
+
+    # --- choosing ----------------------------------------------------------------------------------------------
+
+    def pull(self, segment: str) -> Pull:
+        """The weights for the next list of ``segment``, with the action taken and its probability (propensity)."""
+        weights, action, propensity = self._choose(self._exploit(segment))
+        return Pull(weights, self.arm, action, propensity, self.version)
+
+    def weights(self, segment: str) -> dict[str, float]:
+        """The exploit weights of ``segment`` (sum 1), as a new dict."""
+        return dict(self._exploit(segment))
+
+    @abc.abstractmethod
+    def _exploit(self, segment: str) -> Mapping[str, float]:
+        """The weights this policy trusts for ``segment`` (sum 1); callers do not modify them."""
+
+    def _choose(self, weights: Mapping[str, float]) -> tuple[Mapping[str, float], str, float]:
+        """The weights of the next list, the action's name and its probability; by default always the exploit
+        weights, an action named after the arm."""
+        return weights, self.arm, 1.0
+
+    @property
+    def version(self) -> int:
+        """How many rewards the weights have learned from: the weights version published with each list."""
+        return 0
+
+    # --- learning ----------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def expose(self, segment: str, exposure: Mapping[str, float], ts: int) -> None:
+        """Record that a list served to ``segment`` at ``ts`` exposed each source by the given amount."""
+
+    @abc.abstractmethod
+    def update(self, segment: str, reward: Mapping[str, float], ts: int) -> None:
+        """Credit each source with its share of the reward for an interaction with a served item."""
+
+    # --- state -------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def to_state(self) -> dict[str, Any]:
+        """Learned statistics as plain JSON-able values (the parameters are the owner's to keep)."""
+
+    @abc.abstractmethod
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Install :meth:`to_state`'s output."""
+
+
+class FixedWeights(FusionPolicy):
+    """Fusion with weights that never change (equal by default): the baseline and the holdout arm.
+
+    >>> FixedWeights(["cf", "popular"], {"cf": 3.0}).pull("new")
+    Pull(weights={'cf': 1.0, 'popular': 0.0}, arm='fixed', action='fixed', propensity=1.0, version=0)
+
+    """
 
     arm = "fixed"
 
     def __init__(self, sources: Sequence[str], weights: Mapping[str, float] | None = None):
-        self.sources = tuple(sources)
+        super().__init__(sources)
         raw = (
             {s: 1.0 for s in self.sources} if weights is None else {s: float(weights.get(s, 0.0)) for s in self.sources}
         )
@@ -100,26 +175,23 @@ class FixedWeights:
             raise ValueError("weights must have a positive sum")
         self._weights = {s: w / total for s, w in raw.items()}
 
-    def pull(self, segment: str) -> Pull:  # noqa: ARG002 - same interface as FusionBandit
-        return Pull(self._weights, self.arm, "fixed", 1.0, 0)
-
-    def weights(self, segment: str) -> dict[str, float]:  # noqa: ARG002
-        return dict(self._weights)
+    def _exploit(self, segment: str) -> Mapping[str, float]:  # noqa: ARG002 - the same weights for every segment
+        return self._weights
 
     def expose(self, segment: str, exposure: Mapping[str, float], ts: int) -> None:
-        pass
+        """Never learns."""
 
     def update(self, segment: str, reward: Mapping[str, float], ts: int) -> None:
-        pass
+        """Never learns."""
 
     def to_state(self) -> dict[str, Any]:
         return {}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        pass
+        """Nothing to install."""
 
 
-class FusionBandit:
+class FusionBandit(FusionPolicy):
     """Learns per segment how much weight each source deserves (see the module docstring).
 
     Parameters
@@ -171,13 +243,11 @@ class FusionBandit:
         min_weight: float = 0.001,
         seed: int | None = None,
     ):
-        if not sources:
-            raise ValueError("a bandit needs at least one source")
+        super().__init__(sources)
         if not 0.0 <= epsilon <= 1.0 or not 0.0 <= boost <= 1.0:
             raise ValueError("epsilon and boost must be in [0, 1]")
         if half_life_ms <= 0 or prior_exposure <= 0 or sharpness <= 0 or min_weight < 0:
             raise ValueError("half_life_ms, prior_exposure and sharpness must be > 0, min_weight >= 0")
-        self.sources = tuple(sources)
         self.segments = tuple(segments)
         self.epsilon = epsilon
         self.boost = boost
@@ -208,7 +278,6 @@ class FusionBandit:
             self._last_ts[segment] = ts
 
     def expose(self, segment: str, exposure: Mapping[str, float], ts: int) -> None:
-        """Record that a list served to ``segment`` at ``ts`` exposed each source by the given amount."""
         self._decay(segment, ts)
         totals = self._exposure[segment]
         for n, source in enumerate(self.sources):
@@ -216,7 +285,6 @@ class FusionBandit:
         self._cache.pop(segment, None)
 
     def update(self, segment: str, reward: Mapping[str, float], ts: int) -> None:
-        """Credit each source with its share of the reward for an interaction with a served item."""
         self._decay(segment, ts)
         totals = self._reward[segment]
         for n, source in enumerate(self.sources):
@@ -234,8 +302,8 @@ class FusionBandit:
         prior = self.prior_exposure
         return {s: (reward[n] + prior * pooled) / (exposure[n] + prior) for n, s in enumerate(self.sources)}
 
-    def weights(self, segment: str) -> dict[str, float]:
-        """The exploit weights of ``segment`` (sum 1); equal while nothing has been rewarded."""
+    def _exploit(self, segment: str) -> dict[str, float]:
+        """The exploit weights of ``segment``; equal while nothing has been rewarded."""
         cached = self._cache.get(segment)
         if cached is not None:
             return cached
@@ -252,26 +320,22 @@ class FusionBandit:
         self._cache[segment] = weights
         return weights
 
-    def pull(self, segment: str) -> Pull:
-        """The weights for the next list of ``segment``: exploit with probability ``1 - epsilon``, else boost one
-        source chosen uniformly. ``propensity`` is the probability of the action taken."""
-        weights = self.weights(segment)
+    def _choose(self, weights: Mapping[str, float]) -> tuple[Mapping[str, float], str, float]:
+        """Exploit with probability ``1 - epsilon``, else boost one source chosen uniformly."""
         if self.epsilon > 0.0 and self._rng.random() < self.epsilon:
             boosted = self.sources[self._rng.randrange(len(self.sources))]
             keep = 1.0 - self.boost
             mixed = {s: keep * w + (self.boost if s == boosted else 0.0) for s, w in weights.items()}
-            return Pull(mixed, self.arm, f"boost:{boosted}", self.epsilon / len(self.sources), self._updates)
-        return Pull(weights, self.arm, "exploit", 1.0 - self.epsilon, self._updates)
+            return mixed, f"boost:{boosted}", self.epsilon / len(self.sources)
+        return weights, "exploit", 1.0 - self.epsilon
 
     @property
     def version(self) -> int:
-        """How many rewards the weights have learned from: the weights version published with each list."""
         return self._updates
 
     # --- state -------------------------------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """Learned statistics as plain JSON-able values (the parameters are the owner's to keep)."""
         return {
             "sources": list(self.sources),
             "reward": self._reward,

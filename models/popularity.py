@@ -22,16 +22,8 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from .base import (
-    Recommender,
-    by_score_then_id,
-    cap_chunk,
-    decay_factor,
-    event_weight,
-    idle_keys,
-    oldest_keys,
-    resolve_event_weights,
-)
+from ._state import by_score_then_id, evict_idle, touch
+from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["Popularity", "Trending"]
 
@@ -45,18 +37,14 @@ class Popularity(Recommender):
         After this long, an event counts half as much.
     top_n
         How many best items are kept ready for :meth:`candidates`; asking for more scans every item.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
-    max_items
-        Most items tracked; a new item beyond it first drops the least recently touched 1/16.
-    max_idle_ms
-        :meth:`evict` drops items without events for longer than this. ``None``: only ``max_items`` applies.
+    event_weights, max_items, max_idle_ms
+        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored.
 
     Examples
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import Popularity
+    >>> from fusionrec.models import Popularity
 
     >>> hour = 3_600_000
     >>> t = 1_700_000_000_000
@@ -87,43 +75,31 @@ class Popularity(Recommender):
         max_items: int = 1_000_000,
         max_idle_ms: int | None = None,
     ):
-        super().__init__()
-        if half_life_ms <= 0:
-            raise ValueError(f"half_life_ms must be > 0, got {half_life_ms}")
-        if top_n < 1 or max_items < 1:
-            raise ValueError("top_n and max_items must be >= 1")
+        super().__init__(event_weights, max_idle_ms)
+        require_positive(half_life_ms=half_life_ms)
+        require_at_least(1, top_n=top_n, max_items=max_items)
         self.half_life_ms = half_life_ms
         self.top_n = top_n
-        self.event_weights = event_weights
         self.max_items = max_items
-        self.max_idle_ms = max_idle_ms
 
-        self._weights = resolve_event_weights(event_weights)
-        self._t0: int | None = None
+        self._t0 = None
         self._score: dict[str, float] = {}  # item -> forward-decayed score (relative to _t0)
         self._last: dict[str, int] = {}  # item -> latest event ts
         self._top: dict[str, float] = {}  # the top_n items of _score
         self._heap: list[tuple[float, str]] = []  # min-heap over _top; entries whose value is outdated are stale
+        self._top_dropped = False  # an item of _top was dropped: _top must be rebuilt
 
     # --- learning ----------------------------------------------------------------------------------------------
 
     def learn_one(self, event: Event) -> None:
-        ts = event.ts
-        if ts > self._clock:
-            self._clock = ts
-        w = event_weight(self._weights, event)
+        w = self._weigh(event)
         if w <= 0.0:
             return
+        ts, item = event.ts, event.item_id
         exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
-        item = event.item_id
-        last = self._last
-        previous = last.get(item)
-        if previous is None:
-            if len(last) >= self.max_items:
-                self._drop(oldest_keys(last, cap_chunk(self.max_items)))
-            last[item] = ts
-        elif ts > previous:
-            last[item] = ts
+        touch(self._last, item, ts, self.max_items, self._drop)
+        if self._top_dropped:
+            self._rebuild_top()
         value = self._score.get(item, 0.0) + w * 2.0**exponent
         self._score[item] = value
         self._offer(item, value)
@@ -157,18 +133,13 @@ class Popularity(Recommender):
         self._top = {i: v for v, i in best}
         self._heap = best[::-1]
         heapq.heapify(self._heap)
+        self._top_dropped = False
 
     # --- inference ---------------------------------------------------------------------------------------------
 
-    def _factor(self, now_ms: int | None) -> float:
-        if self._t0 is None:
-            return 0.0
-        now = self._clock if now_ms is None else now_ms
-        return decay_factor((self._t0 - now) / self.half_life_ms)
-
     def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002 - the Recommender interface; the same list for every user
         """Each item's decayed popularity at ``now_ms``; ``user_id`` is ignored."""
-        factor, get = self._factor(now_ms), self._score.get
+        factor, get = self._forward_factor(now_ms, self.half_life_ms), self._score.get
         return np.array([get(item, 0.0) * factor for item in items], dtype=np.float64)
 
     def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; the same list for every user
@@ -177,7 +148,7 @@ class Popularity(Recommender):
             return []
         pool = self._top if k <= self.top_n else self._score
         best = heapq.nlargest(k, pool.items(), key=by_score_then_id)
-        factor = self._factor(now_ms)
+        factor = self._forward_factor(now_ms, self.half_life_ms)
         return [(item, value * factor) for item, value in best]
 
     # --- memory ------------------------------------------------------------------------------------------------
@@ -192,20 +163,17 @@ class Popularity(Recommender):
 
     def evict(self, now_ms: int) -> int:
         """Drop items without events since ``now_ms - max_idle_ms``; return how many were dropped."""
-        if self.max_idle_ms is None:
-            return 0
-        idle = idle_keys(self._last, now_ms - self.max_idle_ms)
-        self._drop(idle)
-        return len(idle)
-
-    def _drop(self, items: list[str]) -> None:
-        rebuild = False
-        for item in items:
-            del self._score[item]
-            del self._last[item]
-            rebuild = rebuild or item in self._top
-        if rebuild:
+        dropped = evict_idle(now_ms, self.max_idle_ms, (self._last, self._drop))
+        if self._top_dropped:
             self._rebuild_top()
+        return dropped
+
+    def _drop(self, item: str) -> None:
+        """Forget ``item``; if it was among the best, ``_top`` is rebuilt once the dropping is done."""
+        del self._score[item]
+        del self._last[item]
+        if item in self._top:
+            self._top_dropped = True
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 
@@ -223,24 +191,13 @@ class Trending(Popularity):
     count, while an item bought ten times in the last hour scores about 7 per purchase weight; the fusion layer
     uses this source for cold users (no history, so no personal candidates).
 
-    Parameters
-    ----------
-    half_life_ms
-        After this long, an event counts half as much.
-    top_n
-        How many best items are kept ready for :meth:`candidates`; asking for more scans every item.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`. Events weighing 0 or less are ignored.
-    max_items
-        Most items tracked; a new item beyond it first drops the least recently touched 1/16.
-    max_idle_ms
-        :meth:`evict` drops items without events for longer than this. ``None``: only ``max_items`` applies.
+    The parameters are :class:`Popularity`'s; only the default ``half_life_ms`` differs (one hour).
 
     Examples
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import Popularity, Trending
+    >>> from fusionrec.models import Popularity, Trending
 
     A mug sold four times a day ago; a lamp is bought once now.
 
@@ -267,10 +224,4 @@ class Trending(Popularity):
         max_items: int = 1_000_000,
         max_idle_ms: int | None = None,
     ):
-        super().__init__(
-            half_life_ms=half_life_ms,
-            top_n=top_n,
-            event_weights=event_weights,
-            max_items=max_items,
-            max_idle_ms=max_idle_ms,
-        )
+        super().__init__(half_life_ms, top_n, event_weights, max_items, max_idle_ms)

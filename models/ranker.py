@@ -2,16 +2,23 @@
 
 For a batch of users, :meth:`FusionRanker.rank`
 
-1. gathers up to ``candidates`` proposals per user from every source. The CF source's proposals come from an
-   exhaustive, chunked scoring of the whole catalogue for all the batch's users at once
-   (:func:`fusionrec.models.topk.exhaustive_top_k`); the others' from their ``candidates``;
+1. gathers up to ``candidates`` proposals per user from every source, the whole batch of users at once
+   (:meth:`~fusionrec.models.base.Recommender.candidates_many`: the CF source scores the whole catalogue for all of
+   them in one exhaustive, chunked pass on the ranker's device, the others loop over their ``candidates``);
 2. normalises each source's scores per user, so that no source dominates by scale: ``"max"`` divides by the
    source's best score for that user (keeping how much better the best is than the rest), ``"rank"`` uses the DCG
    discount of the candidate's position;
-3. removes the items the user bought (the ``recent`` source remembers purchases) and items marked unavailable;
+3. removes the items that some source excludes for the user (:meth:`~fusionrec.models.base.Recommender.excluded`:
+   the ``recent`` source's purchases) and items marked unavailable;
 4. fuses with the user's weights as one batched tensor product on the ranker's device (CUDA when available),
    ``score = Σ_source weight × normalised score``; the contributions of each source are kept for attribution;
-5. walks the fused order keeping at most ``category_cap`` items per category (diversity) until it has ``k``.
+5. walks the fused order keeping at most ``category_cap`` items per category (diversity) until it has ``k``; an
+   item's category is the first one a source knows
+   (:meth:`~fusionrec.models.base.Recommender.category_of`).
+
+The ranker never names a concrete model: it asks every source the same questions, and resolves once per
+:meth:`~FusionRanker.prepare` which sources override the optional ones
+(:meth:`~fusionrec.models.base.Recommender.provides`), so that the others cost nothing.
 
 It also returns each source's own top ``k`` after the same filters: what that source alone would have shown.
 CPU and CUDA give the same lists within float tolerance (ties are broken by a stable sort on the union order).
@@ -27,9 +34,8 @@ import numpy as np
 import torch
 
 from .base import Recommender
-from .cf import MatrixFactorization
 from .fusion import position_discount
-from .topk import exhaustive_top_k, pick_device
+from .topk import pick_device
 
 __all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
 
@@ -97,7 +103,7 @@ class FusionRanker:
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import Popularity, RecentItems
+    >>> from fusionrec.models import Popularity, RecentItems
     >>> events = [Event("e1", "ann", "tea", "view", 1), Event("e2", "bob", "mug", "purchase", 2),
     ...           Event("e3", "ann", "mug", "purchase", 3)]
     >>> models = {"popular": Popularity(), "recent": RecentItems()}
@@ -136,42 +142,15 @@ class FusionRanker:
 
     # --- candidates --------------------------------------------------------------------------------------------
 
-    def _cf_candidates(self, model: MatrixFactorization, users: Sequence[str]) -> list[list[tuple[str, float]]]:
-        """Every user's top ``candidates`` over the whole catalogue, scored in chunks on the device."""
-        out: list[list[tuple[str, float]]] = [[] for _ in users]
-        known = [(n, vector) for n, user in enumerate(users) if (vector := model.user_vector(user)) is not None]
-        if not known or model.n_items == 0:
-            return out
-        rows = [n for n, _ in known]
-        factors = np.stack([vector for _, vector in known]).astype(np.float32, copy=False)
-        base = np.array([model.global_mean + model.user_bias(users[n]) for n in rows], dtype=np.float32)
-        scores, indices = exhaustive_top_k(
-            factors,
-            np.asarray(model.item_matrix(), dtype=np.float32),
-            self.candidates,
-            item_bias=np.asarray(model.item_bias(), dtype=np.float32),
-            user_bias=base,
-            device=self.device,
-            max_chunk_bytes=self.max_chunk_bytes,
-        )
-        ids = model.item_ids()
-        for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
-            out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
-        return out
-
     def gather(
         self, models: Mapping[str, Recommender], users: Sequence[str], now_ms: int | None = None
     ) -> dict[str, list[list[tuple[str, float]]]]:
         """Each source's candidates for each user: ``{source: [[(item, score), ...] per user]}``."""
-        out = {}
-        for name, model in models.items():
-            if isinstance(model, MatrixFactorization):
-                out[name] = self._cf_candidates(model, users)
-            elif not model.personal:  # one list for everyone (the same object, so it is normalised once too)
-                out[name] = [model.candidates(users[0] if users else "", self.candidates, now_ms)] * len(users)
-            else:
-                out[name] = [model.candidates(user, self.candidates, now_ms) for user in users]
-        return out
+        device, max_chunk_bytes = self.device, self.max_chunk_bytes
+        return {
+            name: model.candidates_many(users, self.candidates, now_ms, device=device, max_chunk_bytes=max_chunk_bytes)
+            for name, model in models.items()
+        }
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
@@ -200,15 +179,14 @@ class FusionRanker:
         """Gather (unless ``gathered`` is given), filter and normalise every source's candidates for ``users``:
         the part of ranking that does not depend on the weights, so one preparation serves several weightings.
 
-        ``unavailable`` items are never kept; ``exclude`` adds items per user. Bought items (as remembered by a
-        ``recent`` source, if any) are removed too.
+        ``unavailable`` items are never kept; ``exclude`` adds items per user, and so does every source's
+        :meth:`~fusionrec.models.base.Recommender.excluded` (bought items, for a ``recent`` source).
         """
         sources = list(models)
         if gathered is None:
             gathered = self.gather(models, users, now_ms)
-        recent = models.get("recent")
-        bought = getattr(recent, "bought", None)
-        category_of = getattr(models.get("category"), "category_of", None)
+        excluders = [model.excluded for model in models.values() if model.provides("excluded")]
+        category_of = _first_known([model.category_of for model in models.values() if model.provides("category_of")])
         k = self.k
         always_banned = frozenset(unavailable)
         unions: list[list[str]] = []
@@ -218,8 +196,8 @@ class FusionRanker:
         normalised: dict[int, list[float]] = {}  # by id of the candidate list: shared lists are normalised once
         for b, user in enumerate(users):
             banned = always_banned
-            if bought is not None:
-                banned = banned | bought(user)
+            for excluded in excluders:
+                banned = banned | excluded(user)
             if exclude is not None:
                 banned = banned | set(exclude[b])
             index: dict[str, int] = {}
@@ -314,3 +292,19 @@ class FusionRanker:
         if not users:
             return []
         return self.fuse(self.prepare(models, users, now_ms, unavailable, exclude, gathered), weights)
+
+
+def _first_known(lookups: list[Callable[[str], str | None]]) -> Callable[[str], str | None] | None:
+    """One lookup that asks ``lookups`` in turn and returns the first answer that is not ``None``: ``None`` when
+    there is nothing to ask, the only lookup itself when there is one (the usual case, one call per item)."""
+    if len(lookups) <= 1:
+        return lookups[0] if lookups else None
+
+    def first(item_id: str) -> str | None:
+        for lookup in lookups:
+            answer = lookup(item_id)
+            if answer is not None:
+                return answer
+        return None
+
+    return first

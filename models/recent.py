@@ -18,14 +18,8 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from .base import (
-    Recommender,
-    decay_factor,
-    idle_keys,
-    resolve_event_weights,
-    top_k,
-    touch,
-)
+from ._state import decay_factor, idle_keys, top_k, touch
+from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["RecentItems"]
 
@@ -45,20 +39,16 @@ class RecentItems(Recommender):
         Items remembered per user; when full, the lowest-scoring one is dropped.
     max_purchased_per_user
         Purchases remembered per user (to keep bought items out); the oldest is dropped when full.
-    event_weights
-        Overrides of :data:`~fusionrec.models.base.DEFAULT_EVENT_WEIGHTS`: the intent weight of ``view``,
-        ``favourite`` and
-        ``add_to_cart`` (and ``impression`` if you give it a positive weight). Types weighing 0 are ignored.
-    max_users
-        Most users tracked; a new user beyond it first drops the least recently active 1/16.
-    max_idle_ms
-        :meth:`evict` drops users without events for longer than this. ``None``: only ``max_users`` applies.
+    event_weights, max_users, max_idle_ms
+        As for every model (:mod:`fusionrec.models.base`). The event weights are the intent weights of ``view``,
+        ``favourite`` and ``add_to_cart`` (and ``impression`` if you give it a positive weight); types weighing 0
+        are ignored.
 
     Examples
     --------
 
     >>> from fusionrec.contracts.events import Event
-    >>> from models import RecentItems
+    >>> from fusionrec.models import RecentItems
 
     >>> t = 1_700_000_000_000
     >>> model = RecentItems()
@@ -89,19 +79,17 @@ class RecentItems(Recommender):
         max_users: int = 1_000_000,
         max_idle_ms: int | None = None,
     ):
-        super().__init__()
-        if half_life_ms <= 0:
-            raise ValueError(f"half_life_ms must be > 0, got {half_life_ms}")
-        if min(max_items_per_user, max_purchased_per_user, max_users) < 1:
-            raise ValueError("max_items_per_user, max_purchased_per_user and max_users must be >= 1")
+        super().__init__(event_weights, max_idle_ms)
+        require_positive(half_life_ms=half_life_ms)
+        require_at_least(
+            1, max_items_per_user=max_items_per_user, max_purchased_per_user=max_purchased_per_user, max_users=max_users
+        )
         self.half_life_ms = half_life_ms
         self.max_items_per_user = max_items_per_user
         self.max_purchased_per_user = max_purchased_per_user
-        self.event_weights = event_weights
         self.max_users = max_users
-        self.max_idle_ms = max_idle_ms
 
-        weights = resolve_event_weights(event_weights)
+        weights = self._weights
         self._bits = {kind: bit for kind, bit in _BITS.items() if weights[kind] > 0.0}
         # intent weight of every combination of bits: the strongest intent shown
         self._intent = [
@@ -187,7 +175,11 @@ class RecentItems(Recommender):
         return top_k(self._scored(user_id, now_ms).items(), k)
 
     def bought(self, user_id: str) -> frozenset[str]:
-        """The items the user bought (the newest ``max_purchased_per_user``): what a ranker must not propose."""
+        """The items the user bought (the newest ``max_purchased_per_user``)."""
+        return frozenset(self._bought.get(user_id, ()))
+
+    def excluded(self, user_id: str) -> frozenset[str]:
+        """The items the user bought (:meth:`bought`): never to be proposed to them again, by any source."""
         return frozenset(self._bought.get(user_id, ()))
 
     def history_size(self, user_id: str) -> int:

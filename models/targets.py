@@ -26,6 +26,8 @@ from itertools import islice
 
 from fusionrec.contracts.events import Event
 
+from ._state import cap_chunk
+
 __all__ = ["MIN_POSITIVE_RATING", "TARGET_KINDS", "TargetFilter"]
 
 #: The kinds :meth:`TargetFilter.classify` returns.
@@ -130,7 +132,7 @@ class TargetFilter:
         if items is None:
             items = {}
             if len(seen) >= self.max_users:
-                for old in list(islice(seen, max(1, self.max_users // 16))):
+                for old in list(islice(seen, cap_chunk(self.max_users))):
                     del seen[old]
         seen[user_id] = items  # most recently active last
         return items

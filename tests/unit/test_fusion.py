@@ -12,7 +12,7 @@ import pytest
 from fusionrec.contracts.events import Event
 from fusionrec.models.base import Recommender
 from fusionrec.models.fused import FusedRecommender
-from fusionrec.models.fusion import FixedWeights, FusionBandit, holdout_arm, position_discount
+from fusionrec.models.fusion import FixedWeights, FusionBandit, FusionPolicy, Pull, holdout_arm, position_discount
 from fusionrec.models.ranker import FusionRanker
 
 
@@ -111,6 +111,69 @@ def test_fixed_weights_never_learn():
     fixed.update("new", {"a": 100.0}, 1)
     pull = fixed.pull("new")
     assert pull.weights == {"a": 0.5, "b": 0.5} and pull.propensity == 1.0 and pull.arm == "fixed"
+
+
+def test_both_policies_share_one_interface():
+    assert issubclass(FusionBandit, FusionPolicy) and issubclass(FixedWeights, FusionPolicy)
+    with pytest.raises(TypeError):
+        FusionPolicy(["a"])  # abstract
+    for make in (FusionBandit, FixedWeights):
+        with pytest.raises(ValueError, match="at least one source"):
+            make([])
+    bandit, fixed = FusionBandit(["a", "b"], epsilon=0.0), FixedWeights(["a", "b"])
+    for policy in (bandit, fixed):
+        pull = policy.pull("new")
+        assert isinstance(pull, Pull) and pull.arm == policy.arm and pull.version == policy.version == 0
+        weights = policy.weights("new")
+        weights["a"] = 99.0  # a copy: the policy's own weights are untouched
+        assert policy.weights("new") == pytest.approx({"a": 0.5, "b": 0.5})
+    assert (bandit.pull("new").action, fixed.pull("new").action) == ("exploit", "fixed")
+
+
+class Alternating(FusionPolicy):
+    """A policy written against the base alone: all weight on one source, the other every second list."""
+
+    arm = "bandit"
+
+    def __init__(self, sources):
+        super().__init__(sources)
+        self.pulls = 0
+        self.rewards: list[dict[str, float]] = []
+
+    def _exploit(self, segment):
+        return {s: float(s == self.sources[0]) for s in self.sources}
+
+    def _choose(self, weights):
+        self.pulls += 1
+        if self.pulls % 2:
+            return weights, "first", 0.5
+        return {s: 1.0 - w for s, w in weights.items()}, "second", 0.5
+
+    def expose(self, segment, exposure, ts):
+        pass
+
+    def update(self, segment, reward, ts):
+        self.rewards.append(dict(reward))
+
+    def to_state(self):
+        return {"pulls": self.pulls}
+
+    def load_state(self, state):
+        self.pulls = state["pulls"]
+
+
+def test_the_fused_recommender_takes_any_policy():
+    good, bad = Scripted(), Scripted()
+    good.lists["u"], bad.lists["u"] = [("x", 1.0)], [("y", 1.0)]
+    policy = Alternating(["good", "bad"])
+    fused = _fused(policy)
+    [first] = fused.recommend({"good": good, "bad": bad}, ["u"], now_ms=1)
+    [second] = fused.recommend({"good": good, "bad": bad}, ["u"], now_ms=2)
+    assert (first.pull.action, first.ranked.item_ids) == ("first", ["x"])
+    assert (second.pull.action, second.ranked.item_ids) == ("second", ["y"])
+    fused.learn_one(Event("e", "u", "y", "purchase", 3))
+    assert policy.rewards == [{"bad": 5.0}]
+    assert fused.to_state()["bandit"] == {"pulls": 2}
 
 
 def _fused(bandit=None, **kwargs) -> FusedRecommender:

@@ -169,3 +169,31 @@ def test_ratings_with_a_time_are_kept_by_idle_eviction():
     assert model.clock_ms == T0 + 2 * HOUR
     assert model.evict(model.clock_ms) == 2
     assert (model.n_users, model.n_items, model.item_ids()) == (1, 1, ["b"])
+
+
+def test_candidates_many_is_candidates_for_every_user_up_to_float32():
+    model = MatrixFactorization(seed=5, batch_size=16)
+    model.learn_many([Event(f"e{n}", f"u{n % 7}", f"i{(n * 5) % 40}", "view", T0 + n) for n in range(400)])
+    users = ["u0", "nobody", "u3", "u6"]
+    many = model.candidates_many(users, 8, device="cpu", max_chunk_bytes=4096)
+    assert len(many) == len(users) and many[1] == []
+    for user, pairs in zip(users, many, strict=True):
+        reference = model.candidates(user, 8)
+        assert [s for _, s in pairs] == pytest.approx([s for _, s in reference], rel=1e-4, abs=1e-5)
+        assert set(pairs and [i for i, _ in pairs]) == set(reference and [i for i, _ in reference])
+    assert MatrixFactorization.provides("candidates_many")
+
+
+def test_batches_of_one_event_without_negatives_are_sequential_sgd():
+    # a round of one sample is one sequential step (the same rule, vectorised), so learn_many in batches of one
+    # event must land where learn_one lands, up to rounding
+    rng = np.random.default_rng(4)
+    events = [Event(f"e{n}", f"u{rng.integers(6)}", f"i{rng.integers(9)}", "purchase", T0 + n) for n in range(200)]
+    batched = MatrixFactorization(n_negatives=0, batch_size=1, seed=2)
+    sequential = MatrixFactorization(n_negatives=0, seed=2)
+    batched.learn_many(events)
+    for event in events:
+        sequential.learn_one(event)
+    np.testing.assert_allclose(batched.item_matrix(), sequential.item_matrix(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(batched.item_bias(), sequential.item_bias(), rtol=1e-12, atol=1e-15)
+    assert batched.global_mean == pytest.approx(sequential.global_mean)

@@ -218,6 +218,71 @@ def test_unknown_event_types_in_weights_are_refused(name):
         FACTORIES[name](event_weights={"click": 1.0})
 
 
+@pytest.mark.parametrize(
+    ("name", "params", "wrong"),
+    [
+        ("cf", {"n_factors": 0}, "n_factors must be >= 1, got 0"),
+        ("cf", {"n_negatives": -1}, "n_negatives must be >= 0, got -1"),
+        ("covisit", {"half_life_ms": 0}, "half_life_ms must be > 0, got 0"),
+        ("popular", {"top_n": 0}, "top_n must be >= 1, got 0"),
+        ("category", {"item_half_life_ms": -5}, "item_half_life_ms must be > 0, got -5"),
+        ("recent", {"max_users": 0}, "max_users must be >= 1, got 0"),
+    ],
+)
+def test_bad_parameters_are_refused_by_name(name, params, wrong):
+    with pytest.raises(ValueError, match=wrong):
+        FACTORIES[name](**params)
+
+
+# --- optional capabilities -------------------------------------------------------------------------------------
+
+#: Which optional capabilities each source overrides (the rest keep the defaults that say nothing).
+PROVIDES = {
+    "cf": {"candidates_many"},
+    "covisit": set(),
+    "popular": set(),
+    "trending": set(),
+    "category": {"category_of"},
+    "recent": {"excluded"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_capabilities_are_declared_by_overriding(name):
+    model = FACTORIES[name]()
+    assert {c for c in ("candidates_many", "excluded", "category_of") if model.provides(c)} == PROVIDES[name]
+    with pytest.raises(ValueError, match="unknown capability"):
+        model.provides("candidates")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_candidates_many_is_candidates_for_each_user(name):
+    model = FACTORIES[name]()
+    model.learn_many(stream(13))
+    users = [f"u{n}" for n in range(12)] + ["nobody"]
+    many = model.candidates_many(users, 5, device="cpu")
+    assert len(many) == len(users)
+    assert model.candidates_many([], 5) == []
+    for user, pairs in zip(users, many, strict=True):
+        reference = model.candidates(user, 5)
+        if name != "cf":  # cf scores in float32 there, so near ties may come in another order
+            assert [item for item, _ in pairs] == [item for item, _ in reference]
+        np.testing.assert_allclose([s for _, s in pairs], [s for _, s in reference], rtol=1e-4, atol=1e-5)
+
+
+def test_the_defaults_say_nothing_and_the_overrides_answer():
+    events = [
+        Event("e1", "ann", "tea", "view", T0, category_id="drinks"),
+        Event("e2", "ann", "mug", "purchase", T0 + 1, category_id="kitchen"),
+    ]
+    popular, recent, category = Popularity(), RecentItems(), CategoryAffinity()
+    for model in (popular, recent, category):
+        model.learn_many(events)
+    assert popular.excluded("ann") == frozenset() and popular.category_of("tea") is None
+    assert recent.excluded("ann") == {"mug"} and recent.excluded("bob") == frozenset()
+    assert category.category_of("mug") == "kitchen" and category.category_of("pot") is None
+
+
 # --- learns: a toy stream where the right item must rise to the top ---------------------------------------------
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from fusionrec.contracts.events import Event
-from fusionrec.models import SOURCES
+from fusionrec.models import SOURCES, Recommender
 from fusionrec.models.ranker import FusionRanker
 
 T0 = 1_700_000_000_000
@@ -152,3 +153,80 @@ def test_cpu_and_cuda_rank_alike():
     for a, b in zip(cpu, cuda, strict=True):
         assert [i.score for i in a.items] == pytest.approx([i.score for i in b.items], rel=1e-4, abs=1e-6)
         assert a.item_ids == b.item_ids or sorted(a.item_ids) == sorted(b.item_ids)
+
+
+class Listed(Recommender):
+    """A source that proposes fixed lists, and may exclude items or know categories (the optional capabilities)."""
+
+    source = "listed"
+
+    def __init__(self, lists, categories=None, banned=None):
+        super().__init__()
+        self.lists, self.categories, self.banned = lists, categories or {}, banned or {}
+        self.asked: list[str] = []
+
+    def learn_one(self, event):
+        pass
+
+    def score(self, user_id, items, now_ms=None):
+        table = dict(self.lists.get(user_id, []))
+        return np.array([table.get(i, 0.0) for i in items])
+
+    def candidates(self, user_id, k, now_ms=None):
+        return self.lists.get(user_id, [])[:k]
+
+    def evict(self, now_ms):
+        return 0
+
+    n_users = property(lambda self: len(self.lists))
+    n_items = property(lambda self: 0)
+
+
+class Excluding(Listed):
+    def excluded(self, user_id):
+        self.asked.append(user_id)
+        return frozenset(self.banned.get(user_id, ()))
+
+
+class Categorised(Listed):
+    def category_of(self, item_id):
+        self.asked.append(item_id)
+        return self.categories.get(item_id)
+
+
+class Batched(Listed):
+    def candidates_many(self, users, k, now_ms=None, *, device=None, max_chunk_bytes=None):
+        self.asked.append((tuple(users), device.type, max_chunk_bytes))
+        return [self.candidates(user, k, now_ms) for user in users]
+
+
+def test_every_source_that_excludes_is_asked_and_the_exclusions_add_up():
+    lists = {"u": [("a", 4.0), ("b", 3.0), ("c", 2.0), ("d", 1.0)]}
+    first, second, quiet = Excluding(lists, banned={"u": {"a"}}), Excluding({}, banned={"u": {"c"}}), Listed(lists)
+    ranker = FusionRanker(k=4, category_cap=0, device="cpu")
+    [result] = ranker.rank({"one": first, "two": second, "quiet": quiet}, ["u"], [{"one": 1.0, "quiet": 1.0}])
+    assert result.item_ids == ["b", "d"]
+    assert result.source_lists == {"one": ["b", "d"], "two": [], "quiet": ["b", "d"]}
+    assert first.asked == second.asked == ["u"]
+
+
+def test_an_items_category_is_the_first_one_a_source_knows():
+    lists = {"u": [("a", 4.0), ("b", 3.0), ("c", 2.0), ("d", 1.0)]}
+    first = Categorised(lists, categories={"a": "x", "b": "x"})
+    second = Categorised({}, categories={"a": "y", "c": "x", "d": "z"})
+    ranker = FusionRanker(k=4, category_cap=1, device="cpu")
+    [result] = ranker.rank({"first": first, "second": second}, ["u"], [{"first": 1.0}])
+    assert [(item.item_id, item.category_id) for item in result.items] == [("a", "x"), ("d", "z")]
+    assert "a" not in second.asked  # the first source answered for it
+    # with a single source that knows categories, only the items a list keeps are looked up
+    only = Categorised(lists, categories={"a": "x"})
+    FusionRanker(k=2, category_cap=0, device="cpu").rank({"only": only}, ["u"], [{"only": 1.0}])
+    assert only.asked == ["a", "b"]
+
+
+def test_gather_asks_each_source_for_the_whole_batch_with_the_rankers_device():
+    batched = Batched({"u1": [("a", 1.0)], "u2": [("b", 1.0)]})
+    ranker = FusionRanker(k=2, candidates=7, device="cpu", max_chunk_bytes=12_345)
+    gathered = ranker.gather({"batched": batched}, ["u1", "u2"])
+    assert gathered == {"batched": [[("a", 1.0)], [("b", 1.0)]]}
+    assert batched.asked == [(("u1", "u2"), "cpu", 12_345)]
