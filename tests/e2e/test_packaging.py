@@ -45,7 +45,7 @@ def test_the_wheel_holds_one_top_level_package(wheel):
         "fusionrec/consumers/client.py",
         "fusionrec/producers/producer.py",
         "fusionrec/contracts/settings.py",
-        "fusionrec/apps/cli.py",
+        "fusionrec/apps/cli/__init__.py",
     ):
         assert module in names
 
