@@ -18,17 +18,17 @@ PY=$(pwd)/.venv/bin/python
 out=$(mktemp -d)
 tree=$(mktemp -d)/rev
 git worktree add -q --detach "$tree" "$REV"
-trap 'git worktree remove --force "$tree"; rm -rf "$out"' EXIT
+trap 'git worktree remove --force "$tree"; echo "logs kept in $out" >&2' EXIT
 data=$(realpath "$DATA")
 
 run() {  # run NAME DIR SCRIPT ARGS...
     local name=$1 dir=$2 script=$3; shift 3
     local log="$out/$name-$(date +%s%N).txt"
     if [ "$dir" = here ]; then
-        "$PY" "benchmarks/$script" "$data" "$@" >"$log" 2>&1 || echo "($name failed; see $log)"
+        "$PY" "benchmarks/$script" "$data" "$@" >"$log" 2>&1 || echo "($name failed; see $log)" >&2
     else
         (cd "$dir" && PYTHONPATH="$dir" "$PY" "benchmarks/$script" "$data" "$@") >"$log" 2>&1 \
-            || echo "($name failed; see $log)"
+            || echo "($name failed; see $log)" >&2
     fi
     echo "$log"
 }
@@ -41,11 +41,11 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "round $round: $label" >&2
         w=$(run "worker-$side" "$dir" bench_worker.py)
         f=$(run "fresh-$side" "$dir" bench_freshness.py --no-profile)
-        worker=$(grep -m1 "fusionrec worker, full stack" "$w" | awk '{print $NF}')
-        inproc=$(grep -m1 "BatchProcessor in-process" "$w" | awk '{print $NF}')
-        raw=$(grep -m1 "broker raw consume" "$w" | awk '{print $NF}')
-        river=$(grep -m1 "River BiasedMF" "$w" | awk '{print $NF}')
-        fresh=$(grep -m1 "user list published (freshness)" "$f" | sed 's/.*freshness) *//; s/ \{2,\}.*//')
+        worker=$(grep -m1 "fusionrec worker, full stack" "$w" | awk '{print $NF}' || true)
+        inproc=$(grep -m1 "in-process (Redis, no broker)" "$w" | awk '{print $NF}' || true)
+        raw=$(grep -m1 "broker raw consume" "$w" | awk '{print $NF}' || true)
+        river=$(grep -m1 "River BiasedMF" "$w" | awk '{print $NF}' || true)
+        fresh=$(grep -m1 "user list published (freshness)" "$f" | sed 's/.*freshness) *//; s/ \{2,\}.*//' || true)
         rows+=("$round|$label|$worker|$inproc|$raw|$river|$fresh")
     done
 done
