@@ -169,11 +169,8 @@ def main() -> None:
     overrides = {"ranker_interval_ms": args.interval_ms} if args.interval_ms else {}
     settings = private_settings(
         tmp / "stack",
+        "bench",
         topic_events_partitions=6,
-        topic_events=f"bench-events-{time.time_ns()}",
-        topic_recommendations=f"bench-recs-{time.time_ns()}",
-        redis_prefix="bench:",
-        worker_group=f"bench-{time.time_ns()}",
         kafka_fetch_wait_max_ms=args.fetch_wait_ms,
         ranker_device=args.device,
         **overrides,

@@ -215,15 +215,11 @@ def main() -> None:
     n = len(events)
     block = max(1, round(args.rate * args.interval_ms / 1000))
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-parity-"))
-    stamp = time.time_ns()
     settings = private_settings(
         tmp / "stack",
+        "parity",
         topic_events_partitions=1,
         topic_recommendations_partitions=1,
-        topic_events=f"parity-events-{stamp}",
-        topic_recommendations=f"parity-recs-{stamp}",
-        redis_prefix="parity:",
-        worker_group=f"parity-{stamp}",
         ranker_interval_ms=args.interval_ms,
         kafka_fetch_wait_max_ms=args.fetch_wait_ms,
         ranker_device=args.device,

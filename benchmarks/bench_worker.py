@@ -158,10 +158,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
     settings = private_settings(
         tmp / "stack",
+        "bench",
         topic_events_partitions=6,
-        topic_events=f"bench-events-{time.time_ns()}",
-        redis_prefix="bench:",
-        worker_group=f"bench-{time.time_ns()}",
         worker_snapshot_interval_s=args.snapshot_interval,
         kafka_fetch_wait_max_ms=args.fetch_wait_ms,
     )

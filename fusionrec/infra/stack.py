@@ -75,14 +75,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def private_settings(state_dir: Path, **overrides) -> Settings:
+def private_settings(state_dir: Path, run_name: str | None = None, **overrides) -> Settings:
     """Settings for a private embedded stack (tests, benchmarks): its own state dir, and a broker and a Redis on
-    free loopback ports, so that it never meets a running one; ``overrides`` by flat name."""
+    free loopback ports, so that it never meets a running one; ``overrides`` by flat name.
+
+    With ``run_name``, the topics, the consumer group and the Redis prefix get names of their own too
+    (``{run_name}-events-{stamp}``, ``{run_name}:``), for runs that may meet a stack that is already up.
+    """
+    names: dict[str, str] = {}
+    if run_name is not None:
+        stamp = time.time_ns()
+        names = {
+            "topic_events": f"{run_name}-events-{stamp}",
+            "topic_recommendations": f"{run_name}-recs-{stamp}",
+            "redis_prefix": f"{run_name}:",
+            "worker_group": f"{run_name}-{stamp}",
+        }
     return load_settings(
         state_dir=state_dir,
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        **overrides,
+        **{**names, **overrides},
     )
 
 
