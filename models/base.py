@@ -25,6 +25,13 @@ Conventions shared by every model in this package:
   :meth:`Recommender.restore` checks the model name and format version before reading anything else. Only restore
   snapshots you wrote: the payload is a pickle, read with an unpickler that allows plain containers and numpy arrays
   and refuses every other global.
+* **Two halves, where the model allows it.** Item-side state (what an item learns from *every* user's events:
+  popularity, co-visitation links, category tallies) and user-side state (a user's recent items, their category
+  affinity) can live apart: a model that lists :attr:`Recommender._item_fields` learns an event in two halves,
+  :meth:`Recommender.learn_user_side` where the user's events are (a worker's partition) and
+  :meth:`Recommender.learn_item_side` where everyone's are (one replica per worker, fed from every partition:
+  :mod:`fusionrec.models.item_side`); :meth:`Recommender.with_item_side` joins the two for ranking.
+  :meth:`Recommender.learn_one` is the two halves on one instance.
 * **Optional capabilities** have defaults that say nothing, so a ranker can ask every source alike:
   :meth:`Recommender.candidates_many` (one batch of users at once), :meth:`Recommender.excluded` (items never to
   propose to a user) and :meth:`Recommender.category_of`; :meth:`Recommender.provides` tells which a model overrides.
@@ -49,6 +56,7 @@ The parameters every model takes mean the same everywhere, and are documented he
 from __future__ import annotations
 
 import abc
+import copy
 import inspect
 import json
 import pickle
@@ -197,6 +205,43 @@ class Recommender(abc.ABC):
         if ts > self._clock:
             self._clock = ts
         return event_weight(self._weights, event)
+
+    # --- the two halves (see the module docstring and fusionrec.models.item_side) ------------------------------
+
+    #: The learned state (private attributes ``_<name>``) that belongs to the item side. Empty: the model does not
+    #: split, and keeps all its state where its users' events are.
+    _item_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def splits(cls) -> bool:
+        """Whether the model learns in two halves (:meth:`learn_user_side`, :meth:`learn_item_side`)."""
+        return bool(cls._item_fields)
+
+    def learn_user_side(self, event: Event) -> Any:
+        """Learn what ``event`` says about its user; return what the item side needs to learn the rest (a plain,
+        JSON-able value), or ``None`` when the event teaches the item side nothing.
+
+        ``learn_item_side(event.item_id, event.ts, context)`` on another instance (the item-side replica) then
+        leaves the pair in the state ``learn_one(event)`` leaves one instance in.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not learn in two halves")
+
+    def learn_item_side(self, item_id: str, ts: int, context: Any) -> None:
+        """Learn the item-side half of an event on ``item_id`` at ``ts`` from what :meth:`learn_user_side`
+        returned (possibly on another instance, and after a JSON round trip: tuples may arrive as lists)."""
+        raise NotImplementedError(f"{type(self).__name__} does not learn in two halves")
+
+    def with_item_side(self, items: Self) -> Self:
+        """A view for ranking: this instance's user-side state with ``items``' item-side state.
+
+        Cheap (a shallow copy, no state copied); read it, do not train it: learning on the view would write into
+        both instances' containers.
+        """
+        view = copy.copy(self)
+        for name in self._item_fields:
+            setattr(view, f"_{name}", getattr(items, f"_{name}"))
+        view._clock = max(self._clock, items._clock)
+        return view
 
     # --- inference ---------------------------------------------------------------------------------------------
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, top_k
+from ._state import UserItemActivity, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
@@ -123,26 +124,45 @@ class CategoryAffinity(UserItemActivity, Recommender):
     # --- learning ----------------------------------------------------------------------------------------------
 
     def learn_one(self, event: Event) -> None:
+        context = self._context(event)
+        if context is not None and context[1] is not None:
+            self.learn_item_side(event.item_id, event.ts, context)
+            self._learn_affinity(event, context)
+
+    def _context(self, event: Event) -> tuple[float, str | None] | None:
+        """The event's weight and category (the event's own, else the one last reported for the item here; None
+        when neither is known)."""
         w = self._weigh(event)
         if w <= 0.0:
-            return
-        ts, item, category = event.ts, event.item_id, event.category_id
-        known = self._item_category.get(item)
+            return None
+        category = event.category_id
         if category is None:
-            if known is None:
-                return
-            category = known
-        elif known != category:
-            if known is not None:  # the item moved: it leaves its old category's tally
-                self._category_items.get(known, {}).pop(item, None)
-            self._item_category[item] = category
+            category = self._item_category.get(event.item_id)
+        return w, category
 
+    def learn_user_side(self, event: Event) -> tuple[float, str] | None:
+        """Strengthen the user's affinity for the event's category; return the weight and the category.
+
+        The item → category map learned here stays on this side: it resolves later events that carry no category
+        for the affinity. The item side keeps its own map, learned from every partition, and resolves with it what
+        this side could not (the category is then None here).
+        """
+        context = self._context(event)
+        if context is None:
+            return None
+        if event.category_id is not None:
+            touch(self._item_last, event.item_id, event.ts, self.max_items, self._drop_item)
+            self._item_category[event.item_id] = event.category_id
+        if context[1] is not None:
+            self._learn_affinity(event, context)
+        return context
+
+    def _learn_affinity(self, event: Event, context: tuple[float, str]) -> None:
+        w, category = context
+        ts, user = event.ts, event.user_id
         t0 = self._forward_origin(ts, min(self.user_half_life_ms, self.item_half_life_ms))
         user_weight = w * 2.0 ** ((ts - t0) / self.user_half_life_ms)
-        item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
-
-        user = event.user_id
-        self._touch(user, item, ts)
+        touch(self._user_last, user, ts, self.max_users, self._drop_user)
         affinity = self._affinity.get(user)
         if affinity is None:
             affinity = self._affinity[user] = {}
@@ -152,6 +172,24 @@ class CategoryAffinity(UserItemActivity, Recommender):
                 heapq.nlargest(self.max_categories_per_user, affinity.items(), key=itemgetter(1))
             )
 
+    def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
+        """Add the event's weight to the item's share of its category (moving the item if its category changed)."""
+        if ts > self._clock:
+            self._clock = ts
+        w, category = context
+        item = item_id
+        known = self._item_category.get(item)
+        if category is None:
+            if known is None:
+                return
+            category = known
+        elif known != category:
+            if known is not None:  # the item moved: it leaves its old category's tally
+                self._category_items.get(known, {}).pop(item, None)
+            self._item_category[item] = category
+        touch(self._item_last, item, ts, self.max_items, self._drop_item)
+        t0 = self._forward_origin(ts, min(self.user_half_life_ms, self.item_half_life_ms))
+        item_weight = w * 2.0 ** ((ts - t0) / self.item_half_life_ms)
         tally = self._category_items.get(category)
         if tally is None:
             tally = self._category_items[category] = {}
@@ -236,3 +274,4 @@ class CategoryAffinity(UserItemActivity, Recommender):
     # --- snapshots ---------------------------------------------------------------------------------------------
 
     _state_fields = ("t0", "affinity", "user_last", "category_items", "category_total", "item_category", "item_last")
+    _item_fields = ("category_items", "category_total", "item_category", "item_last")

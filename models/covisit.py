@@ -25,7 +25,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, top_k
+from ._state import UserItemActivity, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
@@ -109,23 +109,23 @@ class CoVisitation(UserItemActivity, Recommender):
     # --- learning ----------------------------------------------------------------------------------------------
 
     def learn_one(self, event: Event) -> None:
+        context = self.learn_user_side(event)
+        if context is not None:
+            self.learn_item_side(event.item_id, event.ts, context)
+
+    def learn_user_side(self, event: Event) -> tuple[float, list[tuple[str, float]]] | None:
+        """Move the item to the front of the user's recent items; return the event's weight and the recent items
+        it pairs with, ``(other, other's weight)``, for the links."""
         w = self._weigh(event)
         if w <= 0.0:
-            return
-        ts = event.ts
-        exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
-        decay = 2.0**exponent
-        user, item, session = event.user_id, event.item_id, event.session_id
-        self._touch(user, item, ts)
-
+            return None
+        ts, user, item, session = event.ts, event.user_id, event.item_id, event.session_id
+        touch(self._user_last, user, ts, self.max_users, self._drop_user)
         recent = self._recent.get(user)
         if recent is None:
             recent = self._recent[user] = []
-        links = self._links
-        mine = links.get(item)
-        if mine is None:
-            mine = links[item] = {}
-        window, prune_at = self.window_ms, self._prune_at
+        window = self.window_ms
+        partners = []
         seen_at = -1
         for position, (other, other_ts, other_session, other_w) in enumerate(recent):
             if other == item:
@@ -136,6 +136,32 @@ class CoVisitation(UserItemActivity, Recommender):
                     continue
             elif abs(ts - other_ts) > window:
                 continue
+            partners.append((other, other_w))
+        if seen_at >= 0:
+            entry = recent.pop(seen_at)
+            entry[1], entry[2], entry[3] = max(ts, entry[1]), session, max(w, entry[3])
+        else:
+            entry = [item, ts, session, w]
+        recent.append(entry)
+        if len(recent) > self.max_recent:
+            del recent[0]
+        return w, partners
+
+    def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
+        """Strengthen the links between ``item_id`` and each partner, both ways."""
+        if ts > self._clock:
+            self._clock = ts
+        w, partners = context
+        item = item_id
+        exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
+        decay = 2.0**exponent
+        touch(self._item_last, item, ts, self.max_items, self._drop_item)
+        links = self._links
+        mine = links.get(item)
+        if mine is None:
+            mine = links[item] = {}
+        prune_at = self._prune_at
+        for other, other_w in partners:
             theirs = links.get(other)
             if theirs is None:  # evicted since the user touched it
                 continue
@@ -145,15 +171,6 @@ class CoVisitation(UserItemActivity, Recommender):
             mine[other] = mine.get(other, 0.0) + other_w * decay
         if len(mine) > prune_at:
             self._prune(item)
-
-        if seen_at >= 0:
-            entry = recent.pop(seen_at)
-            entry[1], entry[2], entry[3] = max(ts, entry[1]), session, max(w, entry[3])
-        else:
-            entry = [item, ts, session, w]
-        recent.append(entry)
-        if len(recent) > self.max_recent:
-            del recent[0]
 
     def _prune(self, item: str) -> None:
         links = self._links[item]
@@ -224,3 +241,4 @@ class CoVisitation(UserItemActivity, Recommender):
     # --- snapshots ---------------------------------------------------------------------------------------------
 
     _state_fields = ("t0", "recent", "user_last", "links", "item_last")
+    _item_fields = ("t0", "links", "item_last")

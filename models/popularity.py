@@ -93,9 +93,18 @@ class Popularity(Recommender):
 
     def learn_one(self, event: Event) -> None:
         w = self._weigh(event)
-        if w <= 0.0:
-            return
-        ts, item = event.ts, event.item_id
+        if w > 0.0:
+            self.learn_item_side(event.item_id, event.ts, w)
+
+    def learn_user_side(self, event: Event) -> float | None:
+        """Popularity keeps nothing per user: the item side needs only the event's weight."""
+        w = self._weigh(event)
+        return w if w > 0.0 else None
+
+    def learn_item_side(self, item_id: str, ts: int, context: float) -> None:
+        if ts > self._clock:
+            self._clock = ts
+        w, item = context, item_id
         exponent = (ts - self._forward_origin(ts, self.half_life_ms)) / self.half_life_ms
         touch(self._last, item, ts, self.max_items, self._drop)
         if self._top_dropped:
@@ -178,6 +187,7 @@ class Popularity(Recommender):
     # --- snapshots ---------------------------------------------------------------------------------------------
 
     _state_fields = ("t0", "score", "last")
+    _item_fields = ("t0", "score", "last", "top", "heap", "top_dropped")
 
     def _set_state(self, state: dict[str, Any]) -> None:
         super()._set_state(state)

@@ -72,6 +72,24 @@ class WorkerMetrics:
             "Events-topic partitions the consumer group assigned to this worker.",
             registry=registry,
         )
+        # --- the shared item side (streams/item_side.py) ---
+        self.item_side_records = Counter(
+            "fusionrec_item_side_records_applied_total",
+            "Item-side records (one per event and splittable source set) this worker's replica learned, from every "
+            "partition.",
+            registry=registry,
+        )
+        self.item_side_waiting_ticks = Gauge(
+            "fusionrec_item_side_waiting_ticks",
+            "Sync ticks with records the replica holds back until every partition has closed them (growing: a "
+            "partition is behind or unowned).",
+            registry=registry,
+        )
+        self.item_side_lag = Gauge(
+            "fusionrec_item_side_lag_seconds",
+            "Event time between the newest event this worker learned and the last tick its item side applied.",
+            registry=registry,
+        )
         # --- the ranker and the fusion bandit ---
         self.freshness = Histogram(
             "fusionrec_recommendations_freshness_seconds",

@@ -37,10 +37,20 @@ from fusionrec.contracts.settings import RankerSettings, Settings
 from fusionrec.models import SOURCES, Recommender
 from fusionrec.models.fused import FusedRecommender
 from fusionrec.models.fusion import FusionBandit
+from fusionrec.models.item_side import ItemSide, Record, TickClock, records_by_tick, split_models
 from fusionrec.models.ranker import FusionRanker
 from fusionrec.streams.metrics import WorkerMetrics
 
-__all__ = ["PartitionRegistry", "PartitionState", "SnapshotStore", "build_fusion", "build_models", "build_ranker"]
+__all__ = [
+    "PartitionRegistry",
+    "PartitionState",
+    "SnapshotStore",
+    "build_fusion",
+    "build_item_side",
+    "build_models",
+    "build_ranker",
+    "partition_clock",
+]
 
 log = logging.getLogger("fusionrec.state")
 
@@ -58,6 +68,19 @@ def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
             params["seed"] = 1000 + partition
         out[name] = cls(**params)
     return out
+
+
+def build_item_side(settings: Settings, partitions: int) -> ItemSide | None:
+    """The shared item side of ``partitions`` partitions, or None when ``model.item_sync_ms`` is 0 (kept per
+    partition)."""
+    if not settings.model.item_sync_ms:
+        return None
+    return ItemSide(split_models(build_models(settings, 0)), partitions)
+
+
+def partition_clock(settings: Settings, open_tick: int | None = None) -> TickClock | None:
+    """A partition's sync clock, or None when the item side is kept per partition."""
+    return TickClock(settings.model.item_sync_ms, open_tick) if settings.model.item_sync_ms else None
 
 
 def build_ranker(ranker: RankerSettings) -> FusionRanker:
@@ -108,6 +131,11 @@ class PartitionState:
     evicted: dict[str, int] = field(default_factory=dict)
     pending: dict[str, list[Event]] = field(default_factory=dict)
     changed: dict[str, list[int]] = field(default_factory=dict)
+    #: With a clock, the splittable sources learn their user side only and each event's item-side half waits in
+    #: ``outbox`` as ``(tick, record)`` for the shared :class:`~fusionrec.models.item_side.ItemSide`; without one,
+    #: every model learns whole events here (the item side per partition).
+    clock: TickClock | None = None
+    outbox: list[tuple[int, Record]] = field(default_factory=list)
 
     @property
     def clock_ms(self) -> int:
@@ -124,18 +152,26 @@ class PartitionState:
         start = 0
         for index, (_event, offset) in enumerate(events):
             if offset // EVICT_EVERY > self.offset // EVICT_EVERY:
-                self._feed([e for e, _ in events[start:index]])
+                self._feed(events[start:index])
                 start = index
                 self._evict()
             self.offset = max(self.offset, offset)
-        self._feed([e for e, _ in events[start:]])
+        self._feed(events[start:])
         if last_offset > self.offset:
             self.offset = last_offset
         self.dirty = self.dirty or self.offset != before
 
-    def _feed(self, events: list[Event]) -> None:
-        if not events:
+    def take_outbox(self) -> tuple[list[tuple[int, list[Record]]], int | None]:
+        """The item-side records learned since the last call, grouped by tick, and the last tick this partition
+        has closed: what goes to the item side next."""
+        stamped, self.outbox = self.outbox, []
+        return records_by_tick(stamped), None if self.clock is None else self.clock.closed
+
+    def _feed(self, pairs: list[tuple[Event, int]]) -> None:
+        if not pairs:
             return
+        events = [e for e, _ in pairs]
+        split = self.clock is not None
         if self.fusion is not None:
             self.fusion.learn_many(events)
             changed = self.changed
@@ -146,6 +182,8 @@ class PartitionState:
                 else:
                     stamps.append(event.ts)
         for name, model in self.models.items():
+            if split and model.splits():
+                continue
             block = getattr(model, "batch_size", None)
             if not block:
                 model.learn_many(events)
@@ -156,6 +194,22 @@ class PartitionState:
             if ready:
                 model.learn_many(waiting[:ready])
                 del waiting[:ready]
+
+        if split:
+            self._feed_user_side(pairs)
+
+    def _feed_user_side(self, pairs: list[tuple[Event, int]]) -> None:
+        halves = [(name, model.learn_user_side) for name, model in self.models.items() if model.splits()]
+        stamp, out = self.clock.stamp, self.outbox.append  # type: ignore[union-attr]
+        for event, offset in pairs:
+            tick = stamp(event.ts)
+            contexts = {}
+            for name, learn in halves:
+                context = learn(event)
+                if context is not None:
+                    contexts[name] = context
+            if contexts:
+                out((tick, [offset, event.item_id, event.ts, contexts]))
 
     def _evict(self) -> None:
         for name, model in self.models.items():
@@ -185,6 +239,8 @@ class SnapshotStore:
         """Write the snapshot atomically; return its size in bytes."""
         client = client or self.client
         mapping: dict[str, bytes | str] = {"offset": str(state.offset)}
+        if state.clock is not None and state.clock.open is not None:
+            mapping["tick"] = str(state.clock.open)
         for name, model in state.models.items():
             mapping[f"model:{name}"] = model.snapshot()
         for name, waiting in state.pending.items():
@@ -214,7 +270,9 @@ class SnapshotStore:
         data = self.client.hgetall(self.key(partition))
         fusion = build_fusion(self.settings, partition, self.ranker)
         if not data:
-            return PartitionState(partition, build_models(self.settings, partition), fusion)
+            return PartitionState(
+                partition, build_models(self.settings, partition), fusion, clock=partition_clock(self.settings)
+            )
         models = build_models(self.settings, partition)
         pending: dict[str, list[Event]] = {}
         for raw_name, blob in data.items():
@@ -225,7 +283,9 @@ class SnapshotStore:
                 pending[name[8:]] = [validate_dict(d, max_future_skew_ms=10**13).event for d in orjson.loads(blob)]
             elif name == "fusion":
                 fusion.load_state(orjson.loads(blob))
-        state = PartitionState(partition, models, fusion, offset=int(data[b"offset"]), pending=pending)
+        tick = data.get(b"tick")
+        clock = partition_clock(self.settings, None if tick is None else int(tick))
+        state = PartitionState(partition, models, fusion, offset=int(data[b"offset"]), pending=pending, clock=clock)
         log.info("restored partition %d at offset %d (%d models)", partition, state.offset, len(models))
         return state
 

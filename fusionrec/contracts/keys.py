@@ -10,6 +10,8 @@ key                                       type     what (who writes it)
 ``P seen:{bucket}``                       hash     event_id → "partition:offset" that applied it (dedup)
 ``P snap:{topic}:{partition}``            hash     one partition's model state: ``offset``, ``model:{name}``,
                                                    ``pending:{name}``, ``fusion`` (:mod:`fusionrec.streams.state`)
+``P items:{topic}``                        hash     the item-side replica: ``model:{name}``, ``meta`` (clocks,
+                                                   queued records), ``positions`` (:mod:`fusionrec.streams.item_side`)
 ``P weights:{topic}:{partition}``         string   the partition's bandit weights, JSON (the worker)
 ``P rec:{user_id}``                       string   the serving copy of the user's latest list, JSON, with a TTL
 ``P unavailable``                         set      item ids the shop marked unavailable (the shop writes it)
@@ -48,6 +50,10 @@ class RedisKeys:
     def snapshots(self, topic: str = "*") -> str:
         """The ``SCAN`` pattern of every snapshot of ``topic`` (default: of every topic)."""
         return f"{self.prefix}snap:{topic}:*"
+
+    def item_side(self, topic: str) -> str:
+        """The item-side replica's snapshot, by the item-side topic it was read from."""
+        return f"{self.prefix}items:{topic}"
 
     def weights(self, topic: str, partition: int) -> str:
         return f"{self.prefix}weights:{topic}:{partition}"

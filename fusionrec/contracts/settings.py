@@ -168,11 +168,16 @@ class TopicSettings(_Section):
     recommendations: str = Field(
         "recommendations", description="Fused recommendation lists, compacted, keyed by user_id."
     )
+    item_side: str = Field(
+        "fusionrec-item-side",
+        description="The item-side halves of every partition's events, which every worker reads in full into its "
+        "item-side replica (docs/worker.md).",
+    )
     events_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the events topic.")
     dead_letter_partitions: int = Field(1, ge=1, le=1024, description="Partitions of the dead-letter topic.")
     recommendations_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the recommendations topic.")
 
-    @field_validator("events", "dead_letter", "recommendations")
+    @field_validator("events", "dead_letter", "recommendations", "item_side")
     @classmethod
     def _check_topic(cls, value: str) -> str:
         if not _TOPIC_NAME.match(value) or value in {".", ".."}:
@@ -271,6 +276,15 @@ class ModelSettings(_Section):
 
     max_idle_s: int = Field(
         7 * 24 * 3600, ge=60, description="Models evict users and items idle longer than this (event time)."
+    )
+    item_sync_ms: int = Field(
+        1000,
+        ge=0,
+        le=3_600_000,
+        description="Item-side state (popularity, trending, co-visitation links, category tallies) is shared by all "
+        "partitions, learned from every partition's events in sync ticks of this much event time: a list sees "
+        "other partitions' events at most about one tick late (docs/worker.md). 0: every partition keeps its own "
+        "item side, learned from its users only (the layout before 0.2).",
     )
 
 

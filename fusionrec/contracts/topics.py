@@ -40,6 +40,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             "rejected events: original bytes, reasons, source topic/partition/offset",
         ),
         TopicSpec(
+            "item_side",
+            settings.topic.item_side,
+            1,
+            {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+            "item-side halves of the events, by sync tick, keyed by events partition; read in full by every worker",
+        ),
+        TopicSpec(
             "recommendations",
             settings.topic.recommendations,
             settings.topic.recommendations_partitions,

@@ -1,0 +1,243 @@
+"""The item side over Kafka: every partition's item-side records on one topic, read in full by every worker.
+
+The pattern is Kafka Streams' global table: a derived topic (``FUSIONREC_TOPIC_ITEM_SIDE``) that each worker
+consumes from end to end, outside the consumer group, into a local replica (:class:`~fusionrec.models.item_side
+.ItemSide`). The owner of an events partition publishes, after each batch, the item-side halves of the events its
+models learned (``[offset, item, ts, {source: context}]``, by sync tick) and the last tick the partition has
+closed; every worker's replica applies a tick once all partitions have closed it, so all replicas pass through the
+same states (docs/worker.md).
+
+Exactly once in effect:
+
+- A partition's snapshot at offset ``o`` is written only after its records up to ``o`` are acknowledged by the
+  broker (:meth:`ItemSideLink.flush` before every snapshot), so a crash loses none: the replay re-publishes what
+  was not yet snapshotted.
+- The replay may publish records again; the replica drops records at offsets it has received (per partition).
+- The replica's snapshot (Redis ``{prefix}items:{topic}``) holds its models, its clocks and queued records, and the
+  topic positions it had read to: a restarted worker resumes reading there.
+
+A quiet partition (no batch for ``QUIET_S``) would hold every tick back, so its owner closes it up to the newest
+tick the replica knows of; its later events join the tick after that. This is the only timing-dependent step, and
+only for partitions that go quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from fusionrec.contracts.settings import Settings
+from fusionrec.models import Recommender
+from fusionrec.models.item_side import ItemSide
+from fusionrec.streams.metrics import WorkerMetrics
+from fusionrec.streams.state import PartitionState
+
+__all__ = ["QUIET_S", "ItemSideLink"]
+
+log = logging.getLogger("fusionrec.item_side")
+
+#: A partition without a batch for this long is closed up to the newest tick known, so it holds no tick back.
+QUIET_S = 3.0
+#: Most messages taken from the consumer in one poll.
+POLL_BATCH = 500
+
+
+class ItemSideLink:
+    """Publishes this worker's partitions' item-side records and feeds every partition's into the replica.
+
+    The producer side runs on the state thread (:meth:`publish`, :meth:`flush`); a daemon thread polls the topic
+    and queues what it reads; :meth:`drain`, on the state thread, moves it into the replica and applies what is
+    ready.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        replica: ItemSide,
+        client: redis.Redis,
+        metrics: WorkerMetrics | None = None,
+    ):
+        self.settings = settings
+        self.replica = replica
+        self.client = client
+        self.metrics = metrics
+        self.topic = settings.topic.item_side
+        self.key = settings.redis.keys.item_side(self.topic)
+        self.producer = Producer(
+            {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"}
+        )
+        self.positions: dict[int, int] = {}  # item-side topic partition -> next offset to read
+        self.delivery_errors = 0
+        self._failed: list[str] = []
+        self._inbox: queue.Queue = queue.Queue()
+        self._consumer: Consumer | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- the replica's snapshot --------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load the replica's last snapshot from Redis (if any): models, clocks, queued records, positions."""
+        data = self.client.hgetall(self.key)
+        if not data:
+            return
+        for raw, blob in data.items():
+            name = raw.decode()
+            if name.startswith("model:") and name[6:] in self.replica.models:
+                self.replica.models[name[6:]] = Recommender.restore(blob)
+        self.replica.load_meta(orjson.loads(data[b"meta"]))
+        self.positions = {int(p): int(o) for p, o in orjson.loads(data[b"positions"]).items()}
+        log.info(
+            "restored the item side at tick %s (%d records applied), resuming %s at %s",
+            self.replica.applied,
+            self.replica.records_applied,
+            self.topic,
+            self.positions,
+        )
+
+    def save(self, client: redis.Redis | None = None) -> int:
+        """Write the replica's snapshot atomically; return its size in bytes."""
+        client = client or self.client
+        mapping: dict[str, bytes] = {f"model:{name}": model.snapshot() for name, model in self.replica.models.items()}
+        mapping["meta"] = orjson.dumps(self.replica.meta())
+        mapping["positions"] = orjson.dumps({str(p): o for p, o in self.positions.items()})
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(self.key)
+        pipe.hset(self.key, mapping=mapping)
+        pipe.execute()
+        return sum(len(v) for v in mapping.values())
+
+    # --- publishing (the state thread) -------------------------------------------------------------------------
+
+    def publish(self, state: PartitionState) -> int:
+        """Send the partition's new item-side records and its closed tick; return how many records."""
+        groups, closed = state.take_outbox()
+        if not groups and closed is None:
+            return 0
+        value = orjson.dumps({"p": state.partition, "t": groups, "c": closed})
+        self._produce(str(state.partition).encode(), value)
+        return sum(len(records) for _, records in groups)
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def _delivered(self, err, msg) -> None:  # noqa: ARG002 - confluent-kafka's callback signature
+        if err is not None:
+            self.delivery_errors += 1
+            self._failed.append(str(err))
+            log.error("item-side record lost by the broker: %s", err)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every record published so far is acknowledged; raise if any was not (a snapshot must not
+        cover records the replicas never got)."""
+        left = self.producer.flush(timeout_s)
+        if left:
+            raise RuntimeError(f"{left} item-side messages not acknowledged after {timeout_s:.0f} s")
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise RuntimeError(f"{len(failed)} item-side messages failed: {failed[0]}")
+
+    def close_quiet(self, states: Iterable[PartitionState], last_batch: dict[int, float]) -> None:
+        """Close every quiet partition of ``states`` up to the newest tick the replica knows, so it holds no tick
+        back (``last_batch``: partition -> monotonic time of its last batch)."""
+        newest = self.replica.newest_tick()
+        if newest is None:
+            return
+        now = time.monotonic()
+        for state in states:
+            clock = state.clock
+            if clock is None or now - last_batch.get(state.partition, now) < QUIET_S:
+                continue
+            if clock.closed is None or clock.closed < newest:
+                clock.close_through(newest)
+                state.dirty = True
+                self.publish(state)
+
+    # --- consuming (a daemon thread, then the state thread) ----------------------------------------------------
+
+    def start(self) -> None:
+        """Start reading the item-side topic in full from the restored positions (the start without any)."""
+        if self._poller is not None:
+            return
+        config = {
+            **self.settings.consumer_config(),
+            "group.id": f"{self.settings.worker.group}-item-side-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+        consumer = Consumer(config)
+        metadata = consumer.list_topics(self.topic, timeout=30)
+        partitions = sorted(metadata.topics[self.topic].partitions)
+        consumer.assign([TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in partitions])
+        self._consumer = consumer
+        self._poller = threading.Thread(target=self._poll, name="fusionrec-item-side", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stop.is_set():
+            try:
+                messages = consumer.consume(POLL_BATCH, 0.1)
+            except Exception:
+                log.exception("reading %s failed", self.topic)
+                time.sleep(1.0)
+                continue
+            batch = []
+            for message in messages:
+                err = message.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", self.topic, err)
+                    continue
+                batch.append((message.partition(), message.offset(), message.value()))
+            if batch:
+                self._inbox.put(batch)
+
+    def drain(self) -> int:
+        """Move everything read so far into the replica and apply the ticks that are ready; return the records
+        applied."""
+        if self._poller is None:
+            self.start()
+        replica = self.replica
+        while True:
+            try:
+                batch = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            for partition, offset, value in batch:
+                message = orjson.loads(value)
+                source = message["p"]
+                if source >= replica.partitions:
+                    log.error("item-side message from partition %d of %d ignored", source, replica.partitions)
+                else:
+                    for tick, records in message["t"]:
+                        replica.offer(source, tick, records)
+                    replica.close(source, message["c"])
+                self.positions[partition] = offset + 1
+        applied = replica.apply()
+        if self.metrics:
+            self.metrics.item_side_records.inc(applied)
+            self.metrics.item_side_waiting_ticks.set(replica.lag_ticks())
+        return applied
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
