@@ -31,11 +31,12 @@ from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
+from fusionrec.streams.item_side import ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
 from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH, RANK_BATCH, Refresher
 from fusionrec.streams.snapshots import Snapshotter
-from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
+from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_item_side, build_ranker
 
 __all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc", "wire"]
 
@@ -147,6 +148,13 @@ class Worker:
                 ),
             )
 
+    def highwater(self, partition: int) -> int | None:
+        """The events partition's high watermark as the consumer last fetched it (None: not fetched, or not ours)."""
+        try:
+            return self.app.consumer.highwater(TP(self.topic, partition))
+        except Exception:  # noqa: BLE001 - not assigned (a rebalance), or no consumer yet
+            return None
+
     # --- the hooks (see wire) ------------------------------------------------------------------------------------
 
     async def position_of(self, tp: TP) -> int:
@@ -207,6 +215,8 @@ class Worker:
         if self.metrics:
             self.metrics.assigned.set(len(mine))
         log.info("assigned partitions %s", mine)
+        if self.partitions.item_side is not None:  # known now, so that a partition without events is closed
+            await self.best_effort(partial(self.partitions.hold, mine), "loading the assigned partitions")
 
     async def final_snapshot(self, app, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
         """On shutdown: a last refresh, the lists flushed, a synchronous snapshot, the final weights."""
@@ -214,12 +224,15 @@ class Worker:
         await self.best_effort(self.refresher.publisher.flush, "flushing the last lists")
         self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot))
         await self.best_effort(self.refresher.publish_weights, "writing the final fusion weights")
+        if self.partitions.item_side is not None:
+            await self.best_effort(self.partitions.item_side.stop, "stopping the item-side link")
         log.info("final snapshot written")
 
 
 def wire(worker: Worker, events: TopicT, snapshot_interval_s: float) -> None:
     """Connect the worker's hooks to its app: every Faust entry point of the worker, in one place."""
     app = worker.app
+    worker.partitions.highwater = worker.highwater
     app.fusionrec_position_of = worker.position_of  # read by BatchingConsumer on assignment
     app.agent(events, name="fusionrec-events")(worker.process_events)
     app.timer(snapshot_interval_s)(worker.snapshot_partitions)
@@ -260,7 +273,18 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         settings.ranker.interval_ms,
     )
     snapshots = SnapshotStore(client, settings, settings.topic.events, ranker)
-    partitions = PartitionRegistry(snapshots, metrics)
+    item_side = None
+    if settings.model.item_sync_ms:
+        replica = build_item_side(settings, settings.topic.events_partitions)
+        item_side = ItemSideLink(settings, replica, client, metrics)  # type: ignore[arg-type]
+        item_side.restore()
+        log.info(
+            "item side shared by %d partitions through %s, sync ticks of %d ms (event time)",
+            settings.topic.events_partitions,
+            settings.item_side_topic,
+            settings.model.item_sync_ms,
+        )
+    partitions = PartitionRegistry(snapshots, metrics, item_side)
     publisher = RecommendationPublisher.from_settings(settings, client, metrics)
     worker = Worker(
         app,

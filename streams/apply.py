@@ -109,6 +109,7 @@ class BatchApplier:
         state.settled = False
         rewards_before = 0 if state.fusion is None else state.fusion.rewards
         state.learn(learn, batch.last_offset)
+        self.partitions.learned(state)  # the item-side halves go to the shared item side
         out.learned = len(learn)
         if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
             self.metrics.rewards.inc(state.fusion.rewards - rewards_before)

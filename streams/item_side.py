@@ -1,11 +1,11 @@
 """The item side over Kafka: every partition's item-side records on one topic, read in full by every worker.
 
-The pattern is Kafka Streams' global table: a derived topic (``FUSIONREC_TOPIC_ITEM_SIDE``) that each worker
-consumes from end to end, outside the consumer group, into a local replica (:class:`~fusionrec.models.item_side
-.ItemSide`). The owner of an events partition publishes, after each batch, the item-side halves of the events its
-models learned (``[offset, item, ts, {source: context}]``, by sync tick) and the last tick the partition has
-closed; every worker's replica applies a tick once all partitions have closed it, so all replicas pass through the
-same states (docs/worker.md).
+The pattern is Kafka Streams' global table: a derived topic (``FUSIONREC_TOPIC_ITEM_SIDE``, by default
+``{group}-item-side``; the workers create it) that each worker consumes from end to end, outside the consumer
+group, into a local replica (:class:`~fusionrec.models.item_side.ItemSide`). The owner of an events partition
+publishes, after each batch, the item-side halves of the events its models learned (``[offset, item, ts, {source:
+context}]``, by sync tick) and the last tick the partition has closed; every worker's replica applies a tick once
+all partitions have closed it, so all replicas pass through the same states (docs/worker.md).
 
 Exactly once in effect:
 
@@ -16,9 +16,10 @@ Exactly once in effect:
 - The replica's snapshot (Redis ``{prefix}items:{topic}``) holds its models, its clocks and queued records, and the
   topic positions it had read to: a restarted worker resumes reading there.
 
-A quiet partition (no batch for ``QUIET_S``) would hold every tick back, so its owner closes it up to the newest
-tick the replica knows of; its later events join the tick after that. This is the only timing-dependent step, and
-only for partitions that go quiet.
+A quiet partition (caught up, and no batch for ``QUIET_S``) would hold every tick back, so its owner closes it up
+to the tick before the newest one the replica knows of; an event that reaches it later with an older time joins the
+tick after that. This is the only timing-dependent step, and only for partitions that go quiet while older events
+for them are still on their way.
 """
 
 from __future__ import annotations
@@ -27,24 +28,26 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
 
 import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from fusionrec.contracts.settings import Settings
+from fusionrec.contracts.topics import topic_specs
+from fusionrec.infra.admin import ensure_topics
 from fusionrec.models import Recommender
 from fusionrec.models.item_side import ItemSide
 from fusionrec.streams.metrics import WorkerMetrics
-from fusionrec.streams.state import PartitionState
+from fusionrec.streams.state import PartitionRegistry, PartitionState
 
 __all__ = ["QUIET_S", "ItemSideLink"]
 
 log = logging.getLogger("fusionrec.item_side")
 
-#: A partition without a batch for this long is closed up to the newest tick known, so it holds no tick back.
-QUIET_S = 3.0
+#: A partition caught up and without a batch for this long is closed (up to the tick before the newest known), so
+#: it holds no tick back.
+QUIET_S = 1.0
 #: Most messages taken from the consumer in one poll.
 POLL_BATCH = 500
 
@@ -68,12 +71,13 @@ class ItemSideLink:
         self.replica = replica
         self.client = client
         self.metrics = metrics
-        self.topic = settings.topic.item_side
+        self.topic = settings.item_side_topic
         self.key = settings.redis.keys.item_side(self.topic)
         self.producer = Producer(
             {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"}
         )
         self.positions: dict[int, int] = {}  # item-side topic partition -> next offset to read
+        self._sent_closed: dict[int, int | None] = {}  # events partition -> the closed tick last published
         self.delivery_errors = 0
         self._failed: list[str] = []
         self._inbox: queue.Queue = queue.Queue()
@@ -119,8 +123,9 @@ class ItemSideLink:
     def publish(self, state: PartitionState) -> int:
         """Send the partition's new item-side records and its closed tick; return how many records."""
         groups, closed = state.take_outbox()
-        if not groups and closed is None:
+        if not groups and closed == self._sent_closed.get(state.partition):
             return 0
+        self._sent_closed[state.partition] = closed
         value = orjson.dumps({"p": state.partition, "t": groups, "c": closed})
         self._produce(str(state.partition).encode(), value)
         return sum(len(records) for _, records in groups)
@@ -150,16 +155,21 @@ class ItemSideLink:
             failed, self._failed = self._failed, []
             raise RuntimeError(f"{len(failed)} item-side messages failed: {failed[0]}")
 
-    def close_quiet(self, states: Iterable[PartitionState], last_batch: dict[int, float]) -> None:
-        """Close every quiet partition of ``states`` up to the newest tick the replica knows, so it holds no tick
-        back (``last_batch``: partition -> monotonic time of its last batch)."""
+    def close_quiet(self, partitions: PartitionRegistry) -> None:
+        """Close every quiet partition this worker holds (:meth:`PartitionRegistry.quiet`) up to the tick before
+        the newest one the replica knows, so it holds no older tick back.
+
+        Not the newest tick itself: an event of that tick may still be on its way to the quiet partition, and
+        would then be stamped with a later tick than in a run where it arrived in time. A tick is applied once
+        some partition has seen an event of a later one.
+        """
         newest = self.replica.newest_tick()
         if newest is None:
             return
-        now = time.monotonic()
-        for state in states:
+        newest -= 1
+        for state in list(partitions.states.values()):
             clock = state.clock
-            if clock is None or now - last_batch.get(state.partition, now) < QUIET_S:
+            if clock is None or not partitions.quiet(state.partition, QUIET_S):
                 continue
             if clock.closed is None or clock.closed < newest:
                 clock.close_through(newest)
@@ -173,14 +183,29 @@ class ItemSideLink:
         if self._poller is not None:
             return
         config = {
-            **self.settings.consumer_config(),
-            "group.id": f"{self.settings.worker.group}-item-side-reader",
+            **self.settings.consumer_config(f"{self.settings.worker.group}-item-side-reader"),
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         }
+        item_specs = [spec for spec in topic_specs(self.settings) if spec.role == "item_side"]
+        for topic_state in ensure_topics(self.settings, item_specs):
+            for problem in topic_state.problems:
+                log.warning("%s: %s", self.topic, problem)
         consumer = Consumer(config)
-        metadata = consumer.list_topics(self.topic, timeout=30)
-        partitions = sorted(metadata.topics[self.topic].partitions)
+        events = self.settings.topic.events
+        for topic in (self.topic, events):
+            metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+            if metadata.error is not None or not metadata.partitions:
+                consumer.close()
+                raise RuntimeError(f"topic {topic} is missing ({metadata.error}): run `fusionrec topics` first")
+        count = len(consumer.list_topics(events, timeout=30).topics[events].partitions)
+        if count != self.replica.partitions:
+            consumer.close()
+            raise RuntimeError(
+                f"{events} has {count} partitions but FUSIONREC_TOPIC_EVENTS_PARTITIONS says "
+                f"{self.replica.partitions}: the item side must wait for every partition, so they must agree"
+            )
+        partitions = sorted(consumer.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
         consumer.assign([TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING)) for p in partitions])
         self._consumer = consumer
         self._poller = threading.Thread(target=self._poll, name="fusionrec-item-side", daemon=True)
@@ -235,6 +260,8 @@ class ItemSideLink:
         return applied
 
     def stop(self) -> None:
+        """Stop reading; wait for what was published (best effort: the snapshot path flushed already)."""
+        self.producer.flush(5.0)
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)

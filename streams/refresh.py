@@ -74,6 +74,10 @@ class Refresher:
         """
         if max_users <= 0:
             return 0
+        item_side = self.partitions.item_side
+        if item_side is not None:  # what every partition taught the items since the last refresh
+            item_side.drain()
+            item_side.close_quiet(self.partitions)
         states = [state for state in self.partitions.states.values() if state.changed and state.fusion is not None]
         if not states:
             return 0
@@ -87,7 +91,8 @@ class Refresher:
             while budget > 0 and state.changed:
                 users = list(islice(state.changed, min(budget, RANK_BATCH)))  # the longest-waiting first
                 budget -= len(users)
-                lists = state.fusion.recommend(state.models, users, now_ms=state.clock_ms, unavailable=unavailable)
+                models = self.partitions.ranking_models(state)
+                lists = state.fusion.recommend(models, users, now_ms=state.clock_ms, unavailable=unavailable)
                 changed = {user: state.changed[user] for user in users}
                 published += self.publisher.publish(lists, changed, partition=state.partition, offset=state.offset)
                 for user in users:  # only now: a failed refresh leaves them for the next one

@@ -36,6 +36,10 @@ class Snapshotter:
         the snapshot before it starts. Waits for a background snapshot still running."""
         self.finish_background(wait=True)
         states = self.partitions.states
+        item_side = self.partitions.item_side
+        if item_side is not None:
+            item_side.flush()  # a snapshot must not cover item-side records the broker has not acknowledged
+            item_side.save()
         done = {}
         for partition in partitions if partitions is not None else list(states):
             state = states.get(partition)
@@ -59,14 +63,17 @@ class Snapshotter:
         if self._child is not None:
             return finished  # the previous one is still writing: skip this round
         dirty = [state for state in self.partitions.states.values() if state.dirty and state.settled]
-        if not dirty:
+        item_side = self.partitions.item_side
+        if not dirty and item_side is None:
             return finished
+        if item_side is not None:
+            item_side.flush()  # a snapshot must not cover item-side records the broker has not acknowledged
         started = time.perf_counter()
         pid = os.fork()
         if pid == 0:  # the child: write and leave without running any of the parent's cleanup
             code = 1
             try:
-                self.store.save_all_fresh_connection(dirty)
+                self.store.save_all_fresh_connection(dirty, item_side)
                 code = 0
             finally:
                 os._exit(code)

@@ -26,8 +26,10 @@ snapshotter (:mod:`~fusionrec.streams.snapshots`) share it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 import redis
@@ -42,6 +44,8 @@ from fusionrec.models.ranker import FusionRanker
 from fusionrec.streams.metrics import WorkerMetrics
 
 __all__ = [
+    "ItemSideFeed",
+    "LocalItemSide",
     "PartitionRegistry",
     "PartitionState",
     "SnapshotStore",
@@ -254,11 +258,14 @@ class SnapshotStore:
         state.dirty = False
         return sum(len(v) for v in mapping.values())
 
-    def save_all_fresh_connection(self, states: list[PartitionState]) -> None:
-        """Save ``states`` over a new connection (in a forked child the parent's connections are not ours)."""
+    def save_all_fresh_connection(self, states: list[PartitionState], item_side: ItemSideFeed | None = None) -> None:
+        """Save ``states`` (and the item side) over a new connection (in a forked child the parent's connections
+        are not ours)."""
         client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
         for state in states:
             self.save(state, client)
+        if item_side is not None:
+            item_side.save(client)
 
     def position(self, partition: int) -> int:
         """Where to resume reading the partition: just after its snapshot, or at the start without one."""
@@ -295,29 +302,119 @@ class SnapshotStore:
             yield self.load(self.keys.partition_of(key))
 
 
+class ItemSideFeed(Protocol):
+    """Where partitions' item-side records go and the shared replica comes from: over Kafka in the worker
+    (:class:`fusionrec.streams.item_side.ItemSideLink`), in process otherwise (:class:`LocalItemSide`)."""
+
+    replica: ItemSide
+
+    def publish(self, state: PartitionState) -> int: ...
+    def drain(self) -> int: ...
+    def close_quiet(self, partitions: PartitionRegistry) -> None: ...
+    def flush(self, timeout_s: float = 30.0) -> None: ...
+    def save(self, client: redis.Redis | None = None) -> int: ...
+    def stop(self) -> None: ...
+
+
+class LocalItemSide:
+    """The item side without Kafka, for in-process runs of the worker's classes (benchmarks, tests): records go
+    straight into the replica, and a partition's closed tick closes every partition (one process sees them all).
+    """
+
+    def __init__(self, replica: ItemSide):
+        self.replica = replica
+
+    def publish(self, state: PartitionState) -> int:
+        groups, closed = state.take_outbox()
+        for tick, records in groups:
+            self.replica.offer(state.partition, tick, records)
+        if closed is not None:
+            self.replica.close_all(closed)
+        self.replica.apply()
+        return sum(len(records) for _, records in groups)
+
+    def drain(self) -> int:
+        return self.replica.apply()
+
+    def close_quiet(self, partitions: PartitionRegistry) -> None:
+        pass
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        pass
+
+    def save(self, client: redis.Redis | None = None) -> int:  # noqa: ARG002 - the ItemSideFeed interface
+        """Nothing to save: an in-process replica is rebuilt with its run."""
+        return 0
+
+    def stop(self) -> None:
+        pass
+
+
 class PartitionRegistry:
-    """The :class:`PartitionState` of every partition this worker holds, loaded from its snapshot on first use.
+    """The :class:`PartitionState` of every partition this worker holds, loaded from its snapshot on first use, and
+    the shared item side they rank against (``item_side``; by default in process when the settings share it).
 
     Only the state thread touches it (batches, refreshes, snapshots and hand-overs run there one after another).
     """
 
-    def __init__(self, store: SnapshotStore, metrics: WorkerMetrics | None = None):
+    def __init__(
+        self, store: SnapshotStore, metrics: WorkerMetrics | None = None, item_side: ItemSideFeed | None = None
+    ):
         self.store = store
         self.metrics = metrics
         self.states: dict[int, PartitionState] = {}
+        settings = None if store is None else store.settings
+        if item_side is None and settings is not None and settings.model.item_sync_ms:
+            item_side = LocalItemSide(build_item_side(settings, settings.topic.events_partitions))  # type: ignore[arg-type]
+        self.item_side = item_side
+        #: partition -> monotonic time of its last batch (or of its state's creation): quiet partitions are closed.
+        self.last_batch: dict[int, float] = {}
+        #: partition -> the high watermark the consumer last saw (None: not fetched yet); set by the worker.
+        self.highwater: Callable[[int], int | None] | None = None
 
     def state(self, partition: int) -> PartitionState:
         """The partition's state, restored from its snapshot (or fresh) the first time it is asked for."""
         state = self.states.get(partition)
         if state is None:
             state = self.states[partition] = self.store.load(partition)
+            self.last_batch[partition] = time.monotonic()
             if self.metrics:
                 self.metrics.partitions.set(len(self.states))
         return state
+
+    def hold(self, partitions: Iterable[int]) -> None:
+        """Load the states of newly assigned partitions now, so that a partition without events is known (and
+        closed when quiet) instead of holding the item side back."""
+        for partition in partitions:
+            self.state(partition)
+
+    def quiet(self, partition: int, for_s: float) -> bool:
+        """Whether the partition had no batch for ``for_s`` seconds *and* has nothing left to read (its learned
+        offset reached the high watermark its consumer last saw): idle, not merely behind."""
+        state = self.states.get(partition)
+        if state is None or time.monotonic() - self.last_batch.get(partition, 0.0) < for_s:
+            return False
+        if self.highwater is None:
+            return True
+        highwater = self.highwater(partition)
+        return highwater is not None and state.offset + 1 >= highwater
+
+    def learned(self, state: PartitionState) -> None:
+        """After a batch: hand the partition's new item-side records to the item side."""
+        self.last_batch[state.partition] = time.monotonic()
+        if self.item_side is not None:
+            self.item_side.publish(state)
+
+    def ranking_models(self, state: PartitionState) -> dict[str, Recommender]:
+        """The models a partition's users are ranked with: its own, joined with the shared item side."""
+        if self.item_side is None:
+            return state.models
+        return self.item_side.replica.views(state.models)
 
     def drop(self, partitions: list[int]) -> None:
         """Forget partitions this worker no longer owns (after snapshotting them)."""
         for partition in partitions:
             self.states.pop(partition, None)
+            self.last_batch.pop(partition, None)
         if self.metrics:
             self.metrics.partitions.set(len(self.states))

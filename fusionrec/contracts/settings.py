@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fusionrec.contracts.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_FUTURE_SKEW_MS
@@ -169,9 +178,10 @@ class TopicSettings(_Section):
         "recommendations", description="Fused recommendation lists, compacted, keyed by user_id."
     )
     item_side: str = Field(
-        "fusionrec-item-side",
-        description="The item-side halves of every partition's events, which every worker reads in full into its "
-        "item-side replica (docs/worker.md).",
+        "",
+        description="The item-side halves of every partition's events, which every worker of the group reads in "
+        "full into its item-side replica (docs/worker.md); the workers create it. Empty: {worker group}-item-side "
+        "(derived state of one group).",
     )
     events_partitions: int = Field(6, ge=1, le=1024, description="Partitions of the events topic.")
     dead_letter_partitions: int = Field(1, ge=1, le=1024, description="Partitions of the dead-letter topic.")
@@ -179,7 +189,9 @@ class TopicSettings(_Section):
 
     @field_validator("events", "dead_letter", "recommendations", "item_side")
     @classmethod
-    def _check_topic(cls, value: str) -> str:
+    def _check_topic(cls, value: str, info: ValidationInfo) -> str:
+        if value == "" and info.field_name == "item_side":
+            return value
         if not _TOPIC_NAME.match(value) or value in {".", ".."}:
             raise ValueError(f"{value!r} is not a legal Kafka topic name (letters, digits, '.', '_', '-')")
         return value
@@ -458,6 +470,12 @@ class Settings(BaseSettings):
         if kafka.ssl_key_password:
             conf["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
         return conf
+
+    @property
+    def item_side_topic(self) -> str:
+        """The item-side topic: ``topic.item_side``, or ``{worker.group}-item-side`` (it holds derived state of one
+        group of workers)."""
+        return self.topic.item_side or f"{self.worker.group}-item-side"
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka producer configuration: batched, compressed, acks=all, idempotent by default."""

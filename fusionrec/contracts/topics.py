@@ -41,7 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(
             "item_side",
-            settings.topic.item_side,
+            settings.item_side_topic,
             1,
             {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
             "item-side halves of the events, by sync tick, keyed by events partition; read in full by every worker",

@@ -12,6 +12,7 @@ from tests.integration.workers import (
     WorkerProcess,
     all_snapshotted,
     expected_counts,
+    item_side_settled,
     make_events,
     model_fingerprint,
     send,
@@ -43,7 +44,10 @@ def test_two_workers_match_one(worker_settings, tmp_path):
         for worker in (a, b):
             worker.wait_for(lambda m: m.get("fusionrec_worker_events_total", 0) > 0)
         for worker, conf in ((one, single), (a, pair)):
-            worker.wait_for(lambda m, conf=conf: all_snapshotted(conf, len(events)), timeout=120)
+            worker.wait_for(
+                lambda m, conf=conf: all_snapshotted(conf, len(events)) and item_side_settled(conf, events),
+                timeout=120,
+            )
     finally:
         for worker in (one, a, b):
             if worker is not None:

@@ -20,6 +20,7 @@ from tests.integration.workers import (
     all_snapshotted,
     expected_counts,
     handled,
+    item_side_settled,
     make_events,
     model_fingerprint,
     send,
@@ -82,6 +83,7 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
             lambda m: (
                 m.get("fusionrec_worker_events_total", 0) + m.get("fusionrec_worker_redelivered_total", 0) >= 1
                 and all_snapshotted(worker_settings, len(first) + len(second))
+                and item_side_settled(worker_settings, first + second)
             )
         )
     finally:
@@ -97,6 +99,7 @@ def test_kill_9_mid_stream_then_restart_matches_an_uninterrupted_run(worker_sett
             lambda m: (
                 m.get("fusionrec_worker_events_total", 0) >= len(first) + len(second)
                 and all_snapshotted(clean, len(first) + len(second))
+                and item_side_settled(clean, first + second)
             )
         )
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 
 import orjson
@@ -77,19 +78,58 @@ def send(settings, events, raw=(), duplicates=()):
     assert producer.stats.delivered == len(events) + len(raw) + len(duplicates)
 
 
+def load_item_side(settings):
+    """The item-side replica as the workers last snapshotted it (None without a snapshot)."""
+    from fusionrec.streams.item_side import ItemSideLink
+    from fusionrec.streams.state import build_item_side
+
+    client = redis.Redis.from_url(settings.redis.url)
+    if not client.exists(settings.redis.keys.item_side(settings.item_side_topic)):
+        return None
+    link = ItemSideLink(settings, build_item_side(settings, settings.topic.events_partitions), client)
+    link.restore()
+    return link.replica
+
+
 def model_fingerprint(settings) -> dict:
-    """What the models would recommend, per partition snapshot: comparable across runs."""
+    """What the models would recommend, per partition snapshot, ranked against the item-side snapshot; and the
+    item side's own state: comparable across runs."""
     from fusionrec.streams.state import SnapshotStore
 
     client = redis.Redis.from_url(settings.redis.url)
-    out = {}
+    replica = load_item_side(settings)
+    out: dict = {}
     for state in SnapshotStore(client, settings, settings.topic.events).load_all():
         users = sorted({f"user-{i}" for i in range(0, 300, 7)})
+        models = state.models if replica is None else replica.views(state.models)
         out[state.partition] = (
             state.offset,
-            {name: [model.candidates(user, 5) for user in users] for name, model in sorted(state.models.items())},
+            state.clock.open if state.clock is not None else None,
+            {name: [model.candidates(user, 5) for user in users] for name, model in sorted(models.items())},
+        )
+    if replica is not None:
+        meta = replica.meta()
+        out["item_side"] = (
+            {name: model.snapshot() for name, model in sorted(replica.models.items())},
+            meta["pending"],
+            meta["records_applied"],
+            meta["seen"],
         )
     return out
+
+
+def item_side_settled(settings, events: list[Event]) -> bool:
+    """True when the item-side snapshot has received every partition's records up to its last offset, and applied
+    every tick but the newest (which waits for a later event: docs/worker.md)."""
+    replica = load_item_side(settings)
+    if replica is None:
+        return False
+    newest = max(event.ts for event in events) // settings.model.item_sync_ms
+    if replica.applied is None or replica.applied < newest - 1:
+        return False
+    time.sleep(1.5)  # three snapshot intervals: the newest tick's records have all arrived when nothing changes
+    again = load_item_side(settings)
+    return again is not None and again.meta() == replica.meta()
 
 
 def all_snapshotted(settings, total: int) -> bool:
