@@ -163,6 +163,7 @@ class ItemSideLink:
         would then be stamped with a later tick than in a run where it arrived in time. A tick is applied once
         some partition has seen an event of a later one.
         """
+        self._observe_lag(partitions)
         newest = self.replica.newest_tick()
         if newest is None:
             return
@@ -175,6 +176,16 @@ class ItemSideLink:
                 clock.close_through(newest)
                 state.dirty = True
                 self.publish(state)
+
+    def _observe_lag(self, partitions: PartitionRegistry) -> None:
+        """The lag gauge: event time between the newest event this worker learned and the end of the last tick
+        its replica applied."""
+        if self.metrics is None or not partitions.states:
+            return
+        newest_ms = max(state.clock_ms for state in partitions.states.values())
+        applied = self.replica.applied
+        applied_ms = 0 if applied is None else (applied + 1) * self.settings.model.item_sync_ms
+        self.metrics.item_side_lag.set(max(newest_ms - applied_ms, 0) / 1000 if newest_ms else 0.0)
 
     # --- consuming (a daemon thread, then the state thread) ----------------------------------------------------
 

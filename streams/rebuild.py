@@ -2,16 +2,19 @@
 
 Workers position each partition just after its state snapshot in Redis, or at the start of the topic when there
 is none. So deleting every Redis key under the configured prefix (profiles, dedup entries, snapshots) while the
-workers are stopped makes the next workers replay the whole topic (as far back as its retention reaches).
+workers are stopped makes the next workers replay the whole topic (as far back as its retention reaches). The
+group's item-side topic is derived state too: it is deleted, and the next workers create it afresh (its old
+records would otherwise come back into the rebuilt item side).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from fusionrec.contracts.settings import Settings
+from fusionrec.infra.admin import delete_topics
 
 __all__ = ["RebuildReport", "rebuild_state"]
 
@@ -19,6 +22,7 @@ __all__ = ["RebuildReport", "rebuild_state"]
 @dataclass
 class RebuildReport:
     keys_deleted: int
+    topics_deleted: list[str] = field(default_factory=list)
 
 
 def rebuild_state(settings: Settings) -> RebuildReport:
@@ -35,4 +39,5 @@ def rebuild_state(settings: Settings) -> RebuildReport:
             deleted += client.delete(*batch)
     finally:
         client.close()
-    return RebuildReport(deleted)
+    topics = delete_topics(settings, [settings.item_side_topic]) if settings.model.item_sync_ms else []
+    return RebuildReport(deleted, topics)

@@ -2,9 +2,11 @@
 
 Model state is kept per partition, not per worker: a partition's users (events are keyed by user) always land on
 the same partition, so user-side state moves with the partition when the group rebalances, and one worker or
-five produce the same models. Item-side state (popularity, co-visitation, item factors) is kept per partition as
-well and learned from that partition's users only; the ranker ranks a partition's users from that partition's
-models, with no merge (docs/ranking.md).
+five produce the same models. The item side of the splittable sources (popularity, trending, co-visitation links,
+category tallies) is shared instead: with a sync clock (``model.item_sync_ms`` > 0) a partition learns only their
+user side and queues each event's item-side half for the shared :class:`~fusionrec.models.item_side.ItemSide`,
+which the :class:`PartitionRegistry` reaches through an :class:`ItemSideFeed` (Kafka in the worker, in process
+otherwise); a partition's users are ranked from its models joined with that item side (docs/worker.md).
 
 Models that learn in mini-batches (those with a ``batch_size``, e.g. the CF model's vectorised SGD) would end up
 in a state that depends on how fetches happened to cut the stream, so a crash and replay, or just different

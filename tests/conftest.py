@@ -53,6 +53,7 @@ def settings(stack: Stack) -> Settings:
         topic_events_partitions=3,
         topic_recommendations_partitions=3,
         kafka_client_id=f"fr-test-{tag}",
+        worker_group=f"fr-test-{tag}",  # and so its own item-side topic
     )
 
 

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from fusionrec.contracts.settings import Settings
 from fusionrec.contracts.topics import TopicSpec, topic_specs
 
-__all__ = ["TopicState", "describe_topics", "ensure_topics"]
+__all__ = ["TopicState", "delete_topics", "describe_topics", "ensure_topics"]
 
 log = logging.getLogger("fusionrec.infra.admin")
 
@@ -94,3 +94,16 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
         for state in states:
             state.created = state.spec.name in created
     return states
+
+
+def delete_topics(settings: Settings, names: list[str], timeout: float = 15.0) -> list[str]:
+    """Delete ``names`` where they exist; return the names deleted. Raises if the broker refuses."""
+    admin = _admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    names = [name for name in names if name in existing]
+    if not names:
+        return []
+    for name, future in admin.delete_topics(names, request_timeout=timeout).items():
+        future.result(timeout=timeout)
+        log.info("deleted topic %s", name)
+    return names

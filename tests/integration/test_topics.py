@@ -9,15 +9,17 @@ def test_topics_are_created_once_with_their_layout(settings):
     assert [(s.spec.role, s.created, s.partitions) for s in first] == [
         ("events", True, 3),
         ("dead_letter", True, 1),
+        ("item_side", True, 1),
         ("recommendations", True, 3),
     ]
     assert {s.spec.role: s.config.get("cleanup.policy") for s in first} == {
         "events": "delete",
         "dead_letter": "delete",
+        "item_side": "delete",
         "recommendations": "compact",
     }
     second = ensure_topics(settings)
-    assert [s.created for s in second] == [False] * 3 and all(s.exists and not s.problems for s in second)
+    assert [s.created for s in second] == [False] * 4 and all(s.exists and not s.problems for s in second)
 
 
 def test_partition_mismatch_is_reported_not_changed(settings):

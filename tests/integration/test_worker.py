@@ -13,6 +13,8 @@ import orjson
 import redis
 
 from fusionrec.consumers.reader import read_topic
+from fusionrec.contracts.topics import topic_specs
+from fusionrec.infra.admin import describe_topics
 from fusionrec.stores.profiles import ProfileStore
 from tests.integration.workers import (
     MALFORMED,
@@ -135,9 +137,11 @@ def test_rebuild_replays_everything_from_the_topic(worker_settings, tmp_path):
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert "deleted" in out.stdout
+    assert "deleted" in out.stdout and worker_settings.item_side_topic in out.stdout
     client = redis.Redis.from_url(worker_settings.redis.url)
     assert not list(client.scan_iter(match=f"{worker_settings.redis.prefix}*"))
+    item_specs = [spec for spec in topic_specs(worker_settings) if spec.role == "item_side"]
+    assert not describe_topics(worker_settings, item_specs)[0].exists  # derived state: the next workers recreate it
 
     again = WorkerProcess(worker_settings, tmp_path, "after")
     try:

@@ -47,7 +47,8 @@ def worker(
 def rebuild(
     yes: bool = typer.Option(False, "--yes", help="Do it without asking (scripts, CI)."),
 ) -> None:
-    """Rebuild all worker state from the events topic: delete profiles, dedup entries and model snapshots.
+    """Rebuild all worker state from the events topic: delete profiles, dedup entries, model snapshots and the
+    group's item-side topic.
 
     Stop every worker first, then start them again: with no snapshot, a worker reads each partition from the start
     of the topic (as far back as its retention reaches).
@@ -57,13 +58,15 @@ def rebuild(
     conf = settings()
     if not yes:
         typer.confirm(
-            f"Delete every Redis key under {conf.redis.prefix!r} so the workers replay "
+            f"Delete every Redis key under {conf.redis.prefix!r} and the topic {conf.item_side_topic} so the workers "
+            "replay "
             f"{conf.topic.events} from the start?",
             abort=True,
         )
     report = rebuild_state(conf)
+    topics = f" and the topic {', '.join(report.topics_deleted)}" if report.topics_deleted else ""
     typer.echo(
-        f"deleted {report.keys_deleted:,} Redis keys under {conf.redis.prefix!r}; start the workers to "
+        f"deleted {report.keys_deleted:,} Redis keys under {conf.redis.prefix!r}{topics}; start the workers to "
         f"rebuild from {conf.topic.events}"
     )
 

@@ -1,0 +1,97 @@
+"""What the shared item side costs per event, in process: the old layout (every partition learns whole events)
+beside the shared one (user side per partition, item-side records serialised as the worker sends them, one
+replica learning every partition's records), on the same events in one run.
+
+    .venv/bin/python benchmarks/bench_item_side.py ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
+
+Prints µs per event for each stage, the item-side topic's bytes per event (JSON as sent, before lz4), and the
+replica's size. Lists are not ranked here (bench_worker.py measures the whole worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from pathlib import Path
+
+import orjson
+
+from fusionrec.contracts.partitioning import partition_for
+from fusionrec.contracts.settings import load_settings
+from fusionrec.producers.datasets import read_dataset
+from fusionrec.streams.state import PartitionState, build_item_side, build_models, partition_clock
+
+BATCH = 500  # events per partition batch, about what the worker's fetches deliver under load
+
+
+def by_partition(events, partitions: int) -> list[list]:
+    out: list[list] = [[] for _ in range(partitions)]
+    for event in events:
+        part = out[partition_for(event.user_id.encode(), partitions)]
+        part.append((event, len(part)))
+    return out
+
+
+def run_whole(parts, settings) -> float:
+    states = [PartitionState(p, build_models(settings, p)) for p in range(len(parts))]
+    started = time.perf_counter()
+    for p, pairs in enumerate(parts):
+        for i in range(0, len(pairs), BATCH):
+            chunk = pairs[i : i + BATCH]
+            states[p].learn(chunk, chunk[-1][1])
+    return time.perf_counter() - started
+
+
+def run_split(parts, settings) -> dict:
+    states = [PartitionState(p, build_models(settings, p), clock=partition_clock(settings)) for p in range(len(parts))]
+    replica = build_item_side(settings, len(parts))
+    user_s = encode_s = apply_s = 0.0
+    sent = 0
+    for p, pairs in enumerate(parts):
+        for i in range(0, len(pairs), BATCH):
+            chunk = pairs[i : i + BATCH]
+            t0 = time.perf_counter()
+            states[p].learn(chunk, chunk[-1][1])
+            groups, closed = states[p].take_outbox()
+            t1 = time.perf_counter()
+            value = orjson.dumps({"p": p, "t": groups, "c": closed})
+            message = orjson.loads(value)
+            sent += len(value)
+            t2 = time.perf_counter()
+            for tick, records in message["t"]:
+                replica.offer(p, tick, records)
+            replica.close_all(message["c"])
+            replica.apply()
+            user_s += t1 - t0
+            encode_s += t2 - t1
+            apply_s += time.perf_counter() - t2
+    size = sum(len(pickle.dumps(m._get_state())) for m in replica.models.values())
+    return {"user": user_s, "encode": encode_s, "apply": apply_s, "bytes": sent, "replica_bytes": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+
+    events = read_dataset(args.path, limit=args.limit).events
+    n = len(events)
+    parts = by_partition(events, args.partitions)
+    whole = run_whole(parts, load_settings(model_item_sync_ms=0))
+    split = run_split(parts, load_settings(model_item_sync_ms=1000))
+    total = split["user"] + split["encode"] + split["apply"]
+    print(f"{n:,} events from {args.path.name}, {args.partitions} partitions, batches of {BATCH}; µs per event")
+    print(f"{'item side per partition (whole events learned per partition)':<64}{whole / n * 1e6:>8.1f}")
+    print(f"{'shared item side, in all':<64}{total / n * 1e6:>8.1f}")
+    print(f"{'  user side per partition, records stamped and queued':<64}{split['user'] / n * 1e6:>8.1f}")
+    print(f"{'  records to JSON and back (what the item-side topic carries)':<64}{split['encode'] / n * 1e6:>8.1f}")
+    print(f"{'  replica learns every partition records (each worker does this)':<64}{split['apply'] / n * 1e6:>8.1f}")
+    print(f"item-side topic: {split['bytes'] / n:,.0f} bytes per event as JSON (before lz4)")
+    print(f"replica state: {split['replica_bytes'] / 1e6:,.1f} MB pickled")
+
+
+if __name__ == "__main__":
+    main()
