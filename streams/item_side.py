@@ -28,6 +28,8 @@ import logging
 import queue
 import threading
 import time
+import uuid
+from collections.abc import Iterable
 
 import orjson
 import redis
@@ -78,6 +80,13 @@ class ItemSideLink:
         )
         self.positions: dict[int, int] = {}  # item-side topic partition -> next offset to read
         self._sent_closed: dict[int, int | None] = {}  # events partition -> the closed tick last published
+        #: This link's id in message keys, and the partitions whose last message sent through the topic alone it
+        #: has read back: from then on, everything published before about them has been read too (the topic is
+        #: one ordered partition), so their new records go into the replica directly, and their echoes are skipped
+        #: undecoded.
+        self.instance = uuid.uuid4().hex[:12]
+        self._echoed: set[int] = set()
+        self._awaiting_echo: dict[int, bytes] = {}  # partition -> key of its last message sent through the topic
         self.delivery_errors = 0
         self._failed: list[str] = []
         self._inbox: queue.Queue = queue.Queue()
@@ -123,12 +132,28 @@ class ItemSideLink:
     def publish(self, state: PartitionState) -> int:
         """Send the partition's new item-side records and its closed tick; return how many records."""
         groups, closed = state.take_outbox()
-        if not groups and closed == self._sent_closed.get(state.partition):
+        partition = state.partition
+        if not groups and closed == self._sent_closed.get(partition):
             return 0
-        self._sent_closed[state.partition] = closed
-        value = orjson.dumps({"p": state.partition, "t": groups, "c": closed})
-        self._produce(str(state.partition).encode(), value)
+        self._sent_closed[partition] = closed
+        last = groups[-1][1][-1][0] if groups else -1
+        key = message_key(partition, last, closed, self.instance)
+        if partition in self._echoed:  # this worker's own records need no round trip through the topic
+            replica = self.replica
+            for tick, records in groups:
+                replica.offer(partition, tick, records)
+            replica.close(partition, closed)
+        else:  # until this message comes back, the replica learns the partition from the topic
+            self._awaiting_echo[partition] = key
+        self._produce(key, orjson.dumps({"p": partition, "t": groups, "c": closed}))
         return sum(len(records) for _, records in groups)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions this worker no longer holds: their next owner's records come through the topic again."""
+        for partition in partitions:
+            self._echoed.discard(partition)
+            self._awaiting_echo.pop(partition, None)
+            self._sent_closed.pop(partition, None)
 
     def _produce(self, key: bytes, value: bytes) -> None:
         while True:
@@ -239,7 +264,7 @@ class ItemSideLink:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("reading %s: %s", self.topic, err)
                     continue
-                batch.append((message.partition(), message.offset(), message.value()))
+                batch.append((message.partition(), message.offset(), message.key(), message.value()))
             if batch:
                 self._inbox.put(batch)
 
@@ -254,16 +279,27 @@ class ItemSideLink:
                 batch = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            for partition, offset, value in batch:
+            for partition, offset, key, value in batch:
+                self.positions[partition] = offset + 1
+                known = parse_key(key)
+                if known is not None and known[0] < replica.partitions:
+                    source, last, closed, instance = known
+                    if instance == self.instance and self._awaiting_echo.get(source) == key:
+                        del self._awaiting_echo[source]
+                        self._echoed.add(source)
+                    seen_closed = replica.closed[source]
+                    if last <= replica.seen[source] and (
+                        closed is None or (seen_closed is not None and closed <= seen_closed)
+                    ):
+                        continue  # nothing new: this worker's own records, or a replay's
                 message = orjson.loads(value)
                 source = message["p"]
                 if source >= replica.partitions:
                     log.error("item-side message from partition %d of %d ignored", source, replica.partitions)
-                else:
-                    for tick, records in message["t"]:
-                        replica.offer(source, tick, records)
-                    replica.close(source, message["c"])
-                self.positions[partition] = offset + 1
+                    continue
+                for tick, records in message["t"]:
+                    replica.offer(source, tick, records)
+                replica.close(source, message["c"])
         applied = replica.apply()
         if self.metrics:
             self.metrics.item_side_records.inc(applied)
@@ -279,3 +315,18 @@ class ItemSideLink:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def message_key(partition: int, last_offset: int, closed: int | None, instance: str) -> bytes:
+    """``partition:last record offset:closed tick:publisher``: what a reader needs to skip a message it has nothing
+    new from without decoding it, and to recognise its own."""
+    return f"{partition}:{last_offset}:{'' if closed is None else closed}:{instance}".encode()
+
+
+def parse_key(key: bytes | None) -> tuple[int, int, int | None, str] | None:
+    """The fields of :func:`message_key` (None for a key of another shape)."""
+    try:
+        partition, last, closed, instance = (key or b"").decode().split(":")
+        return int(partition), int(last), int(closed) if closed else None, instance
+    except ValueError:
+        return None

@@ -313,6 +313,7 @@ class ItemSideFeed(Protocol):
     def publish(self, state: PartitionState) -> int: ...
     def drain(self) -> int: ...
     def close_quiet(self, partitions: PartitionRegistry) -> None: ...
+    def forget(self, partitions: Iterable[int]) -> None: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
     def save(self, client: redis.Redis | None = None) -> int: ...
     def stop(self) -> None: ...
@@ -339,6 +340,9 @@ class LocalItemSide:
         return self.replica.apply()
 
     def close_quiet(self, partitions: PartitionRegistry) -> None:
+        pass
+
+    def forget(self, partitions: Iterable[int]) -> None:
         pass
 
     def flush(self, timeout_s: float = 30.0) -> None:
@@ -418,5 +422,7 @@ class PartitionRegistry:
         for partition in partitions:
             self.states.pop(partition, None)
             self.last_batch.pop(partition, None)
+        if self.item_side is not None:
+            self.item_side.forget(partitions)
         if self.metrics:
             self.metrics.partitions.set(len(self.states))

@@ -110,7 +110,9 @@ def model_fingerprint(settings) -> dict:
     if replica is not None:
         meta = replica.meta()
         out["item_side"] = (
-            {name: model.snapshot() for name, model in sorted(replica.models.items())},
+            # the learned state, insertion order and exact floats included (repr), not the pickle, whose memo
+            # depends on which strings happen to be shared objects
+            {name: repr(model._get_state()) for name, model in sorted(replica.models.items())},
             meta["pending"],
             meta["records_applied"],
             meta["seen"],
