@@ -43,7 +43,7 @@ from fusionrec.models.item_side import ItemSide
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState
 
-__all__ = ["QUIET_S", "ItemSideLink"]
+__all__ = ["QUIET_S", "ItemSideLink", "load_replica"]
 
 log = logging.getLogger("fusionrec.item_side")
 
@@ -330,3 +330,15 @@ def parse_key(key: bytes | None) -> tuple[int, int, int | None, str] | None:
         return int(partition), int(last), int(closed) if closed else None, instance
     except ValueError:
         return None
+
+
+def load_replica(settings: Settings, client: redis.Redis) -> ItemSide | None:
+    """The item side as the workers last snapshotted it (None without one): for tools that show what the worker
+    built, and tests that compare runs."""
+    from fusionrec.streams.state import build_item_side
+
+    if not settings.model.item_sync_ms or not client.exists(settings.redis.keys.item_side(settings.item_side_topic)):
+        return None
+    link = ItemSideLink(settings, build_item_side(settings, settings.topic.events_partitions), client)  # type: ignore[arg-type]
+    link.restore()
+    return link.replica

@@ -41,6 +41,7 @@ DEMO_PREFIX = "fr-demo:"
 SHOWN_ITEMS = 8
 #: How long the demo waits for the ranker to catch up after the replay: an unpaced replay of the whole Taobao slice
 #: changes 66k users, about 20 s of ranking on 2 cores, so the demo shows what is published by then.
+ITEM_SIDE_WAIT_S = 15.0
 LISTS_WAIT_S = 3.0
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 
@@ -148,6 +149,7 @@ def run_demo(
             "events changed"
         )
         metrics = _wait_for_lists(worker, before, metrics, applied, say, paced=rate is not None)
+        _wait_for_item_side(worker, settings, say)
         worker.stop()  # ranks the changed users once more, writes the final snapshot and the final fusion weights
         worker = None
         _show_what_was_built(settings, dataset.events, say)
@@ -162,6 +164,26 @@ def run_demo(
                 rebuild_state(settings)
             stopped = stack.down()
             say(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
+
+
+def _wait_for_item_side(worker: WorkerChild, settings: Settings, say: Callable[[str], None]) -> None:
+    """Wait (at most ``ITEM_SIDE_WAIT_S``) until the shared item side has applied all but the newest sync tick: in
+    an unpaced replay it trails the slowest partition until the last events are in."""
+    if not settings.model.item_sync_ms:
+        return
+    bound = 2 * settings.model.item_sync_ms / 1000
+    deadline = time.perf_counter() + ITEM_SIDE_WAIT_S
+    lag = float("inf")
+    while time.perf_counter() < deadline:
+        lag = (worker.metrics() or {}).get("fusionrec_item_side_lag_seconds", float("inf"))
+        if lag <= bound:
+            break
+        time.sleep(0.3)
+    applied = (worker.metrics() or {}).get("fusionrec_item_side_records_applied_total", 0)
+    say(
+        f"  shared item side: {applied:,.0f} records from every partition applied, {lag:.1f} s of event time behind "
+        f"the newest event (the newest {settings.model.item_sync_ms} ms tick waits for a later event)"
+    )
 
 
 def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: Callable[[str], None], *, paced: bool):
@@ -213,11 +235,13 @@ def _wait_for_lists(worker: WorkerChild, before, metrics, applied: float, say: C
 
 
 def _show_what_was_built(settings: Settings, events, say: Callable[[str], None]) -> None:
+    from fusionrec.streams.item_side import load_replica
     from fusionrec.streams.state import SnapshotStore
 
     client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
     profiles = ProfileStore(client, settings.redis.keys)
     snapshots = SnapshotStore(client, settings, settings.topic.events)
+    item_side = load_replica(settings, client)  # shared by every partition: joined with each user's own state
     keys = settings.redis.keys
     partitions = sorted(keys.partition_of(key) for key in client.scan_iter(match=keys.snapshots(settings.topic.events)))
     busiest: dict[str, int] = {}
@@ -229,7 +253,13 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         user: rec for user, rec in RecommendationStore(client, keys).get_many(candidates).items() if rec is not None
     }
     users = [user for user in candidates if user in lists][:2] or candidates[:2]
-    say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis")
+    shared = (
+        ""
+        if item_side is None
+        else f", and the item side all partitions share ({item_side.models['popular'].n_items:,} items, "
+        f"{item_side.records_applied:,} records from every partition)"
+    )
+    say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis{shared}")
     states: dict[int, object] = {}
     for user in users:
         profile = profiles.get(user)
@@ -250,7 +280,8 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         else:
             home = None
         say("    each source's own top 3 (its score):")
-        for name, model in home.models.items() if home else ():
+        models = {} if home is None else home.models if item_side is None else item_side.views(home.models)
+        for name, model in models.items():
             top = model.candidates(user, 3)
             shown = ", ".join(f"{item} ({score:.2f})" for item, score in top) or "—"
             say(f"      {name:<9} {shown}")

@@ -80,15 +80,9 @@ def send(settings, events, raw=(), duplicates=()):
 
 def load_item_side(settings):
     """The item-side replica as the workers last snapshotted it (None without a snapshot)."""
-    from fusionrec.streams.item_side import ItemSideLink
-    from fusionrec.streams.state import build_item_side
+    from fusionrec.streams.item_side import load_replica
 
-    client = redis.Redis.from_url(settings.redis.url)
-    if not client.exists(settings.redis.keys.item_side(settings.item_side_topic)):
-        return None
-    link = ItemSideLink(settings, build_item_side(settings, settings.topic.events_partitions), client)
-    link.restore()
-    return link.replica
+    return load_replica(settings, redis.Redis.from_url(settings.redis.url))
 
 
 def model_fingerprint(settings) -> dict:
