@@ -31,7 +31,7 @@ from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
-from fusionrec.streams.item_side import ItemSideLink
+from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
 from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH, RANK_BATCH, Refresher
@@ -90,6 +90,7 @@ class Worker:
         default_factory=partial(ThreadPoolExecutor, max_workers=1, thread_name_prefix="fusionrec-state")
     )
     weights_logged: float = float("-inf")  # loop time the fusion weights were last logged
+    paused: set[int] = field(default_factory=set)  # partitions paused because they ran ahead of the item side
 
     # --- helpers -------------------------------------------------------------------------------------------------
 
@@ -197,7 +198,28 @@ class Worker:
                         break
             except Exception:
                 log.exception("ranker refresh failed")
+            await self.best_effort(self.hold_back, "pausing partitions ahead of the item side")
             await self.app.sleep(max(interval - (loop.time() - began), 0.0))
+
+    async def hold_back(self) -> None:
+        """Pause fetching the partitions that ran too far ahead of the shared item side; resume the others."""
+        link = self.partitions.item_side
+        if not isinstance(link, ItemSideLink):
+            return
+        ahead = await self.on_state_thread(link.ahead, self.partitions)
+        consumer = self.app.consumer
+        pause, resume = ahead - self.paused, self.paused - ahead
+        if pause:
+            consumer.pause_partitions({TP(self.topic, p) for p in pause})
+            log.info(
+                "paused partitions %s: more than %d sync ticks ahead of the item side", sorted(pause), MAX_AHEAD_TICKS
+            )
+        if resume:
+            consumer.resume_partitions({TP(self.topic, p) for p in resume})
+            log.info("resumed partitions %s", sorted(resume))
+        self.paused = ahead
+        if self.metrics:
+            self.metrics.item_side_paused.set(len(ahead))
 
     async def hand_over(self, app, revoked, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
         """Before revoked partitions move: snapshot them synchronously (the next owner resumes there), drop them."""
@@ -212,6 +234,11 @@ class Worker:
     async def count_assigned(self, app, assigned, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
         """After a rebalance: the assigned-partitions gauge and a log line (state loads on the first batch)."""
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        if self.paused:  # a rebalance starts afresh; the next ranker tick pauses again what is still ahead
+            kept = {TP(self.topic, p) for p in self.paused if p in mine}
+            if kept:
+                self.app.consumer.resume_partitions(kept)
+            self.paused = set()
         if self.metrics:
             self.metrics.assigned.set(len(mine))
         log.info("assigned partitions %s", mine)

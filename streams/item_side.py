@@ -43,13 +43,16 @@ from fusionrec.models.item_side import ItemSide
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState
 
-__all__ = ["QUIET_S", "ItemSideLink", "load_replica"]
+__all__ = ["MAX_AHEAD_TICKS", "QUIET_S", "ItemSideLink", "load_replica"]
 
 log = logging.getLogger("fusionrec.item_side")
 
 #: A partition caught up and without a batch for this long is closed (up to the tick before the newest known), so
 #: it holds no tick back.
 QUIET_S = 1.0
+#: How many sync ticks a partition may run ahead of the last tick the item side applied before its owner pauses
+#: fetching it (a replay of a backlog: the others catch up first, and the records waiting for them stay bounded).
+MAX_AHEAD_TICKS = 120
 #: Most messages taken from the consumer in one poll.
 POLL_BATCH = 500
 
@@ -201,6 +204,19 @@ class ItemSideLink:
                 clock.close_through(newest)
                 state.dirty = True
                 self.publish(state)
+
+    def ahead(self, partitions: PartitionRegistry) -> set[int]:
+        """The held partitions whose open tick is more than ``MAX_AHEAD_TICKS`` past the last tick applied: their
+        owner pauses them until the slowest partition has caught up (stream-time synchronisation, as Kafka Streams
+        does across a task's partitions), so the records waiting in the replica stay bounded."""
+        applied = self.replica.applied
+        if applied is None:
+            return set()
+        return {
+            partition
+            for partition, state in partitions.states.items()
+            if state.clock is not None and state.clock.open is not None and state.clock.open - applied > MAX_AHEAD_TICKS
+        }
 
     def _observe_lag(self, partitions: PartitionRegistry) -> None:
         """The lag gauge: event time between the newest event this worker learned and the end of the last tick

@@ -85,6 +85,11 @@ class WorkerMetrics:
             "partition is behind or unowned).",
             registry=registry,
         )
+        self.item_side_paused = Gauge(
+            "fusionrec_item_side_paused_partitions",
+            "Partitions this worker paused because they ran more than MAX_AHEAD_TICKS ahead of the item side.",
+            registry=registry,
+        )
         self.item_side_lag = Gauge(
             "fusionrec_item_side_lag_seconds",
             "Event time between the newest event this worker learned and the last tick its item side applied.",

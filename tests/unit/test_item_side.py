@@ -175,3 +175,19 @@ def test_meta_round_trips_through_json():
     assert other.meta() == side.meta()
     with pytest.raises(ValueError, match="2 partitions, not 3"):
         ItemSide({}, partitions=3).load_meta(side.meta())
+
+
+def test_partitions_far_ahead_of_the_item_side_are_named_for_pausing():
+    from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
+    from fusionrec.streams.state import PartitionRegistry
+
+    settings = load_settings(model_item_sync_ms=1000)
+    registry = PartitionRegistry(None)
+    link = ItemSideLink.__new__(ItemSideLink)  # no Kafka needed for the decision
+    link.replica = build_item_side(settings, 3)
+    for p, open_tick in ((0, 10), (1, 10 + MAX_AHEAD_TICKS + 1), (2, None)):
+        registry.states[p] = PartitionState(p, {}, clock=TickClock(1000, open_tick))
+    assert link.ahead(registry) == set()  # nothing applied yet: no reference point
+    link.replica.close_all(9)
+    link.replica.apply()
+    assert link.ahead(registry) == {1}
