@@ -20,54 +20,73 @@ import orjson
 from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import load_settings
 from fusionrec.producers.datasets import read_dataset
+from fusionrec.streams.app import tune_gc
 from fusionrec.streams.state import PartitionState, build_item_side, build_models, partition_clock
 
 BATCH = 500  # events per partition batch, about what the worker's fetches deliver under load
 
 
-def by_partition(events, partitions: int) -> list[list]:
-    out: list[list] = [[] for _ in range(partitions)]
+def batches(events, partitions: int):
+    """``(partition, [(event, offset), ...])`` in file order, a partition's batch handed over once it holds
+    ``BATCH`` events (as a worker's fetches interleave partitions), the rest at the end."""
+    pending: list[list] = [[] for _ in range(partitions)]
+    offsets = [0] * partitions
     for event in events:
-        part = out[partition_for(event.user_id.encode(), partitions)]
-        part.append((event, len(part)))
-    return out
+        p = partition_for(event.user_id.encode(), partitions)
+        pending[p].append((event, offsets[p]))
+        offsets[p] += 1
+        if len(pending[p]) == BATCH:
+            yield p, pending[p]
+            pending[p] = []
+    for p, rest in enumerate(pending):
+        if rest:
+            yield p, rest
 
 
-def run_whole(parts, settings) -> float:
-    states = [PartitionState(p, build_models(settings, p)) for p in range(len(parts))]
+def run_whole(events, partitions: int, settings) -> float:
+    states = [PartitionState(p, build_models(settings, p)) for p in range(partitions)]
+    work = list(batches(events, partitions))
     started = time.perf_counter()
-    for p, pairs in enumerate(parts):
-        for i in range(0, len(pairs), BATCH):
-            chunk = pairs[i : i + BATCH]
-            states[p].learn(chunk, chunk[-1][1])
+    for p, chunk in work:
+        states[p].learn(chunk, chunk[-1][1])
     return time.perf_counter() - started
 
 
-def run_split(parts, settings) -> dict:
-    states = [PartitionState(p, build_models(settings, p), clock=partition_clock(settings)) for p in range(len(parts))]
-    replica = build_item_side(settings, len(parts))
+def run_split(events, partitions: int, settings) -> dict:
+    states = [PartitionState(p, build_models(settings, p), clock=partition_clock(settings)) for p in range(partitions)]
+    replica = build_item_side(settings, partitions)
     user_s = encode_s = apply_s = 0.0
     sent = 0
-    for p, pairs in enumerate(parts):
-        for i in range(0, len(pairs), BATCH):
-            chunk = pairs[i : i + BATCH]
-            t0 = time.perf_counter()
-            states[p].learn(chunk, chunk[-1][1])
-            groups, closed = states[p].take_outbox()
-            t1 = time.perf_counter()
-            value = orjson.dumps({"p": p, "t": groups, "c": closed})
-            message = orjson.loads(value)
-            sent += len(value)
-            t2 = time.perf_counter()
-            for tick, records in message["t"]:
-                replica.offer(p, tick, records)
-            replica.close_all(message["c"])
-            replica.apply()
-            user_s += t1 - t0
-            encode_s += t2 - t1
-            apply_s += time.perf_counter() - t2
+    work = list(batches(events, partitions))
+    for p, chunk in work:
+        t0 = time.perf_counter()
+        states[p].learn(chunk, chunk[-1][1])
+        groups, closed = states[p].take_outbox()
+        t1 = time.perf_counter()
+        value = orjson.dumps({"p": p, "t": groups, "c": closed})
+        message = orjson.loads(value)
+        sent += len(value)
+        t2 = time.perf_counter()
+        for tick, records in message["t"]:
+            replica.offer(p, tick, records)
+        replica.close(p, message["c"])
+        replica.apply()
+        user_s += t1 - t0
+        encode_s += t2 - t1
+        apply_s += time.perf_counter() - t2
+    t2 = time.perf_counter()
+    replica.close_all(replica.newest_tick())  # the end of the file: every partition closes its last tick
+    replica.apply()
+    apply_s += time.perf_counter() - t2
     size = sum(len(pickle.dumps(m._get_state())) for m in replica.models.values())
-    return {"user": user_s, "encode": encode_s, "apply": apply_s, "bytes": sent, "replica_bytes": size}
+    return {
+        "user": user_s,
+        "encode": encode_s,
+        "apply": apply_s,
+        "bytes": sent,
+        "replica_bytes": size,
+        "applied": replica.records_applied,
+    }
 
 
 def main() -> None:
@@ -77,11 +96,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
+    tune_gc()  # as the worker does: the models' large heaps would be rescanned every few hundred allocations
     events = read_dataset(args.path, limit=args.limit).events
     n = len(events)
-    parts = by_partition(events, args.partitions)
-    whole = run_whole(parts, load_settings(model_item_sync_ms=0))
-    split = run_split(parts, load_settings(model_item_sync_ms=1000))
+    whole = run_whole(events, args.partitions, load_settings(model_item_sync_ms=0))
+    split = run_split(events, args.partitions, load_settings(model_item_sync_ms=1000))
     total = split["user"] + split["encode"] + split["apply"]
     print(f"{n:,} events from {args.path.name}, {args.partitions} partitions, batches of {BATCH}; µs per event")
     print(f"{'item side per partition (whole events learned per partition)':<64}{whole / n * 1e6:>8.1f}")
@@ -90,7 +109,7 @@ def main() -> None:
     print(f"{'  records to JSON and back (what the item-side topic carries)':<64}{split['encode'] / n * 1e6:>8.1f}")
     print(f"{'  replica learns every partition records (each worker does this)':<64}{split['apply'] / n * 1e6:>8.1f}")
     print(f"item-side topic: {split['bytes'] / n:,.0f} bytes per event as JSON (before lz4)")
-    print(f"replica state: {split['replica_bytes'] / 1e6:,.1f} MB pickled")
+    print(f"replica: {split['applied']:,} records applied; state {split['replica_bytes'] / 1e6:,.1f} MB pickled")
 
 
 if __name__ == "__main__":
