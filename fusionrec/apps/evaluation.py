@@ -1,22 +1,32 @@
-"""Prequential (test-then-train) evaluation of every source, of equal-weight fusion and of bandit fusion.
+"""Prequential (test-then-train) evaluation of every source, of equal-weight fusion and of bandit fusion, in the
+production layout.
 
-The run replays an event file in time order through **the production code**: the worker's per-partition state
-(:class:`fusionrec.streams.state.PartitionState`: the six sources fed exactly as the worker feeds them, the fused
-recommender with its bandit), the same :class:`~fusionrec.models.ranker.FusionRanker`, the same refresh rule. Only
-Kafka and
-Redis are left out, so it runs in-process and fast. The protocol (see ``docs/evaluation.md``):
+The run replays an event file in time order through **the production code**, laid out as live workers hold it:
+users are placed on ``partitions`` partitions by Kafka's murmur2 partitioner
+(:func:`~fusionrec.contracts.partitioning.partition_for` of the ``user_id``, the events' key); each partition has its
+own :class:`fusionrec.streams.state.PartitionState` (the sources fed exactly as the worker feeds them, the fused
+recommender with its bandit, seeded by partition); one :class:`~fusionrec.models.item_side.ItemSide` replica learns
+the item side (popularity, trending, co-visitation, category tallies) of every partition's events in sync ticks of
+``item_sync_ms`` (0: each partition keeps its own item side, learned from its users only: the layout before 0.2).
+Each partition's users are ranked by the same :class:`~fusionrec.models.ranker.FusionRanker` from the partition's
+models joined with the replica (:meth:`ItemSide.views <fusionrec.models.item_side.ItemSide.views>`). Only Kafka and
+Redis are left out, so it runs in-process. The protocol (see ``docs/evaluation.md``):
 
-1. Events are cut into refresh blocks of ``block`` events: the live worker re-ranks a user's list after a change
-   once per ranker interval, so a list lags its user by up to one interval's worth of traffic. ``block`` is that lag
-   in events (at 1,000 events/s and a 200 ms interval: 200).
+1. Events are cut into refresh blocks of event time: a block is the events of one window ``ts // lag_ms`` (``lag_ms``
+   defaults to the ranker interval, 200 ms). The live worker re-ranks the list of a user whose state changed once
+   per interval, so a list lags its user by up to one interval. With ``block`` set, blocks are ``block`` events long
+   instead (the lag counted in events, the protocol before 0.2).
 2. Before a block is learned, each of its events is judged against the lists in effect: the lists made after the
    block in which the user was last active. Which events are judged is the rule of
    :class:`fusionrec.models.targets.TargetFilter` (``new`` items, and ``repeat`` carts/purchases, reported apart). A
-   user
-   without a list yet (their first event) is a miss, counted as *unserved*.
-3. Then the block is learned (the sources, the bandit's rewards), and every user active in it gets new lists:
-   bandit-weighted fusion, equal-weight fusion (the same candidates, fused with equal weights) and each source
-   alone (its own top ``k`` after the same filters).
+   user without a list yet (no earlier active block: their first event) is a miss, counted as *unserved*.
+3. Then the block is learned: each partition learns its users' events (the sources' user side, the bandit's
+   rewards) and hands its item-side records to the replica. The replay is in global time order, so every partition
+   is then closed through the tick before the next event's, and the replica applies every complete tick: a list sees
+   the other partitions' events less than one tick late, as in a live worker whose partitions all have traffic.
+   Every user active in the block gets new lists from their partition's state: bandit-weighted fusion, equal-weight
+   fusion (the same candidates, fused with equal weights) and each source alone (its own top ``k`` after the same
+   filters).
 
 Variants: ``fused:bandit``, ``fused:equal``, one per source (``popular`` is the popularity baseline), and with
 ``holdout`` the two arms of the in-stream A/B split, ``ab:bandit`` and ``ab:fixed``.
@@ -31,22 +41,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusionrec.contracts.events import Event
+from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import Settings, load_settings
-from fusionrec.models.fused import FusedList, FusedRecommender
-from fusionrec.models.fusion import SEGMENTS, holdout_arm
+from fusionrec.models.fused import FusedList
+from fusionrec.models.fusion import SEGMENTS, FixedWeights, holdout_arm
+from fusionrec.models.ranker import RankedList
 from fusionrec.models.targets import TARGET_KINDS, TargetFilter
 
-__all__ = ["EvalConfig", "RankMetrics", "evaluate", "rating_mae", "sessionize"]
+__all__ = ["EvalConfig", "RankMetrics", "evaluate", "rating_mae", "refresh_blocks", "sessionize"]
 
 FUSED = ("fused:bandit", "fused:equal")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to evaluate and how (see the module docstring)."""
+    """What to evaluate and how (see the module docstring). ``None`` for ``lag_ms``, ``partitions`` and
+    ``item_sync_ms``: the value of ``settings`` (``ranker.interval_ms``, ``topic.events_partitions``,
+    ``model.item_sync_ms``), as a worker deployed with them would run."""
 
     ks: tuple[int, ...] = (10, 20)
-    block: int = 200
+    #: Count-based refresh blocks of this many events; when set, it wins over ``lag_ms``.
+    block: int | None = None
+    lag_ms: int | None = None
+    partitions: int | None = None
+    item_sync_ms: int | None = None
     warmup: int = 0
     train_until: int | None = None
     holdout: float = 0.0
@@ -54,18 +72,45 @@ class EvalConfig:
     windows: int = 20
     settings: Settings = field(default_factory=load_settings)
 
+    def __post_init__(self) -> None:
+        for name, least in (("block", 1), ("lag_ms", 1), ("partitions", 1), ("item_sync_ms", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+
     @property
     def k(self) -> int:
         return max(self.ks)
+
+    @property
+    def refresh_lag_ms(self) -> int | None:
+        """The event-time lag of a list (the refresh window), or None when blocks are counted in events."""
+        if self.block is not None:
+            return None
+        return self.lag_ms if self.lag_ms is not None else self.settings.ranker.interval_ms
+
+    @property
+    def n_partitions(self) -> int:
+        return self.partitions if self.partitions is not None else self.settings.topic.events_partitions
+
+    @property
+    def sync_ms(self) -> int:
+        return self.item_sync_ms if self.item_sync_ms is not None else self.settings.model.item_sync_ms
 
 
 class RankMetrics:
     """Hit rate (recall), MRR and NDCG at several cut-offs for single-target lists, accumulated one target at a time.
 
+    ``served`` is the share of targets whose list (of this variant) was not empty; ``unserved`` counts the targets
+    whose user had no list in effect at all, and ``hr_served@k`` is the hit rate over the others (the basis of
+    published next-item protocols, which skip a user's first event).
+
     >>> m = RankMetrics((1, 3))
-    >>> m.add(0); m.add(2); m.add(None)
+    >>> m.add(0); m.add(2); m.add(None, served=False)
     >>> m.summary()["hr@1"], m.summary()["hr@3"], round(m.summary()["mrr@3"], 4), round(m.summary()["ndcg@3"], 4)
     (0.3333, 0.6667, 0.4444, 0.5)
+    >>> m.summary()["unserved"], m.summary()["hr_served@3"]
+    (1, 1.0)
 
     """
 
@@ -73,14 +118,17 @@ class RankMetrics:
         self.ks = tuple(sorted(ks))
         self.targets = 0
         self.served = 0
+        self.listed = 0
         self.hits = dict.fromkeys(self.ks, 0)
         self.rr = dict.fromkeys(self.ks, 0.0)
         self.dcg = dict.fromkeys(self.ks, 0.0)
 
-    def add(self, rank: int | None, served: bool = True) -> None:
-        """Record one target; ``rank`` is the 0-based position of the target item in the list, None if absent."""
+    def add(self, rank: int | None, served: bool = True, listed: bool | None = None) -> None:
+        """Record one target; ``rank`` is the 0-based position of the target item in the list, None if absent;
+        ``served``: the list was not empty; ``listed``: the user had a list in effect (default: ``served``)."""
         self.targets += 1
         self.served += served
+        self.listed += served if listed is None else listed
         if rank is None:
             return
         for k in self.ks:
@@ -91,12 +139,17 @@ class RankMetrics:
 
     def summary(self) -> dict[str, float]:
         n = max(self.targets, 1)
-        out: dict[str, float] = {"targets": self.targets, "served": round(self.served / n, 4)}
+        out: dict[str, float] = {
+            "targets": self.targets,
+            "served": round(self.served / n, 4),
+            "unserved": self.targets - self.listed,
+        }
         for k in self.ks:
             out[f"hits@{k}"] = self.hits[k]
             out[f"hr@{k}"] = round(self.hits[k] / n, 4)
             out[f"mrr@{k}"] = round(self.rr[k] / n, 4)
             out[f"ndcg@{k}"] = round(self.dcg[k] / n, 4)
+            out[f"hr_served@{k}"] = round(self.hits[k] / self.listed, 4) if self.listed else 0.0
         return out
 
 
@@ -117,6 +170,35 @@ def sessionize(events: Iterable[Event], gap_ms: int) -> Iterator[Event]:
         yield event._replace(user_id=f"{event.user_id}#{session}")
 
 
+def refresh_blocks(events: list[Event], block: int | None = None, lag_ms: int = 200) -> list[tuple[int, int]]:
+    """The refresh blocks of ``events`` as ``(start, end)`` index ranges: ``block`` events each when given, else the
+    runs of events in one event-time window ``ts // lag_ms`` (a new block wherever the window changes).
+
+    >>> evs = [Event(str(n), "u", "i", "view", ts) for n, ts in enumerate((0, 150, 199, 200, 650, 700))]
+    >>> refresh_blocks(evs, lag_ms=200), refresh_blocks(evs, block=4)
+    ([(0, 3), (3, 4), (4, 6)], [(0, 4), (4, 6)])
+
+    """
+    n = len(events)
+    if block is not None:
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        return [(start, min(start + block, n)) for start in range(0, n, block)]
+    if lag_ms < 1:
+        raise ValueError(f"lag_ms must be >= 1, got {lag_ms}")
+    bounds: list[tuple[int, int]] = []
+    start, window = 0, None
+    for index, event in enumerate(events):
+        w = event.ts // lag_ms
+        if w != window:
+            if index:
+                bounds.append((start, index))
+            start, window = index, w
+    if n:
+        bounds.append((start, n))
+    return bounds
+
+
 def _rank_of(items: list[str], item: str) -> int | None:
     try:
         return items.index(item)
@@ -125,22 +207,37 @@ def _rank_of(items: list[str], item: str) -> int | None:
 
 
 class _Run:
-    """The state of one evaluation run: production state, the equal-weight twin, lists in effect, metrics."""
+    """The state of one evaluation run: the partitions' production state and the shared item side, the lists in
+    effect, the metrics."""
 
     def __init__(self, config: EvalConfig, sources: list[str]):
-        from fusionrec.streams.state import PartitionState, build_fusion, build_models, build_ranker
+        from fusionrec.streams.state import (
+            PartitionState,
+            build_fusion,
+            build_item_side,
+            build_models,
+            build_ranker,
+            partition_clock,
+        )
 
-        settings = config.settings.replace(ranker_k=config.k, fusion_holdout=config.holdout)
+        self.partitions = config.n_partitions
+        self.sync_ms = config.sync_ms
+        settings = config.settings.replace(
+            ranker_k=config.k, fusion_holdout=config.holdout, model_item_sync_ms=self.sync_ms
+        )
         self.config = config
         self.ranker = build_ranker(settings.ranker)
-        self.state = PartitionState(0, build_models(settings, 0), build_fusion(settings, 0, self.ranker))
-        self.equal = FusedRecommender(
-            list(self.state.models),
-            self.ranker,
-            None,
-            new_user_events=settings.fusion.new_user_events,
-            max_idle_ms=settings.model.max_idle_s * 1000,
-        )
+        self.states = [
+            PartitionState(
+                p, build_models(settings, p), build_fusion(settings, p, self.ranker), clock=partition_clock(settings)
+            )
+            for p in range(self.partitions)
+        ]
+        #: The shared item side (None: each partition's models keep their own).
+        self.replica = build_item_side(settings, self.partitions)
+        # Equal-weight fusion: the weights of the fixed policy, the same for every user and segment, so the lists
+        # are the bandit's candidates fused once more with them (no state of its own to learn).
+        self.equal_weights = dict(FixedWeights(list(self.states[0].models)).pull(SEGMENTS[0]).weights)
         self.sources = sources
         self.variants = [*FUSED, *sources] + (["ab:bandit", "ab:fixed"] if config.holdout > 0 else [])
         self.served: dict[str, tuple[list[list[str]], str]] = {}  # user -> (lists by variant index, arm)
@@ -148,29 +245,39 @@ class _Run:
         self.metrics = {v: {g: RankMetrics(config.ks) for g in groups} for v in self.variants}
         self.recommended: dict[str, set[str]] = {v: set() for v in self.variants}
         self.catalogue: set[str] = set()
-        self.offset = -1
         self.timeline: list[dict[str, Any]] = []
         self._window = {v: [0, 0] for v in self.variants}
+        self._partition_of: dict[str, int] = {}
+        self.lists_made = 0
+        #: Per holdout arm, the variants that judge its users' targets and the index of the list each reads.
+        plain = [(v, n) for n, v in enumerate(self.variants) if not v.startswith("ab:")]
+        self._judged = {arm: plain + ([(f"ab:{arm}", 0)] if config.holdout > 0 else []) for arm in ("bandit", "fixed")}
+
+    def partition(self, user: str) -> int:
+        """The user's partition, as a producer keying events by ``user_id`` places them."""
+        p = self._partition_of.get(user)
+        if p is None:
+            p = self._partition_of[user] = partition_for(user.encode(), self.partitions)
+        return p
 
     # --- judging -----------------------------------------------------------------------------------------------
 
     def judge(self, event: Event, kind: str) -> None:
-        segment = self.state.fusion.segment(event.user_id)
-        entry = self.served.get(event.user_id)
+        user = event.user_id
+        segment = self.states[self.partition(user)].fusion.segment(user)
+        entry = self.served.get(user)
         k = self.config.k
-        arm = holdout_arm(event.user_id, self.config.holdout)
-        for n, variant in enumerate(self.variants):
-            if variant.startswith("ab:") and variant != f"ab:{arm}":
-                continue
+        arm = holdout_arm(user, self.config.holdout) if self.config.holdout > 0 else "bandit"
+        keys = ("all", f"kind:{kind}", f"segment:{segment}")
+        for variant, index in self._judged[arm]:
             if entry is None:
-                rank, served = None, False
+                rank, served, listed = None, False, False
             else:
-                lists = entry[0]
-                index = 0 if variant.startswith("ab:") else n
-                rank, served = _rank_of(lists[index][:k], event.item_id), bool(lists[index])
+                ids = entry[0][index]
+                rank, served, listed = _rank_of(ids[:k], event.item_id), bool(ids), True
             groups = self.metrics[variant]
-            for group in ("all", f"kind:{kind}", f"segment:{segment}"):
-                groups[group].add(rank, served)
+            for group in keys:
+                groups[group].add(rank, served, listed)
             window = self._window[variant]
             window[0] += 1
             window[1] += rank is not None and rank < 20
@@ -178,40 +285,103 @@ class _Run:
     # --- learning and refreshing -------------------------------------------------------------------------------
 
     def learn(self, block: list[Event]) -> None:
-        pairs = []
+        """Each partition learns its users' events of ``block`` (in order, at its own offsets); then the item-side
+        records go to the replica."""
+        by_partition: dict[int, list[tuple[Event, int]]] = {}
+        states = self.states
         for event in block:
-            self.offset += 1
-            pairs.append((event, self.offset))
+            p = self.partition(event.user_id)
+            pairs = by_partition.get(p)
+            if pairs is None:
+                pairs = by_partition[p] = []
+            pairs.append((event, states[p].offset + 1 + len(pairs)))
             self.catalogue.add(event.item_id)
-        self.state.learn(pairs, self.offset)
-        self.equal.learn_many(block)
+        replica = self.replica
+        for p, pairs in by_partition.items():
+            state = states[p]
+            state.learn(pairs, pairs[-1][1])
+            if replica is not None:
+                groups, closed = state.take_outbox()
+                for tick, records in groups:
+                    replica.offer(p, tick, records)
+                replica.close(p, closed)
+
+    def sync(self, next_ts: int) -> None:
+        """Close every partition through the tick before ``next_ts``'s (the next event: the replay is in global
+        time order, so no partition stamps an earlier tick any more) and apply what is complete."""
+        if self.replica is not None:
+            self.replica.close_all(next_ts // self.sync_ms - 1)
+            self.replica.apply()
 
     def refresh(self, needed: set[str]) -> None:
-        users = [user for user in self.state.changed if user in needed]
-        self.state.changed.clear()
-        if not users:
-            return
-        models = self.state.models
-        now = self.state.clock_ms
-        for start in range(0, len(users), 256):
-            chunk = users[start : start + 256]
-            prepared = self.ranker.prepare(models, chunk, now)
-            bandit = self.state.fusion.recommend(models, chunk, now, prepared=prepared)
-            equal = self.equal.recommend(models, chunk, now, prepared=prepared)
-            for fused_bandit, fused_equal in zip(bandit, equal, strict=True):
-                self._store(fused_bandit, fused_equal)
+        """New lists for the users of ``needed`` whose state changed, each from their partition's models."""
+        ranker, replica, equal = self.ranker, self.replica, self.equal_weights
+        shared: dict[tuple[str, int], list[tuple[str, float]]] = {}
+        for state in self.states:
+            changed = state.changed
+            if not changed:
+                continue
+            users = [user for user in changed if user in needed]
+            changed.clear()
+            if not users:
+                continue
+            models = replica.views(state.models) if replica is not None else state.models
+            now = state.clock_ms
+            for start in range(0, len(users), 256):
+                chunk = users[start : start + 256]
+                prepared = ranker.prepare(models, chunk, now, gathered=self._gather(models, chunk, now, shared))
+                bandit = state.fusion.recommend(models, chunk, now, prepared=prepared)
+                fused_equal = ranker.fuse(prepared, [equal] * len(chunk))
+                for fused_bandit, ranked_equal in zip(bandit, fused_equal, strict=True):
+                    self._store(fused_bandit, ranked_equal)
+            self.lists_made += len(users)
 
-    def _store(self, bandit: FusedList, equal: FusedList) -> None:
-        lists: list[list[str]] = [bandit.ranked.item_ids, equal.ranked.item_ids]
-        lists.extend(equal.ranked.source_lists.get(source, []) for source in self.sources)
+    def _gather(
+        self,
+        models: dict[str, Any],
+        users: list[str],
+        now: int,
+        shared: dict[tuple[str, int], list[tuple[str, float]]],
+    ) -> dict[str, list[list[tuple[str, float]]]]:
+        """What :meth:`FusionRanker.gather <fusionrec.models.ranker.FusionRanker.gather>` returns, with the
+        user-independent sources of the shared item side (popularity, trending) asked once per refresh and ``now``
+        rather than once per partition: between two applies every partition would get the same list."""
+        ranker = self.ranker
+        gathered: dict[str, list[list[tuple[str, float]]]] = {}
+        for name, model in models.items():
+            if self.replica is not None and name in self.replica.models and not model.personal:
+                pairs = shared.get((name, now))
+                if pairs is None:
+                    pairs = shared[(name, now)] = model.candidates(users[0], ranker.candidates, now)
+                gathered[name] = [pairs] * len(users)
+            else:
+                gathered[name] = model.candidates_many(
+                    users, ranker.candidates, now, device=ranker.device, max_chunk_bytes=ranker.max_chunk_bytes
+                )
+        return gathered
+
+    def _store(self, bandit: FusedList, equal: RankedList) -> None:
+        lists: list[list[str]] = [bandit.ranked.item_ids, equal.item_ids]
+        lists.extend(equal.source_lists.get(source, []) for source in self.sources)
         for variant, ids in zip(self.variants, lists, strict=False):
             self.recommended[variant].update(ids)
         self.served[bandit.user_id] = (lists, bandit.pull.arm)
         if self.config.holdout > 0:
             self.recommended[f"ab:{bandit.pull.arm}"].update(bandit.ranked.item_ids)
 
+    def weights(self) -> dict[str, dict[str, float]]:
+        """The bandits' exploit weights per segment, averaged over the partitions (each learns its own)."""
+        per_partition = [state.fusion.weights() for state in self.states]
+        return {
+            segment: {
+                source: sum(w[segment][source] for w in per_partition) / len(per_partition)
+                for source in per_partition[0][segment]
+            }
+            for segment in per_partition[0]
+        }
+
     def close_window(self, ts: int) -> None:
-        point: dict[str, Any] = {"ts": ts, "hr@20": {}, "weights": self.state.fusion.weights()}
+        point: dict[str, Any] = {"ts": ts, "hr@20": {}, "weights": self.weights()}
         for variant, (targets, hits) in self._window.items():
             point["hr@20"][variant] = round(hits / targets, 4) if targets else None
             self._window[variant] = [0, 0]
@@ -224,28 +394,36 @@ class _Run:
             groups = {group: m.summary() for group, m in self.metrics[variant].items()}
             groups["coverage"] = round(len(self.recommended[variant]) / catalogue, 4)
             variants[variant] = groups
-        return {
+        out = {
             "variants": variants,
             "timeline": self.timeline,
             "catalogue": len(self.catalogue),
-            "weights": self.state.fusion.weights(),
-            "rewards": self.state.fusion.rewards,
+            "weights": self.weights(),
+            "rewards": sum(state.fusion.rewards for state in self.states),
         }
+        if self.partitions > 1:
+            out["partition_weights"] = [state.fusion.weights() for state in self.states]
+            out["partition_rewards"] = [state.fusion.rewards for state in self.states]
+            out["partition_events"] = [state.offset + 1 for state in self.states]
+        return out
 
 
-def _lists_needed(events: list[Event], kinds: list[str | None], scored: list[bool], block: int) -> list[set[str]]:
-    """For each block, the users whose list made after it will be judged: those with a scored target among their
-    events in the next block where they are active (every event of that block sees the same list)."""
-    needed: list[set[str]] = [set() for _ in range(math.ceil(len(events) / block))]
+def _lists_needed(
+    events: list[Event], kinds: list[str | None], scored: list[bool], bounds: list[tuple[int, int]]
+) -> list[set[str]]:
+    """For each block (``bounds``), the users whose list made after it will be judged: those with a scored target
+    among their events in the next block where they are active (every event of that block sees the same list)."""
+    needed: list[set[str]] = [set() for _ in bounds]
     blocks: dict[str, tuple[int, int | None]] = {}  # user -> (block of their latest event, block active before it)
-    for n, event in enumerate(events):
-        b = n // block
-        latest, before = blocks.get(event.user_id, (None, None))
-        if latest != b:
-            latest, before = b, latest
-            blocks[event.user_id] = (latest, before)
-        if before is not None and kinds[n] is not None and scored[n]:
-            needed[before].add(event.user_id)
+    for b, (start, end) in enumerate(bounds):
+        for n in range(start, end):
+            user = events[n].user_id
+            latest, before = blocks.get(user, (None, None))
+            if latest != b:
+                latest, before = b, latest
+                blocks[user] = (latest, before)
+            if before is not None and kinds[n] is not None and scored[n]:
+                needed[before].add(user)
     return needed
 
 
@@ -263,48 +441,70 @@ def evaluate(
     if config.session_gap_ms is not None:
         events = list(sessionize(events, config.session_gap_ms))
     run = _Run(config, list(SOURCES))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     classifier = TargetFilter()
     kinds = [classifier.classify(event) for event in events]
     scored = [
         n >= config.warmup and (config.train_until is None or event.ts >= config.train_until)
         for n, event in enumerate(events)
     ]
-    needed = _lists_needed(events, kinds, scored, config.block)
+    lag_ms = config.refresh_lag_ms
+    bounds = refresh_blocks(events, config.block, lag_ms or 1)
+    needed = _lists_needed(events, kinds, scored, bounds)
     if events:
         first, last = events[0].ts, events[-1].ts
         test_start = max(first, config.train_until or first)
         width = max((last - test_start) / max(config.windows, 1), 1.0)
         next_window = test_start + width
-    for b in range(len(needed)):
-        block = events[b * config.block : (b + 1) * config.block]
-        for n, event in enumerate(block, start=b * config.block):
+    for b, (start, end) in enumerate(bounds):
+        block = events[start:end]
+        for n in range(start, end):
             if scored[n]:
+                event = events[n]
                 while event.ts >= next_window:
                     run.close_window(int(next_window))
                     next_window += width
                 if kinds[n] is not None:
                     run.judge(event, kinds[n])
         run.learn(block)
-        run.refresh(needed[b])
+        if needed[b]:
+            run.sync(events[end].ts if end < len(events) else events[-1].ts)
+            run.refresh(needed[b])
+        else:
+            for state in run.states:
+                state.changed.clear()
         if progress is not None:
             progress(len(block))
     if events:
         run.close_window(int(next_window))
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     report = run.report()
     singles = {name: report["variants"][name]["all"][f"hr@{config.k}"] for name in SOURCES}
     best = max(singles, key=singles.get)
     report["best_single"] = best
-    bandit_hr = report["variants"]["fused:bandit"]["all"][f"hr@{config.k}"]
+    bandit = report["variants"]["fused:bandit"]["all"]
+    bandit_hr = bandit[f"hr@{config.k}"]
     report["fusion_vs_best_single"] = round(bandit_hr / singles[best], 3) if singles[best] else None
+    targets = bandit["targets"]
     report["run"] = {
         "events": len(events),
         "scored_events": sum(scored),
-        "targets": sum(k is not None for k in kinds),
+        "targets": targets,
+        "targets_in_file": sum(k is not None for k in kinds),
+        "served_targets": targets - bandit["unserved"],
+        "unserved_targets": bandit["unserved"],
+        "served_share": round((targets - bandit["unserved"]) / targets, 4) if targets else 0.0,
+        f"hr@{config.k}": bandit_hr,
+        f"hr_served@{config.k}": bandit[f"hr_served@{config.k}"],
         "seconds": round(seconds, 2),
         "events_per_s": round(len(events) / seconds, 1) if seconds > 0 else None,
+        "cpu_seconds": round(cpu_seconds, 2),
+        "partitions": run.partitions,
+        "item_sync_ms": run.sync_ms,
+        "lag_ms": lag_ms,
         "block": config.block,
+        "blocks": len(bounds),
+        "lists_made": run.lists_made,
         "ks": list(config.ks),
         "warmup": config.warmup,
         "train_until": config.train_until,

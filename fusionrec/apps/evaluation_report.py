@@ -8,17 +8,44 @@ from typing import Any
 
 import orjson
 
-__all__ = ["format_table", "plot_timeline", "write_report"]
+__all__ = ["format_summary", "format_table", "plot_timeline", "write_report"]
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The run in three lines: the layout and speed, what the metrics count (scored targets, served and unserved
+    apart), and bandit fusion's HR over all scored targets and over the served ones."""
+    run = report["run"]
+    k = run["ks"][-1]
+    partitions, sync = run["partitions"], run["item_sync_ms"]
+    layout = f"{partitions} partition{'s' if partitions != 1 else ''}, " + (
+        f"shared item side (sync ticks of {sync:,} ms)" if sync else "item side per partition"
+    )
+    lag = f"every {run['block']:,} events" if run["block"] else f"every {run['lag_ms']:,} ms of event time"
+    targets = run["targets"]
+    share = 100 * run["served_share"]
+    in_file = "" if run["targets_in_file"] == targets else f" (of {run['targets_in_file']:,} in the file)"
+    return "\n".join(
+        [
+            f"{run['events']:,} events in {run['seconds']:.1f} s ({run['events_per_s'] or 0:,.0f} events/s); {layout}; "
+            f"lists of {k} refreshed {lag} ({run['blocks']:,} blocks, {run['lists_made']:,} lists made)",
+            f"{targets:,} scored targets{in_file}: {run['served_targets']:,} served ({share:.1f}%), "
+            f"{run['unserved_targets']:,} unserved (no list yet: no earlier block of the user's)",
+            f"fused:bandit HR@{k} {run[f'hr@{k}']:.4f} over all scored targets, {run[f'hr_served@{k}']:.4f} over the "
+            "served ones",
+        ]
+    )
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """One line per variant: HR, MRR, NDCG at each k, coverage, cold-start share served, by kind and segment."""
+    """One line per variant: HR, MRR, NDCG at each k, HR over served targets, coverage, cold-start share served,
+    by kind and segment."""
     ks = report["run"]["ks"]
     variants = report["variants"]
     head = (
         ["variant"]
         + [f"{m}@{k}" for k in ks for m in ("HR", "MRR", "NDCG")]
-        + ["coverage", "cold served", f"HR@{ks[-1]} new", f"HR@{ks[-1]} repeat", f"HR@{ks[-1]} returning"]
+        + [f"HR@{ks[-1]} served", "coverage", "cold served"]
+        + [f"HR@{ks[-1]} new", f"HR@{ks[-1]} repeat", f"HR@{ks[-1]} returning"]
     )
     rows = [head]
     best_single = report.get("best_single")
@@ -29,6 +56,7 @@ def format_table(report: dict[str, Any]) -> str:
             [label]
             + [f"{a[f'{m}@{k}']:.4f}" for k in ks for m in ("hr", "mrr", "ndcg")]
             + [
+                f"{a[f'hr_served@{ks[-1]}']:.4f}",
                 f"{groups['coverage']:.3f}",
                 f"{groups['segment:new']['served']:.3f}",
                 f"{groups['kind:new'][f'hr@{ks[-1]}']:.4f}",

@@ -84,3 +84,29 @@ def test_evaluate_explains_bad_input(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "error" in proc.stderr
+
+
+def test_evaluate_the_production_layout_with_event_time_lag(tmp_path):
+    """--partitions, --item-sync-ms and --lag-ms reach the run and its report; --block wins over --lag-ms."""
+    path = tmp_path / "clicks.csv"
+    rows = ["visitor,sku,what,when"]
+    for n in range(1500):
+        rows.append(
+            f"v{(n * 7) % 80},p{(n * 13) % 90},{'buy' if n % 23 == 0 else 'click'},{1_700_000_000_000 + n * 300}"
+        )
+    path.write_text("\n".join(rows) + "\n")
+    mapped = ["--format", "csv", "--ts-unit", "ms", "--map", "user_id=visitor,item_id=sku,type=what,ts=when"]
+    mapped += ["--type-map", "click=view,buy=purchase"]
+    stdout, report = evaluate(
+        tmp_path, str(path), *mapped, "--partitions", "3", "--item-sync-ms", "500", "--lag-ms", "1000"
+    )
+    run = report["run"]
+    assert (run["partitions"], run["item_sync_ms"], run["lag_ms"], run["block"]) == (3, 500, 1000, None)
+    assert run["blocks"] == len({(1_700_000_000_000 + n * 300) // 1000 for n in range(1500)})
+    assert sum(report["partition_events"]) == 1500 and len(report["partition_events"]) == 3
+    assert run["served_targets"] + run["unserved_targets"] == run["targets"]
+    assert "3 partitions, shared item side (sync ticks of 500 ms)" in stdout
+    assert "every 1,000 ms of event time" in stdout and "scored targets" in stdout and "HR@20 served" in stdout
+    _, counted = evaluate(tmp_path, str(path), *mapped, "--partitions", "1", "--lag-ms", "1000", "--block", "100")
+    assert (counted["run"]["block"], counted["run"]["lag_ms"], counted["run"]["blocks"]) == (100, None, 15)
+    assert counted["run"]["partitions"] == 1 and counted["run"]["item_sync_ms"] == 1000  # the setting

@@ -1,17 +1,28 @@
-"""The prequential evaluation on tiny hand-made streams, with the expected values worked out by hand."""
+"""The prequential evaluation on tiny hand-made streams, with the expected values worked out by hand.
+
+The hand-worked tests run one partition with its own item side (``SETTINGS``), where a list sees every event
+learned before it; the production layout (partitions, the shared item side and its sync ticks, event-time lag) has
+tests of its own at the end."""
 
 from __future__ import annotations
 
+import doctest
 import math
+from collections import Counter
 
 import pytest
 
-from fusionrec.apps.evaluation import EvalConfig, RankMetrics, evaluate, rating_mae, sessionize
+import fusionrec.apps.evaluation
+from fusionrec.apps.evaluation import EvalConfig, RankMetrics, _Run, evaluate, rating_mae, refresh_blocks, sessionize
+from fusionrec.apps.evaluation_report import format_summary
 from fusionrec.contracts.events import Event
+from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import load_settings
+from fusionrec.models import SOURCES
 
 T0 = 1_700_000_000_000
-SETTINGS = load_settings(ranker_device="cpu")
+SETTINGS = load_settings(ranker_device="cpu", topic_events_partitions=1, model_item_sync_ms=0)
+PRODUCTION = load_settings(ranker_device="cpu")  # 6 partitions, item side shared in 1,000 ms ticks, 200 ms lag
 
 
 def test_rank_metrics_by_hand():
@@ -20,7 +31,8 @@ def test_rank_metrics_by_hand():
         m.add(rank)
     m.add(None, served=False)
     s = m.summary()
-    assert s["targets"] == 5 and s["served"] == 0.8
+    assert s["targets"] == 5 and s["served"] == 0.8 and s["unserved"] == 1
+    assert s["hr_served@5"] == 0.5  # two hits among the four targets that had a list
     assert s["hits@1"] == 1 and s["hits@5"] == 2
     assert s["hr@1"] == 0.2 and s["hr@5"] == 0.4
     assert s["mrr@5"] == pytest.approx((1 + 1 / 4) / 5, abs=1e-4)
@@ -132,3 +144,129 @@ def test_a_list_is_made_when_any_event_of_the_next_active_block_is_a_target():
     # targets: a and d (unserved: first events), c (served: after block 0 popular is [i3, i1], so i3 at rank 0)
     assert popular["targets"] == 3 and popular["served"] == pytest.approx(1 / 3, abs=1e-3)
     assert popular["hits@20"] == 1 and popular["mrr@20"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+# --- the production layout -----------------------------------------------------------------------------------------
+
+
+def user_on(partition: int, partitions: int, start: int = 0) -> str:
+    """The first user id ``u{n}`` (n >= start) that murmur2 places on ``partition``."""
+    n = start
+    while partition_for(f"u{n}".encode(), partitions) != partition:
+        n += 1
+    return f"u{n}"
+
+
+def test_the_config_defaults_are_the_settings():
+    conf = load_settings(topic_events_partitions=4, ranker_interval_ms=300, model_item_sync_ms=500)
+    config = EvalConfig(settings=conf)
+    assert (config.n_partitions, config.refresh_lag_ms, config.sync_ms) == (4, 300, 500)
+    assert EvalConfig(block=10, lag_ms=50, settings=conf).refresh_lag_ms is None  # --block wins
+    assert EvalConfig(partitions=2, item_sync_ms=0, lag_ms=50, settings=conf).sync_ms == 0
+    with pytest.raises(ValueError, match="partitions must be >= 1"):
+        EvalConfig(partitions=0, settings=conf)
+
+
+def test_refresh_blocks_follow_event_time_windows():
+    ts = [T0, T0 + 150, T0 + 199, T0 + 200, T0 + 999, T0 + 5000, T0 + 5001]
+    events = [Event(f"e{n}", "u", "i", "view", t) for n, t in enumerate(ts)]
+    assert refresh_blocks(events, lag_ms=200) == [(0, 3), (3, 4), (4, 5), (5, 7)]
+    assert refresh_blocks(events, lag_ms=1000) == [(0, 5), (5, 7)]
+    assert refresh_blocks(events, block=3, lag_ms=200) == [(0, 3), (3, 6), (6, 7)]  # a count wins
+    assert refresh_blocks([], lag_ms=200) == []
+
+
+def lag_events():
+    return [
+        Event("a", "u1", "i1", "view", T0),
+        Event("b", "u2", "i2", "view", T0 + 10),
+        Event("c", "u1", "i2", "view", T0 + 100),  # u1 again, 100 ms later: new item i2
+    ]
+
+
+def test_lag_ms_is_the_list_lag_in_event_time():
+    """Within one 200 ms window u1's second event sees no list; with 50 ms windows it sees the list made after
+    the first window, where popularity ranks i2 (ties: larger id first) first."""
+    same = evaluate(lag_events(), EvalConfig(lag_ms=200, settings=SETTINGS))
+    assert same["run"]["blocks"] == 1 and same["run"]["lag_ms"] == 200 and same["run"]["block"] is None
+    assert same["variants"]["popular"]["all"]["unserved"] == 3
+    apart = evaluate(lag_events(), EvalConfig(lag_ms=50, settings=SETTINGS))
+    assert apart["run"]["blocks"] == 2
+    popular = apart["variants"]["popular"]["all"]
+    assert popular["unserved"] == 2 and popular["hits@20"] == 1 and popular["mrr@20"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_the_shared_item_side_lags_by_less_than_a_tick():
+    """With the item side shared in 1,000 ms ticks, u1's list made after the first 50 ms window has u1's own
+    history (recent) but no popularity yet: the tick it belongs to is still open."""
+    report = evaluate(lag_events(), EvalConfig(lag_ms=50, partitions=1, item_sync_ms=1000, settings=SETTINGS))
+    assert report["run"]["item_sync_ms"] == 1000 and report["run"]["partitions"] == 1
+    popular = report["variants"]["popular"]["all"]
+    assert popular["unserved"] == 2 and popular["served"] == 0.0 and popular["hits@20"] == 0
+    assert report["variants"]["recent"]["all"]["served"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_users_of_one_partition_only_touch_that_partition():
+    users = [user_on(p, 3, start=10 * p) for p in range(3)]
+    events = [Event(f"e{n}", users[n % 3], f"i{n % 5}", "view", T0 + 1000 * n) for n in range(30)]
+    run = _Run(EvalConfig(partitions=3, item_sync_ms=1000, settings=SETTINGS), list(SOURCES))
+    run.learn(events)
+    for p, state in enumerate(run.states):
+        assert state.offset == 9  # its own offsets: the ten events of its one user
+        assert state.fusion.n_users == 1 and state.fusion.segment(users[p]) == "returning"
+        for user in users:
+            assert bool(state.models["recent"].candidates(user, 5)) == (user == users[p])
+    report = evaluate(events, EvalConfig(partitions=3, item_sync_ms=1000, settings=SETTINGS))
+    assert report["partition_events"] == [10, 10, 10] and len(report["partition_rewards"]) == 3
+
+
+def test_every_partition_ranks_against_the_shared_item_side():
+    """u_b (partition 1) is offered i1, which only u_a (partition 0) has touched: with the item side shared, once
+    the tick of u_a's event is applied; kept per partition, never."""
+    a, b = user_on(0, 2), user_on(1, 2)
+    events = [
+        Event("e0", a, "i1", "view", T0),
+        Event("e1", b, "i2", "view", T0 + 5000),
+        Event("e2", b, "i1", "view", T0 + 10_000),
+    ]
+    shared = evaluate(events, EvalConfig(partitions=2, item_sync_ms=1000, settings=SETTINGS))
+    assert shared["variants"]["popular"]["all"]["hits@20"] == 1
+    apart = evaluate(events, EvalConfig(partitions=2, item_sync_ms=0, settings=SETTINGS))
+    assert apart["variants"]["popular"]["all"]["hits@20"] == 0
+
+
+def test_only_the_lists_that_will_be_judged_are_made():
+    """Four blocks of one event: u1's list after block 0 (e2 is a target) and u2's after block 1 (e3); none after
+    a user's last event."""
+    report = evaluate(four_events(), EvalConfig(block=1, settings=SETTINGS))
+    assert report["run"]["lists_made"] == 2
+
+
+def test_summary_counts_what_the_metrics_use():
+    report = evaluate(four_events(), EvalConfig(block=1, warmup=1, settings=SETTINGS))
+    run = report["run"]
+    assert (run["targets"], run["targets_in_file"]) == (3, 4)  # the warm-up event is not scored
+    assert (run["served_targets"], run["unserved_targets"], run["served_share"]) == (2, 1, 0.6667)
+    assert run["hr@20"] == report["variants"]["fused:bandit"]["all"]["hr@20"]
+    assert run["hr_served@20"] == pytest.approx(run["hr@20"] * 3 / 2, abs=1e-3)
+    text = format_summary(report)
+    assert "3 scored targets (of 4 in the file): 2 served (66.7%), 1 unserved" in text
+    assert "1 partition, item side per partition" in text and "every 1 events" in text
+
+
+def test_six_partitions_keep_every_target():
+    """The layout changes the lists, never which events are judged."""
+    events = [Event(f"e{n}", f"u{(n * 7) % 40}", f"i{(n * 3) % 25}", "view", T0 + 150 * n) for n in range(600)]
+    one = evaluate(events, EvalConfig(partitions=1, settings=PRODUCTION))
+    six = evaluate(events, EvalConfig(settings=PRODUCTION))
+    assert six["run"]["partitions"] == 6 and six["run"]["item_sync_ms"] == 1000 and six["run"]["lag_ms"] == 200
+    for variant in one["variants"]:
+        assert six["variants"][variant]["all"]["targets"] == one["variants"][variant]["all"]["targets"]
+    assert sum(six["partition_events"]) == 600
+    assert six["partition_events"] == [
+        Counter(partition_for(e.user_id.encode(), 6) for e in events)[p] for p in range(6)
+    ]
+
+
+def test_the_module_examples():
+    assert doctest.testmod(fusionrec.apps.evaluation).failed == 0

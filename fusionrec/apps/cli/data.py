@@ -158,8 +158,29 @@ def evaluate(
     ts_unit: str = typer.Option("s", "--ts-unit", help="csv only: timestamp unit, s or ms."),
     limit: int | None = typer.Option(None, help="Only the first N events (in time order)."),
     ks: str = typer.Option("10,20", "--k", help="Cut-offs, comma-separated; lists are as long as the largest."),
-    block: int = typer.Option(
-        200, min=1, help="Events between two list refreshes: the live lag in events (rate x ranker interval)."
+    partitions: int | None = typer.Option(
+        None,
+        min=1,
+        help="Partitions of the production layout: users placed by murmur2 of user_id, one model state and bandit "
+        "per partition [default: FUSIONREC_TOPIC_EVENTS_PARTITIONS, 6].",
+    ),
+    item_sync_ms: int | None = typer.Option(
+        None,
+        min=0,
+        help="Sync tick of the item side shared by all partitions, in ms of event time; 0: each partition keeps "
+        "its own item side, learned from its users only (the layout before 0.2) [default: "
+        "FUSIONREC_MODEL_ITEM_SYNC_MS, 1000].",
+    ),
+    lag_ms: int | None = typer.Option(
+        None,
+        min=1,
+        help="A list's lag in event time: lists are refreshed once per window of this many ms of event time "
+        "[default: FUSIONREC_RANKER_INTERVAL_MS, 200].",
+    ),
+    block: int | None = typer.Option(
+        None,
+        min=1,
+        help="Refresh every N events instead (count-based blocks, the protocol before 0.2); wins over --lag-ms.",
     ),
     warmup: int = typer.Option(0, min=0, help="Learn the first N events without scoring them."),
     train_until: str | None = typer.Option(
@@ -181,20 +202,26 @@ def evaluate(
     ),
     out: Path = typer.Option(Path("evaluation"), help="Directory for report.json and the PNG plots."),
     device: str | None = typer.Option(None, help="Ranker device: auto, cpu or cuda [env FUSIONREC_RANKER_DEVICE]."),
+    torch_threads: int = typer.Option(
+        1, min=1, help="Torch threads of the CPU ranker: refreshes rank a few users at a time, fastest on one."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
 ) -> None:
     """Prequential evaluation (test, then train) of every source, equal-weight fusion and bandit fusion.
 
     Replays the file in time order through the production models, bandit and ranker in-process (no broker or Redis
-    needed): before learning each block of events, every target event is checked against the user's lists in
-    effect; then the block is learned and the active users' lists refreshed, as the worker does. Prints a summary
-    table and writes OUT/report.json, OUT/hr_over_time.png and OUT/weights_over_time.png. The protocol is in
-    docs/evaluation.md. Ranker and bandit settings come from FUSIONREC_RANKER_* and FUSIONREC_FUSION_*.
+    needed), laid out as in production: users on --partitions partitions (murmur2 of user_id), each with its own
+    models and bandit, and one item side shared by all of them, applied in sync ticks of --item-sync-ms. Events are
+    cut into refresh blocks of --lag-ms of event time (or of --block events): before learning a block, every target
+    event is checked against the user's lists in effect; then the block is learned and the active users' lists
+    refreshed, as the worker does. Prints the scored targets, the served share and HR over served targets, a
+    summary table, and writes OUT/report.json, OUT/hr_over_time.png and OUT/weights_over_time.png. The protocol is
+    in docs/evaluation.md. Ranker and bandit settings come from FUSIONREC_RANKER_* and FUSIONREC_FUSION_*.
     """
 
     from fusionrec.apps.evaluation import EvalConfig, rating_mae
     from fusionrec.apps.evaluation import evaluate as run_evaluation
-    from fusionrec.apps.evaluation_report import format_table, write_report
+    from fusionrec.apps.evaluation_report import format_summary, format_table, write_report
     from fusionrec.producers.datasets import CsvMapping, read_dataset
 
     conf = settings(ranker_device=device)
@@ -214,9 +241,15 @@ def evaluate(
     typer.echo(
         f"read {len(dataset.events):,} events of {path} ({dataset.format}); {len(dataset.bad_rows):,} unreadable rows"
     )
+    import torch
+
+    torch.set_num_threads(torch_threads)
     config = EvalConfig(
         ks=cutoffs,
         block=block,
+        lag_ms=lag_ms,
+        partitions=partitions,
+        item_sync_ms=item_sync_ms,
         warmup=warmup,
         train_until=_parse_time(train_until) if train_until else None,
         holdout=holdout,
@@ -232,11 +265,7 @@ def evaluate(
     mae = rating_mae(dataset.events)
     if mae is not None:
         report["rating_mae"] = mae
-    run = report["run"]
-    typer.echo(
-        f"\n{run['events']:,} events ({run['targets']:,} targets) in {run['seconds']:.1f} s: "
-        f"{run['events_per_s']:,.0f} events/s; block {block}, lists of {max(cutoffs)}"
-    )
+    typer.echo("\n" + format_summary(report))
     typer.echo(format_table(report))
     ratio = report.get("fusion_vs_best_single")
     if ratio is not None:
