@@ -32,9 +32,10 @@ __all__ = ["ItemSide", "Record", "TickClock", "records_by_tick", "split_models"]
 #: One event's item-side half: ``[offset, item_id, ts, {source: context}]`` (a list: it crosses JSON as is).
 Record = list[Any]
 
-#: Event time between two eviction passes of the replica (at tick boundaries, so eviction is a function of the
-#: events too).
-EVICT_EVERY_MS = 3_600_000
+#: Records between two eviction passes of the replica, at tick boundaries (so eviction is a function of the events
+#: too): as often as one partition's models evict per offsets (``fusionrec.streams.state.EVICT_EVERY``), so the
+#: shared item side forgets idle items as a single partition would.
+EVICT_EVERY_RECORDS = 50_000
 
 
 def split_models(models: Mapping[str, Recommender]) -> dict[str, Recommender]:
@@ -189,23 +190,23 @@ class ItemSide:
                         if model is not None:
                             model.learn_item_side(item, ts, context)
                 learned += len(records)
+                self.records_applied += len(records)
             self.applied = tick
         if self.applied is None or ready > self.applied:
             self.applied = ready
-        self.records_applied += learned
         return learned
 
     def _evict_due(self) -> None:
-        """Evict idle items once per ``EVICT_EVERY_MS`` of event time, at a tick boundary."""
+        """Evict idle items once per ``EVICT_EVERY_RECORDS`` records applied, at a tick boundary."""
         if not self.models:
             return
-        now = max(model.clock_ms for model in self.models.values())
         if self._next_evict is None:
-            self._next_evict = now + EVICT_EVERY_MS
-        elif now >= self._next_evict:
+            self._next_evict = EVICT_EVERY_RECORDS
+        if self.records_applied >= self._next_evict:
+            now = max(model.clock_ms for model in self.models.values())
             for model in self.models.values():
                 model.evict(now)
-            self._next_evict = now + EVICT_EVERY_MS
+            self._next_evict = (self.records_applied // EVICT_EVERY_RECORDS + 1) * EVICT_EVERY_RECORDS
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
