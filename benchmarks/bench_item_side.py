@@ -67,9 +67,7 @@ def run_split(events, partitions: int, settings) -> dict:
         message = orjson.loads(value)
         sent += len(value)
         t2 = time.perf_counter()
-        for tick, records in message["t"]:
-            replica.offer(p, tick, records)
-        replica.close(p, message["c"])
+        replica.receive(p, message["t"], message["c"])
         replica.apply()
         user_s += t1 - t0
         encode_s += t2 - t1

@@ -8,6 +8,7 @@
 # side by side at the end. Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/worker_lines.sh
 ROUNDS=${1:-2}
 DATA=${DATA:-../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz}
 PY=$(pwd)/.venv/bin/python
@@ -19,12 +20,9 @@ for round in $(seq 1 "$ROUNDS"); do
         log="$out/worker-$sync-$round.txt"
         FUSIONREC_MODEL_ITEM_SYNC_MS=$sync "$PY" benchmarks/bench_worker.py "$DATA" >"$log" 2>&1 \
             || echo "(run failed; see $log)" >&2
-        worker=$(grep -m1 "fusionrec worker, full stack" "$log" | awk '{print $NF}' || true)
-        inproc=$(grep -m1 "in-process (Redis, no broker)" "$log" | awk '{print $NF}' || true)
-        raw=$(grep -m1 "broker raw consume" "$log" | awk '{print $NF}' || true)
-        river=$(grep -m1 "River BiasedMF" "$log" | awk '{print $NF}' || true)
+        figures=$(worker_lines "$log")
         rss=$(grep -m1 "worker RSS" "$log" | sed 's/.*worker RSS \([0-9,]* MB\).*/\1/' || true)
-        rows+=("$round|$sync|$worker|$inproc|$raw|$river|$rss")
+        rows+=("$round|$sync|$figures|$rss")
     done
 done
 printf '\n%s\n' "Taobao slice, 110,300 events, full stack, 1 worker process; events/s"

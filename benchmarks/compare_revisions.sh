@@ -11,6 +11,7 @@
 # this checkout runs through the installed (editable) package. Run it on a quiet machine: it takes ~10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/worker_lines.sh
 REV=${1:-42bf20a}
 ROUNDS=${2:-2}
 DATA=${DATA:-../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz}
@@ -41,12 +42,9 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "round $round: $label" >&2
         w=$(run "worker-$side" "$dir" bench_worker.py)
         f=$(run "fresh-$side" "$dir" bench_freshness.py --no-profile)
-        worker=$(grep -m1 "fusionrec worker, full stack" "$w" | awk '{print $NF}' || true)
-        inproc=$(grep -m1 "in-process (Redis, no broker)" "$w" | awk '{print $NF}' || true)
-        raw=$(grep -m1 "broker raw consume" "$w" | awk '{print $NF}' || true)
-        river=$(grep -m1 "River BiasedMF" "$w" | awk '{print $NF}' || true)
+        figures=$(worker_lines "$w")
         fresh=$(grep -m1 "user list published (freshness)" "$f" | sed 's/.*freshness) *//; s/ \{2,\}.*//' || true)
-        rows+=("$round|$label|$worker|$inproc|$raw|$river|$fresh")
+        rows+=("$round|$label|$figures|$fresh")
     done
 done
 

@@ -139,6 +139,13 @@ class ItemSide:
         slots[partition].extend(fresh)
         return len(fresh)
 
+    def receive(self, partition: int, groups: Iterable[tuple[int, list[Record]]], closed: int | None) -> int:
+        """Queue what one partition sent (its records by tick, as ``PartitionState.take_outbox`` groups them) and
+        record the tick it closed; return how many records were new."""
+        queued = sum(self.offer(partition, tick, records) for tick, records in groups)
+        self.close(partition, closed)
+        return queued
+
     def close(self, partition: int, through: int | None) -> None:
         """Record that ``partition`` will stamp nothing more at or before tick ``through``."""
         if through is not None:

@@ -142,10 +142,7 @@ class ItemSideLink:
         last = groups[-1][1][-1][0] if groups else -1
         key = message_key(partition, last, closed, self.instance)
         if partition in self._echoed:  # this worker's own records need no round trip through the topic
-            replica = self.replica
-            for tick, records in groups:
-                replica.offer(partition, tick, records)
-            replica.close(partition, closed)
+            self.replica.receive(partition, groups, closed)
         else:  # until this message comes back, the replica learns the partition from the topic
             self._awaiting_echo[partition] = key
         self._produce(key, orjson.dumps({"p": partition, "t": groups, "c": closed}))
@@ -313,9 +310,7 @@ class ItemSideLink:
                 if source >= replica.partitions:
                     log.error("item-side message from partition %d of %d ignored", source, replica.partitions)
                     continue
-                for tick, records in message["t"]:
-                    replica.offer(source, tick, records)
-                replica.close(source, message["c"])
+                replica.receive(source, message["t"], message["c"])
         applied = replica.apply()
         if self.metrics:
             self.metrics.item_side_records.inc(applied)

@@ -329,9 +329,8 @@ class LocalItemSide:
 
     def publish(self, state: PartitionState) -> int:
         groups, closed = state.take_outbox()
-        for tick, records in groups:
-            self.replica.offer(state.partition, tick, records)
-        if closed is not None:
+        self.replica.receive(state.partition, groups, closed)
+        if closed is not None:  # one process sees every partition: what one has closed, all have
             self.replica.close_all(closed)
         self.replica.apply()
         return sum(len(records) for _, records in groups)

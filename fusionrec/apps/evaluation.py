@@ -301,10 +301,7 @@ class _Run:
             state = states[p]
             state.learn(pairs, pairs[-1][1])
             if replica is not None:
-                groups, closed = state.take_outbox()
-                for tick, records in groups:
-                    replica.offer(p, tick, records)
-                replica.close(p, closed)
+                replica.receive(p, *state.take_outbox())
 
     def sync(self, next_ts: int) -> None:
         """Close every partition through the tick before ``next_ts``'s (the next event: the replay is in global

@@ -96,10 +96,7 @@ def run_partitions(events: list[Event], partitions: int, order_seed: int | None)
         chunk = by_partition[p][cursors[p] : cursors[p] + n]
         cursors[p] += len(chunk)
         states[p].learn(chunk, chunk[-1][1])
-        groups, closed = states[p].take_outbox()
-        for tick, records in groups:
-            side.offer(p, tick, records)
-        side.close(p, closed)
+        side.receive(p, *states[p].take_outbox())
         if rng.random() < 0.3:
             side.apply()
     for state in states:  # the end of the stream: every partition closes its last tick
