@@ -103,7 +103,8 @@ class EventProducer:
     def send(self, event: Event) -> None:
         """Queue one event for delivery (keyed by its user id). Raises ``InvalidEvent`` if it breaks the contract."""
         if self.validate:
-            ensure_valid(event)
+            limits = self.settings.event
+            ensure_valid(event, max_price=limits.max_price, max_quantity=limits.max_quantity)
         self.send_raw(event.key, event.to_json(), timestamp_ms=event.ts)
 
     def send_raw(self, key: bytes | None, value: bytes, *, timestamp_ms: int | None = None) -> None:

@@ -31,6 +31,7 @@ from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
+from fusionrec.streams.dead_letters import deliver
 from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
@@ -163,13 +164,13 @@ class Worker:
         return await self.on_state_thread(self.snapshotter.store.position, tp.partition)
 
     async def process_events(self, stream) -> None:
-        """The agent: apply each partition batch; its dead letters are delivered before it can be acknowledged."""
+        """The agent: apply each partition batch; its dead letters are acknowledged by the broker before the batch
+        can be."""
         batch: RecordBatch
         async for batch in stream:
             outcome = await self.apply_until_done(batch)
             if outcome.dead_letters:
-                pending = [await self.dead_letters.send(key=key, value=value) for key, value in outcome.dead_letters]
-                await asyncio.gather(*pending)  # delivered before this batch can be acknowledged
+                await deliver(self.dead_letters.send, outcome.dead_letters, self.metrics)
 
     async def snapshot_partitions(self) -> None:
         """The snapshot timer: a background snapshot (commits follow the previous one), then the fusion weights."""
@@ -318,7 +319,13 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         topic=settings.topic.events,
         dead_letters=dead_letters,
         partitions=partitions,
-        applier=BatchApplier(partitions, ProfileStore.from_settings(settings, client), settings.event, metrics),
+        applier=BatchApplier(
+            partitions,
+            ProfileStore.from_settings(settings, client),
+            settings.event,
+            metrics,
+            dead_letter_max_bytes=app.conf.producer_max_request_size,
+        ),
         refresher=Refresher(partitions, publisher, client, settings.redis.keys, settings.topic.events, metrics),
         snapshotter=Snapshotter(partitions, snapshots, metrics),
         rank_interval_s=settings.ranker.interval_ms / 1000,

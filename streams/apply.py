@@ -4,8 +4,14 @@ For a batch of one partition, :class:`BatchApplier` validates every record (inva
 records with the original bytes and the reasons), applies the valid ones to the Redis profiles with deduplication,
 and lets the partition's models (from the :class:`~fusionrec.streams.state.PartitionRegistry`) learn every event
 they have not learned yet. The Redis write runs on its own thread while the models learn (the statuses it depends
-on are known before it starts); ``apply`` returns only after it is done. The caller sends the dead letters and only
-then lets the batch be acknowledged, so no record is lost between the two.
+on are known before it starts); ``apply`` returns only after it is done. The caller sends the dead letters
+(:func:`fusionrec.streams.dead_letters.deliver`) and only then lets the batch be acknowledged, so no record is lost
+between the two.
+
+The models dedupe by offset, the profiles by event id, and the one decides for the other: an event the profile
+store calls a duplicate (or a redelivered duplicate) is never learned, and an event it applied now or before is
+learned once its offset is beyond what the partition's models have learned (a batch replayed after a crash is
+partly new to the models restored from their snapshot, and already in the profiles).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from fusionrec.contracts.events import dead_letter_record, validate
+from fusionrec.contracts.dead_letters import dead_letter_key, dead_letter_record, was_truncated
+from fusionrec.contracts.events import validate
 from fusionrec.contracts.settings import EventSettings
-from fusionrec.stores.profiles import DUPLICATE, NEW, ProfileStore
+from fusionrec.stores.profiles import NEW, REDELIVERED, REDELIVERED_DUPLICATE, ProfileStore
 from fusionrec.streams.batching import RecordBatch
+from fusionrec.streams.dead_letters import DeadLetter
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState
 
@@ -27,17 +35,20 @@ __all__ = ["BatchApplier", "BatchOutcome"]
 
 log = logging.getLogger("fusionrec.worker")
 
+#: Bytes a producer counts for one record beyond its key and value (batch and record headers; aiokafka: ~80).
+RECORD_OVERHEAD = 512
+
 
 @dataclass
 class BatchOutcome:
-    """What one batch did. ``dead_letters`` are ``(key, value)`` pairs still to be sent."""
+    """What one batch did. ``dead_letters`` are still to be sent."""
 
     records: int = 0
     applied: int = 0
     learned: int = 0
     duplicates: int = 0
     redelivered: int = 0
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     by_type: Counter = field(default_factory=Counter)
 
 
@@ -50,11 +61,13 @@ class BatchApplier:
         profiles: ProfileStore,
         limits: EventSettings,
         metrics: WorkerMetrics | None = None,
+        dead_letter_max_bytes: int = 1_000_000,
     ):
         self.partitions = partitions
         self.profiles = profiles
-        self.limits = limits  # what a valid event may be: its size, how far ahead of now its time
+        self.limits = limits  # what a valid event may be: its size, how far ahead of now its time, its values
         self.metrics = metrics
+        self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter producer's limit for key and value
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
 
     def apply(self, batch: RecordBatch) -> BatchOutcome:
@@ -69,23 +82,12 @@ class BatchApplier:
                 now_ms=now_ms,
                 max_bytes=limits.max_bytes,
                 max_future_skew_ms=limits.max_future_skew_ms,
+                max_price=limits.max_price,
+                max_quantity=limits.max_quantity,
+                key=record.key,
             )
             if result.event is None:
-                out.dead_letters.append(
-                    (
-                        record.key,
-                        dead_letter_record(
-                            record.value,
-                            result.reasons,
-                            topic=batch.topic,
-                            partition=batch.partition,
-                            offset=record.offset,
-                            key=record.key,
-                        ),
-                    )
-                )
-                if self.metrics:
-                    self.metrics.dead_letter.labels(result.reasons[0].code).inc()
+                out.dead_letters.append(self._dead_letter(batch, record, result.reasons))
             else:
                 valid.append((result.event, batch.partition, record.offset))
 
@@ -99,11 +101,14 @@ class BatchApplier:
                 out.applied += 1
                 out.by_type[event.type] += 1
                 latencies.append(event.ts)
-            elif status == DUPLICATE:
-                out.duplicates += 1
+            elif status == REDELIVERED:
+                out.redelivered += 1
+            elif status == REDELIVERED_DUPLICATE:
+                out.redelivered += 1
                 continue
             else:
-                out.redelivered += 1
+                out.duplicates += 1
+                continue
             if offset > state.offset:  # not yet in the models (a redelivery after a crash may still be new to them)
                 learn.append((event, offset))
         state.settled = False
@@ -125,6 +130,22 @@ class BatchApplier:
                 "slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000
             )
         return out
+
+    def _dead_letter(self, batch: RecordBatch, record, reasons) -> DeadLetter:
+        """The dead letter of a rejected record, cut to what the dead-letter producer accepts."""
+        key = dead_letter_key(record.key)
+        value = dead_letter_record(
+            record.value,
+            reasons,
+            topic=batch.topic,
+            partition=batch.partition,
+            offset=record.offset,
+            key=record.key,
+            max_bytes=self.dead_letter_max_bytes - (len(key) if key else 0) - RECORD_OVERHEAD,
+        )
+        if self.metrics and was_truncated(value):
+            self.metrics.dead_letter_truncated.inc()
+        return DeadLetter(key, value, reasons[0].code)
 
     def _observe(self, out: BatchOutcome, latencies: list[float], state: PartitionState) -> None:
         m = self.metrics

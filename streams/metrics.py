@@ -23,13 +23,23 @@ class WorkerMetrics:
         )
         self.dead_letter = Counter(
             "fusionrec_worker_dead_letter_total",
-            "Messages sent to the dead-letter topic, by first reason code.",
+            "Messages on the dead-letter topic (counted once the broker acknowledged them), by first reason code.",
             ["reason"],
+            registry=registry,
+        )
+        self.dead_letter_errors = Counter(
+            "fusionrec_worker_dead_letter_errors_total",
+            "Dead-letter sends that failed (each is retried until acknowledged).",
+            registry=registry,
+        )
+        self.dead_letter_truncated = Counter(
+            "fusionrec_worker_dead_letter_truncated_total",
+            "Dead letters whose original bytes were cut to fit the producer's or the broker's size limit.",
             registry=registry,
         )
         self.duplicates = Counter(
             "fusionrec_worker_duplicates_skipped_total",
-            "Events skipped because their event_id was already applied from another offset.",
+            "Events skipped because the user's profile already applied their event_id (from another record).",
             registry=registry,
         )
         self.redelivered = Counter(

@@ -5,15 +5,15 @@ order on one partition. ``docs/events.md`` is the human-readable contract; this 
 
 Validation never raises on input: :func:`validate` takes the raw bytes and returns either an :class:`Event` or
 *every* reason the bytes are not one, each a :class:`Reason` with a stable ``code`` (used as a metric label and
-in the dead-letter record) and a message for people.
+in the dead-letter record, :mod:`fusionrec.contracts.dead_letters`) and a message for people. Plausibility bounds
+(price, quantity) and the record-key check are arguments, so a consumer applies the shop's settings.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import math
 import time
+from types import EllipsisType
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,7 +25,6 @@ __all__ = [
     "InvalidEvent",
     "Reason",
     "Validation",
-    "dead_letter_record",
     "validate",
 ]
 
@@ -40,6 +39,10 @@ MAX_RATING = 10.0
 MIN_TS_MS = 788_918_400_000
 DEFAULT_MAX_EVENT_BYTES = 16_384
 DEFAULT_MAX_FUTURE_SKEW_MS = 3_600_000
+#: Defaults of the plausibility bounds a shop may change (``FUSIONREC_EVENT_MAX_PRICE``, ``..._MAX_QUANTITY``):
+#: above them a value is a bug or an attack (1e308 overflows every sum), not a sale.
+DEFAULT_MAX_PRICE = 1e9
+DEFAULT_MAX_QUANTITY = 10_000
 MAX_ID_LENGTH = 128
 
 _ID_FIELDS = ("event_id", "user_id", "item_id")
@@ -181,13 +184,17 @@ def validate_dict(
     *,
     now_ms: int | None = None,
     max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+    max_price: float = DEFAULT_MAX_PRICE,
+    max_quantity: int = DEFAULT_MAX_QUANTITY,
 ) -> Validation:
     """Validate an already-decoded JSON value against contract v1."""
     if type(obj) is dict:
         event = _fast_event(obj, int(time.time() * 1000) if now_ms is None else now_ms, max_future_skew_ms)
         if event is not None:
             return Validation(event, [])
-    return _validate_full(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    return _validate_full(
+        obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms, max_price=max_price, max_quantity=max_quantity
+    )
 
 
 def _validate_full(
@@ -195,6 +202,8 @@ def _validate_full(
     *,
     now_ms: int | None = None,
     max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+    max_price: float = DEFAULT_MAX_PRICE,
+    max_quantity: int = DEFAULT_MAX_QUANTITY,
 ) -> Validation:
     """Every check, collecting every reason."""
     if not isinstance(obj, dict):
@@ -248,8 +257,8 @@ def _validate_full(
     if price is not None:
         if not isinstance(price, (int, float)) or isinstance(price, bool):
             reasons.append(Reason("wrong_type", "price", f"price must be a number, got {type(price).__name__}"))
-        elif not math.isfinite(price) or price < 0:
-            reasons.append(Reason("bad_value", "price", "price must be a finite number >= 0"))
+        elif not math.isfinite(price) or not 0 <= price <= max_price:
+            reasons.append(Reason("bad_value", "price", f"price must be a number between 0 and {max_price:g}"))
         else:
             optional["price"] = float(price)
 
@@ -264,13 +273,13 @@ def _validate_full(
     else:
         optional["rating"] = float(rating)
 
-    for name, low in (("quantity", 1), ("rec_position", 0)):
+    for name, low, high in (("quantity", 1, max_quantity), ("rec_position", 0, 1_000_000)):
         value = get(name)
         if value is not None:
             if not _is_int(value):
                 reasons.append(Reason("wrong_type", name, f"{name} must be an integer, got {type(value).__name__}"))
-            elif value < low or value > 1_000_000:
-                reasons.append(Reason("bad_value", name, f"{name} must be between {low} and 1000000"))
+            elif not low <= value <= high:
+                reasons.append(Reason("bad_value", name, f"{name} must be between {low} and {high}"))
             else:
                 optional[name] = value
 
@@ -285,8 +294,16 @@ def validate(
     now_ms: int | None = None,
     max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS,
+    max_price: float = DEFAULT_MAX_PRICE,
+    max_quantity: int = DEFAULT_MAX_QUANTITY,
+    key: bytes | None | EllipsisType = ...,
 ) -> Validation:
-    """Validate one raw Kafka message value. Never raises: any input gives an event or reasons."""
+    """Validate one raw Kafka message value. Never raises: any input gives an event or reasons.
+
+    Pass the record's ``key`` (``None`` for a record without one) to check that it is the ``user_id``: the key
+    decides the partition, and so which partition's state the user's events build; a consumer of the events topic
+    that keeps per-user state must check it. Left out (``...``), the key is not checked.
+    """
     if raw is None:
         return Validation(None, [Reason("empty", "", "message has no value")])
     if not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -305,41 +322,44 @@ def validate(
         return Validation(None, [Reason("not_json", "", f"value is not JSON: {exc}")])
     except Exception as exc:  # noqa: BLE001 - orjson only raises JSONDecodeError, but the contract is 'never raise'
         return Validation(None, [Reason("not_json", "", f"value could not be decoded: {exc}")])
-    return validate_dict(obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    result = validate_dict(
+        obj, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms, max_price=max_price, max_quantity=max_quantity
+    )
+    if key is not ...:
+        wrong = _key_reason(key, obj)
+        if wrong is not None:
+            return Validation(None, [*result.reasons, wrong])
+    return result
 
 
-def ensure_valid(event: Event, *, now_ms: int | None = None) -> Event:
+def _key_reason(key: bytes | None, obj: Any) -> Reason | None:
+    """Why ``key`` is not the record's user id (None when it is, or when there is no valid user id to compare)."""
+    user_id = obj.get("user_id") if type(obj) is dict else None
+    if type(user_id) is not str:
+        return None  # the missing or wrong user_id is a reason of its own
+    if key is None:
+        return Reason(
+            "key_mismatch", "key", "the record has no key; it must be the user_id, which decides the partition"
+        )
+    if bytes(key) == user_id.encode():
+        return None
+    shown = bytes(key[:40]).decode("utf-8", "replace") + ("…" if len(key) > 40 else "")
+    return Reason(
+        "key_mismatch",
+        "key",
+        f"the record key {shown!r} is not the user_id: the key decides the partition, which holds the user's state",
+    )
+
+
+def ensure_valid(
+    event: Event,
+    *,
+    now_ms: int | None = None,
+    max_price: float = DEFAULT_MAX_PRICE,
+    max_quantity: int = DEFAULT_MAX_QUANTITY,
+) -> Event:
     """Check an :class:`Event` built in code against the contract; raise :class:`InvalidEvent` if it breaks it."""
-    result = validate_dict(event.to_dict(), now_ms=now_ms)
+    result = validate_dict(event.to_dict(), now_ms=now_ms, max_price=max_price, max_quantity=max_quantity)
     if not result.ok:
         raise InvalidEvent(result.reasons)
     return event
-
-
-def dead_letter_record(
-    raw: bytes | None,
-    reasons: list[Reason],
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None = None,
-    now_ms: int | None = None,
-) -> bytes:
-    """The dead-letter value for a rejected message: the reasons, where it came from, and the original bytes.
-
-    The original value and key are kept byte for byte (base64), so nothing is lost and a fixed consumer can
-    replay them; ``original_text`` repeats the value as text when it is valid UTF-8, for people reading the topic.
-    """
-    record: dict[str, Any] = {
-        "v": CONTRACT_VERSION,
-        "reasons": [r.as_dict() for r in reasons],
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "rejected_at": int(time.time() * 1000) if now_ms is None else now_ms,
-        "original_b64": base64.b64encode(bytes(raw)).decode() if raw is not None else None,
-        "key_b64": base64.b64encode(bytes(key)).decode() if key is not None else None,
-    }
-    if raw is not None and len(raw) <= 4096:
-        with contextlib.suppress(UnicodeDecodeError):
-            record["original_text"] = bytes(raw).decode("utf-8")
-    return orjson.dumps(record)

@@ -7,7 +7,8 @@ deployments and ``fusionrec rebuild`` can delete exactly one of them.
 key                                       type     what (who writes it)
 ========================================  =======  ==========================================================
 ``P p:{user_id}``                         string   the user's profile (:mod:`fusionrec.stores.profiles`)
-``P seen:{bucket}``                       hash     event_id → "partition:offset" that applied it (dedup)
+``P d:{user_id}``                         string   the user's dedup window: last record processed, digests
+                                                   of the last event ids applied (:mod:`fusionrec.stores.dedup`)
 ``P snap:{topic}:{partition}``            hash     one partition's model state: ``offset``, ``model:{name}``,
                                                    ``pending:{name}``, ``fusion`` (:mod:`fusionrec.streams.state`)
 ``P items:{topic}``                        hash     the item-side replica: ``model:{name}``, ``meta`` (clocks,
@@ -40,9 +41,9 @@ class RedisKeys:
     def profile(self, user_id: str) -> str:
         return f"{self.prefix}p:{user_id}"
 
-    def seen(self, bucket: int | str) -> str:
-        """A dedup bucket (``"*"``: the SCAN pattern of all of them)."""
-        return f"{self.prefix}seen:{bucket}"
+    def dedup(self, user_id: str) -> str:
+        """The user's dedup window (``"*"``: the SCAN pattern of all of them)."""
+        return f"{self.prefix}d:{user_id}"
 
     def snapshot(self, topic: str, partition: int) -> str:
         return f"{self.prefix}snap:{topic}:{partition}"

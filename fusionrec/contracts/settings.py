@@ -38,7 +38,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fusionrec.contracts.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_FUTURE_SKEW_MS
+from fusionrec.contracts.events import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_FUTURE_SKEW_MS,
+    DEFAULT_MAX_PRICE,
+    DEFAULT_MAX_QUANTITY,
+)
 from fusionrec.contracts.keys import RedisKeys
 
 __all__ = [
@@ -257,15 +262,21 @@ class ProfileSettings(_Section):
 
 
 class DedupSettings(_Section):
-    """How long applied event ids are remembered."""
+    """Which applied event ids each user's profile remembers (docs/worker.md, exactly once in effect)."""
 
-    window_s: int = Field(
-        3600,
-        ge=60,
-        description="How long an applied event_id is remembered: a duplicate arriving later than this after the "
-        "original's bucket was last written is applied again (redeliveries at the same offset are always caught).",
+    max_ids: int = Field(
+        256,
+        ge=1,
+        le=65_535,
+        description="Event ids remembered per user (8 bytes each): a duplicate is skipped while its original is "
+        "among the user's last this many applied events, whatever timestamp it carries.",
     )
-    bucket_s: int = Field(60, ge=1, le=86_400, description="Width of one dedup bucket, by event time.")
+    window_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="A user's dedup entry expires this long after the user's last event was processed (wall "
+        "clock): a duplicate or a redelivery arriving later is applied again.",
+    )
 
 
 class WorkerSettings(_Section):
@@ -372,6 +383,18 @@ class EventSettings(_Section):
     )
     max_future_skew_ms: int = Field(
         DEFAULT_MAX_FUTURE_SKEW_MS, ge=0, description="Events stamped further than this in the future are rejected."
+    )
+    max_price: float = Field(
+        DEFAULT_MAX_PRICE,
+        gt=0,
+        le=1e15,
+        description="Events with a higher price (in the shop's currency unit) are rejected as implausible.",
+    )
+    max_quantity: int = Field(
+        DEFAULT_MAX_QUANTITY,
+        ge=1,
+        le=1_000_000_000,
+        description="Events with a higher quantity are rejected as implausible.",
     )
 
 

@@ -11,17 +11,15 @@ The keys (built by :class:`fusionrec.contracts.keys.RedisKeys`; ``P`` is ``setti
     ``categories``    ``[[category, weight], ...]``, strongest first, at most ``profile_categories``
     One string per user (not a hash) so that a batch reads every profile with one ``MGET`` and writes them with
     one call. Read it with :meth:`ProfileStore.get` rather than by hand.
-``P seen:{bucket}`` hash ``event_id → "partition:offset"`` of the first record that applied it; ``bucket`` is the
-    event time divided by ``dedup_bucket_s``. A duplicate carries the same event time, so one bucket answers it.
-    Each bucket expires ``dedup_window_s`` after its last write.
+``P d:{user_id}``  string, one per user, expiring ``dedup_window_s`` after the user's last event: the user's dedup
+    window (:class:`fusionrec.stores.dedup.SeenIds`), at most ``15 + 16 * dedup_max_ids`` bytes.
 
-:meth:`ProfileStore.apply` processes a batch in two round trips: read the seen-buckets and the users' profiles,
-then one Lua call that writes the new seen entries and the merged profiles together (Redis runs a script
-atomically), so a crash leaves either both or neither. A record whose event id is already recorded *at its own
-offset* is a redelivery (Kafka at-least-once): it changes nothing. One recorded at another offset is a duplicate:
-skipped and counted. One partition's events are processed by one worker at a time (events are keyed by user), so
-the read-merge-write is not raced. (The script names its keys, but a batch spans many hash slots: Redis Cluster is
-not supported; use one primary with replicas.)
+:meth:`ProfileStore.apply` processes a batch in two round trips: one ``MGET`` of the users' dedup windows and
+profiles, then one Lua call that writes the changed windows and the merged profiles together (Redis runs a script
+atomically), so a crash leaves either both or neither, and a batch retried after a crash changes nothing twice.
+One partition's events are processed by one worker at a time (events are keyed by user), so the read-merge-write
+is not raced. (The script names its keys, but a batch spans many hash slots: Redis Cluster is not supported; use
+one primary with replicas.)
 """
 
 from __future__ import annotations
@@ -37,10 +35,9 @@ import redis
 from fusionrec.contracts.events import Event
 from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.settings import DedupSettings, ProfileSettings, Settings
+from fusionrec.stores.dedup import DUPLICATE, NEW, REDELIVERED, REDELIVERED_DUPLICATE, SeenIds
 
-__all__ = ["NEW", "REDELIVERED", "DUPLICATE", "Profile", "ProfileStore", "TYPE_CODES"]
-
-NEW, REDELIVERED, DUPLICATE = 1, 0, -1
+__all__ = ["NEW", "REDELIVERED", "DUPLICATE", "REDELIVERED_DUPLICATE", "Profile", "ProfileStore", "TYPE_CODES"]
 
 TYPE_CODES = {
     "view": "v",
@@ -55,27 +52,14 @@ TYPE_CODES = {
 CATEGORY_WEIGHTS = {"view": 1.0, "favourite": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 1.0}
 _CODE_TYPES = {code: etype for etype, code in TYPE_CODES.items()}
 
-#: Writes a batch atomically: KEYS = seen buckets then profiles; ARGV = profile TTL, seen TTL, then for each
-#: bucket its field count followed by field/value pairs, then one value per profile key.
+#: Writes a batch atomically: KEYS = dedup windows then profiles, ARGV = dedup TTL, profile TTL, the number of
+#: dedup windows, then one value per key.
 _WRITE_BATCH = """
-local profile_ttl, seen_ttl, n_buckets = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local arg = 4
-for b = 1, n_buckets do
-  local n = tonumber(ARGV[arg])
-  local first, last = arg + 1, arg + 2 * n
-  while first <= last do  -- unpack() is limited to a few thousand values: 1000 pairs at a time
-    local upto = math.min(first + 1999, last)
-    redis.call('HSET', KEYS[b], unpack(ARGV, first, upto))
-    first = upto + 1
-  end
-  redis.call('EXPIRE', KEYS[b], seen_ttl)
-  arg = last + 1
+local dedup_ttl, profile_ttl, n_dedup = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for k = 1, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[k + 3], 'EX', k <= n_dedup and dedup_ttl or profile_ttl)
 end
-for k = n_buckets + 1, #KEYS do
-  redis.call('SET', KEYS[k], ARGV[arg], 'EX', profile_ttl)
-  arg = arg + 1
-end
-return #KEYS - n_buckets
+return #KEYS
 """
 
 
@@ -147,7 +131,7 @@ def _push_front(items: list[str], item: str, cap: int) -> None:
 
 
 class ProfileStore:
-    """Reads and writes profiles and dedup entries under ``prefix`` in one Redis database."""
+    """Reads and writes profiles and dedup windows under ``prefix`` in one Redis database."""
 
     def __init__(
         self,
@@ -160,7 +144,6 @@ class ProfileStore:
         self.keys = keys
         self.profile = profile
         self.dedup = dedup
-        self.dedup_bucket_ms = dedup.bucket_s * 1000
         self.limits = profile.limits
         self._write_batch = client.register_script(_WRITE_BATCH)
 
@@ -171,9 +154,6 @@ class ProfileStore:
     def profile_key(self, user_id: str) -> str:
         return self.keys.profile(user_id)
 
-    def _seen_key(self, ts: int) -> str:
-        return self.keys.seen(ts // self.dedup_bucket_ms)
-
     def get(self, user_id: str) -> Profile:
         return Profile.decode(user_id, self.client.get(self.profile_key(user_id)))
 
@@ -183,8 +163,12 @@ class ProfileStore:
         raws = self.client.mget([self.profile_key(u) for u in user_ids])
         return [Profile.decode(u, raw) for u, raw in zip(user_ids, raws, strict=True)]
 
+    def seen(self, user_id: str) -> SeenIds:
+        """The user's dedup window as stored (empty when expired or never written)."""
+        return SeenIds.decode(self.client.get(self.keys.dedup(user_id)), self.dedup.max_ids)
+
     def apply(self, events: Sequence[tuple[Event, int, int]]) -> list[int]:
-        """Apply ``(event, partition, offset)`` records in order; return NEW, REDELIVERED or DUPLICATE for each."""
+        """Apply ``(event, partition, offset)`` records in order; return each one's status (:mod:`~.dedup`)."""
         statuses, write = self.prepare(events)
         write()
         return statuses
@@ -197,56 +181,35 @@ class ProfileStore:
         """
         if not events:
             return [], _nothing
-        positions = [f"{p}:{o}" for _, p, o in events]
-        seen_keys = [self._seen_key(e.ts) for e, _, _ in events]
         users = list(dict.fromkeys(e.user_id for e, _, _ in events))
+        keys = self.keys
+        raws = self.client.mget([keys.dedup(u) for u in users] + [keys.profile(u) for u in users])
+        max_ids = self.dedup.max_ids
+        windows = {u: SeenIds.decode(raw, max_ids) for u, raw in zip(users, raws, strict=False)}
+        stored = dict(zip(users, raws[len(users) :], strict=True))
+        profiles: dict[str, Profile] = {}
 
-        # Round trip 1: what is already applied, and the current profiles.
-        by_bucket: dict[str, list[int]] = {}
-        for index, key in enumerate(seen_keys):
-            by_bucket.setdefault(key, []).append(index)
-        pipe = self.client.pipeline(transaction=False)
-        for key, indexes in by_bucket.items():
-            pipe.hmget(key, [events[i][0].event_id for i in indexes])
-        pipe.mget([self.profile_key(u) for u in users])
-        replies = pipe.execute()
-        recorded: list[bytes | None] = [None] * len(events)
-        for indexes, values in zip(by_bucket.values(), replies, strict=False):
-            for i, value in zip(indexes, values, strict=True):
-                recorded[i] = value
-        profiles = {u: Profile.decode(u, raw) for u, raw in zip(users, replies[-1], strict=True)}
-
-        # Decide per record, in order (a duplicate inside the same batch is caught by `claimed`).
         statuses: list[int] = []
-        claimed: dict[tuple[str, str], str] = {}
-        new_seen: dict[str, dict[str, str]] = {}
-        touched: dict[str, None] = {}
-        for i, (event, _p, _o) in enumerate(events):
-            first = claimed.get((seen_keys[i], event.event_id))
-            if first is None and recorded[i] is not None:
-                first = recorded[i].decode()
-            if first is None:
-                statuses.append(NEW)
-                claimed[(seen_keys[i], event.event_id)] = positions[i]
-                new_seen.setdefault(seen_keys[i], {})[event.event_id] = positions[i]
-                profiles[event.user_id].learn(event, self.limits)
-                touched[event.user_id] = None
-            else:
-                statuses.append(REDELIVERED if first == positions[i] else DUPLICATE)
+        changed: dict[str, None] = {}  # users whose window changed (a new or a duplicate record)
+        for event, partition, offset in events:
+            user = event.user_id
+            status = windows[user].check(event.event_id, partition, offset)
+            statuses.append(status)
+            if status == NEW:
+                profile = profiles.get(user)
+                if profile is None:
+                    profile = profiles[user] = Profile.decode(user, stored[user])
+                profile.learn(event, self.limits)
+            if status in (NEW, DUPLICATE):
+                changed[user] = None
 
-        # Round trip 2: seen entries and merged profiles in one atomic script call.
-        if not new_seen:
+        if not changed:
             return statuses, _nothing
-        keys: list[str] = list(new_seen)
-        args: list[Any] = [self.profile.ttl_s, self.dedup.window_s, len(new_seen)]
-        for mapping in new_seen.values():
-            args.append(len(mapping))
-            for event_id, position in mapping.items():
-                args += (event_id, position)
-        for user in touched:
-            keys.append(self.profile_key(user))
-            args.append(profiles[user].encode())
-        return statuses, partial(self._write_batch, keys=keys, args=args)
+        write_keys = [keys.dedup(u) for u in changed] + [keys.profile(u) for u in profiles]
+        args: list[Any] = [self.dedup.window_s, self.profile.ttl_s, len(changed)]
+        args += [windows[u].encode() for u in changed]
+        args += [profile.encode() for profile in profiles.values()]
+        return statuses, partial(self._write_batch, keys=write_keys, args=args)
 
 
 def _nothing() -> None:

@@ -86,6 +86,51 @@ def test_oversize_limit_is_configurable():
     assert not validate(raw, now_ms=NOW, max_bytes=len(raw) - 1).ok
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"quantity": 1_000_000}, "quantity"),
+        ({"quantity": 10_001}, "quantity"),
+        ({"price": 1e308}, "price"),
+        ({"price": 1_000_000_001}, "price"),
+    ],
+)
+def test_absurd_values_are_rejected_with_their_bound(extra, field):
+    result = validate(orjson.dumps(GOOD | extra), now_ms=NOW)
+    assert [(r.code, r.field) for r in result.reasons] == [("bad_value", field)]
+    assert "between" in result.reasons[0].message
+
+
+def test_value_bounds_are_settings():
+    raw = orjson.dumps(GOOD | {"quantity": 50_000, "price": 5e9})
+    assert [r.field for r in validate(raw, now_ms=NOW).reasons] == ["price", "quantity"]
+    assert validate(raw, now_ms=NOW, max_price=1e10, max_quantity=50_000).ok
+    assert validate(orjson.dumps(GOOD | {"quantity": 10_000, "price": 1e9}), now_ms=NOW).ok  # bounds included
+    from fusionrec.contracts.settings import EventSettings
+
+    limits = EventSettings()
+    assert (limits.max_price, limits.max_quantity) == (1e9, 10_000)
+    with pytest.raises(InvalidEvent):
+        ensure_valid(Event("e", "u", "i", "purchase", NOW, quantity=20_000), now_ms=NOW)
+    ensure_valid(Event("e", "u", "i", "purchase", NOW, quantity=20_000), now_ms=NOW, max_quantity=20_000)
+
+
+def test_the_record_key_must_be_the_user_id_when_checked():
+    raw = orjson.dumps(GOOD)
+    assert validate(raw, now_ms=NOW, key=b"u1").ok
+    assert validate(raw, now_ms=NOW).ok  # not checked unless given
+    for key in (b"u2", None, b"\xff" * 100):
+        result = validate(raw, now_ms=NOW, key=key)
+        assert [(r.code, r.field) for r in result.reasons] == [("key_mismatch", "key")]
+        assert "partition" in result.reasons[0].message
+    assert len(validate(raw, now_ms=NOW, key=b"k" * 100_000).reasons[0].message) < 200  # a huge key is not echoed
+    # every reason at once: the value's, then the key's
+    both = validate(orjson.dumps(GOOD | {"type": "click"}), now_ms=NOW, key=b"other")
+    assert [r.code for r in both.reasons] == ["unknown_type", "key_mismatch"]
+    # without a usable user_id there is nothing to compare: that reason stands alone
+    assert [r.code for r in validate(b'{"type": "view"}', now_ms=NOW, key=b"x").reasons] == ["missing_field"] * 4
+
+
 def test_ensure_valid_raises_invalid_event_with_reasons():
     with pytest.raises(InvalidEvent) as info:
         ensure_valid(Event("e", "u", "i", "teleport", NOW), now_ms=NOW)
@@ -167,7 +212,7 @@ def test_valid_events_round_trip_through_json(event_id, user, item, etype, ts, p
 def test_dead_letter_record_keeps_the_original_bytes(raw, key):
     import base64
 
-    from fusionrec.contracts.events import dead_letter_record
+    from fusionrec.contracts.dead_letters import dead_letter_record
 
     reasons = validate(raw, now_ms=NOW).reasons or [Reason("x", "", "y")]
     record = orjson.loads(dead_letter_record(raw, reasons, topic="t", partition=2, offset=9, key=key, now_ms=NOW))
