@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from itertools import compress
 from operator import itemgetter
 from typing import Any
 
@@ -27,10 +28,12 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, top_k, touch
+from ._state import UserItemActivity, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
+
+_POSITIVE = (0.0).__lt__  # score > 0, as top_k keeps (False for NaN)
 
 
 class CategoryAffinity(UserItemActivity, Recommender):
@@ -239,16 +242,23 @@ class CategoryAffinity(UserItemActivity, Recommender):
         return out
 
     def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; this model has no time decay
-        """The best items of the user's ``top_categories`` best categories (ties: larger id first)."""
+        """The best items of the user's ``top_categories`` best categories (ties: larger id first).
+
+        The same list as ``top_k`` of every ``(item, share * tally / total)`` (:func:`~fusionrec.models._state.top_k`),
+        ranked as ``(score, item)`` tuples by one C-level sort instead of a heap with a Python key."""
         shares = self._shares(user_id)
-        best = heapq.nlargest(self.top_categories, shares.items(), key=itemgetter(1, 0))
-        pairs = []
+        if k <= 0 or not shares:
+            return []
+        best = sorted(shares.items(), key=itemgetter(1, 0), reverse=True)[: self.top_categories]
+        ranked: list[tuple[float, str]] = []
         for category, share in best:
             tally = self._category_items.get(category)
             if tally:
                 scale = share / self._category_total[category]
-                pairs.extend((item, value * scale) for item, value in tally.items())
-        return top_k(pairs, k)
+                scores = list(map(scale.__mul__, tally.values()))
+                ranked.extend(compress(zip(scores, tally, strict=True), map(_POSITIVE, scores)))
+        ranked.sort(reverse=True)
+        return [(item, score) for score, item in ranked[:k]]
 
     def category_of(self, item_id: str) -> str | None:
         """The item's category as last reported by an event, or ``None`` if unknown (for diversity caps)."""

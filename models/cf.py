@@ -351,30 +351,41 @@ class MatrixFactorization(Recommender):
         device: str | torch.device | None = None,
         max_chunk_bytes: int | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Every user's top ``k`` over the whole catalogue at once: one exhaustive float32 scoring in blocks of at
-        most ``max_chunk_bytes`` on ``device`` (:func:`~fusionrec.models.topk.exhaustive_top_k`). The items are
-        :meth:`candidates`' up to float32 rounding (and the order of near ties); none for an unknown user."""
-        from .topk import exhaustive_top_k  # torch is loaded only when a ranker asks
+        """Every user's top ``k`` over the whole catalogue at once, in float32 on ``device``: on the CPU only the items
+        that can make a user's top are scored (:func:`~fusionrec.models.topk.bounded_top_k`, exact), elsewhere all
+        of them in blocks of at most ``max_chunk_bytes`` (:func:`~fusionrec.models.topk.exhaustive_top_k`). The items
+        are :meth:`candidates`' up to float32 rounding (and the order of near ties); none for an unknown user."""
+        from .topk import bounded_top_k, exhaustive_top_k, pick_device  # torch is loaded only when a ranker asks
 
         out: list[list[tuple[str, float]]] = [[] for _ in users]
-        known = [(n, vector) for n, user in enumerate(users) if (vector := self.user_vector(user)) is not None]
-        if not known or self.n_items == 0:
+        index, table = self._users.index, self._users
+        rows = [n for n, user in enumerate(users) if user in index]
+        if not rows or self.n_items == 0:
             return out
-        rows = [n for n, _ in known]
-        factors = np.stack([vector for _, vector in known]).astype(np.float32, copy=False)
-        base = np.array([self.global_mean + self.user_bias(users[n]) for n in rows], dtype=np.float32)
-        scores, indices = exhaustive_top_k(
-            factors,
-            np.asarray(self.item_matrix(), dtype=np.float32),
-            k,
-            item_bias=np.asarray(self.item_bias(), dtype=np.float32),
-            user_bias=base,
-            device=device,
-            max_chunk_bytes=self.chunk_bytes if max_chunk_bytes is None else max_chunk_bytes,
-        )
-        ids = self.item_ids()
+        at = [index[users[n]] for n in rows]
+        factors = table.factors[at].astype(np.float32)
+        base = (self._mean + table.bias[at]).astype(np.float32)
+        budget = self.chunk_bytes if max_chunk_bytes is None else max_chunk_bytes
+        items, bias = self._items.factors[: self._items.n], self._items.bias[: self._items.n]
+        if pick_device(str(device) if device is not None else "auto").type == "cpu":
+            scores, indices = bounded_top_k(factors, items, k, item_bias=bias, user_bias=base, max_chunk_bytes=budget)
+        else:
+            scores, indices = exhaustive_top_k(
+                factors,
+                np.asarray(items, dtype=np.float32),
+                k,
+                item_bias=np.asarray(bias, dtype=np.float32),
+                user_bias=base,
+                device=device,
+                max_chunk_bytes=budget,
+            )
+        ids = self._items.ids
+        complete = bool((indices >= 0).all())
         for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
-            out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
+            if complete:
+                out[n] = list(zip(map(ids.__getitem__, user_indices), user_scores, strict=True))
+            else:
+                out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
         return out
 
     # --- catalogue access for rankers --------------------------------------------------------------------------

@@ -28,7 +28,9 @@ CPU and CUDA give the same lists within float tolerance (ties are broken by a st
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, fields
+from itertools import compress, filterfalse, islice
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from .topk import pick_device
 __all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
 
 NORMALISATIONS = ("max", "rank")
-_DISCOUNTS = [position_discount(n) for n in range(1000)]
+_DISCOUNTS = np.array([position_discount(n) for n in range(1000)])  # grown by _discounts when a list is longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +156,18 @@ class FusionRanker:
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
-    def _normalised(self, pairs: list[tuple[str, float]]) -> list[float]:
-        """Scores on a common scale; ``pairs`` are best first, as every source's ``candidates`` returns them."""
+    def _normalised(self, pairs: Sequence[tuple[str, float]], scores: Sequence[float]) -> np.ndarray | None:
+        """``"max"`` normalisation of one candidate list (``scores``: its scores, best first): each score over the
+        list's best, 0 where the score or the best is not positive. ``None`` for ``"rank"``, whose values depend on
+        the position alone (:data:`_DISCOUNTS`)."""
         if self.normalise == "rank":
-            return (
-                _DISCOUNTS[: len(pairs)]
-                if len(pairs) <= len(_DISCOUNTS)
-                else [position_discount(n) for n in range(len(pairs))]
-            )
+            return None
+        values = np.asarray(scores, dtype=np.float64)
         top = pairs[0][1] if pairs else 0.0
         if top <= 0.0:
-            return [0.0] * len(pairs)
-        return [score / top if score > 0.0 else 0.0 for _, score in pairs]
+            return np.zeros(len(values))
+        with np.errstate(invalid="ignore"):
+            return np.where(values > 0.0, values / top, 0.0)
 
     def prepare(
         self,
@@ -181,66 +183,44 @@ class FusionRanker:
 
         ``unavailable`` items are never kept; ``exclude`` adds items per user, and so does every source's
         :meth:`~fusionrec.models.base.Recommender.excluded` (bought items, for a ``recent`` source).
+
+        The work is batched (see :class:`_Batch`): each candidate list is split into its items and scores once (a
+        list shared by every user, like popularity's, once per batch), the values and the dense tensor are numpy
+        over the whole batch, and a user's union is built by C-level dict and list operations over their items;
+        Python loops run per user and source, not per candidate.
         """
         sources = list(models)
         if gathered is None:
             gathered = self.gather(models, users, now_ms)
         excluders = [model.excluded for model in models.values() if model.provides("excluded")]
         category_of = _first_known([model.category_of for model in models.values() if model.provides("category_of")])
-        k = self.k
-        always_banned = frozenset(unavailable)
-        unions: list[list[str]] = []
-        source_lists: list[dict[str, list[str]]] = []
-        width = 0
-        coords: list[tuple[list[int], list[int], list[float]]] = []
-        normalised: dict[int, list[float]] = {}  # by id of the candidate list: shared lists are normalised once
+        batch = _Batch(self, [gathered[name] for name in sources], frozenset(unavailable))
         for b, user in enumerate(users):
-            banned = always_banned
-            for excluded in excluders:
-                banned = banned | excluded(user)
+            banned = [excluded(user) for excluded in excluders]
             if exclude is not None:
-                banned = banned | set(exclude[b])
-            index: dict[str, int] = {}
-            rows: list[int] = []
-            cols: list[int] = []
-            vals: list[float] = []
-            own_lists: dict[str, list[str]] = {}
-            for j, name in enumerate(sources):
-                pairs = gathered[name][b]
-                values = normalised.get(id(pairs))
-                if values is None:
-                    values = normalised[id(pairs)] = self._normalised(pairs)
-                own: list[str] = []
-                for (item, _), value in zip(pairs, values, strict=True):
-                    if banned and item in banned:
-                        continue
-                    if len(own) < k:
-                        own.append(item)
-                    if value > 0.0:
-                        rows.append(index.setdefault(item, len(index)))
-                        cols.append(j)
-                        vals.append(value)
-                own_lists[name] = own
-            unions.append(list(index))
-            source_lists.append(own_lists)
-            coords.append((rows, cols, vals))
-            width = max(width, len(index))
-        dense = np.zeros((len(users), width, len(sources)), dtype=np.float32)
-        valid = np.zeros((len(users), width), dtype=bool)
-        for b, (rows, cols, vals) in enumerate(coords):
-            dense[b, rows, cols] = vals
-            valid[b, : len(unions[b])] = True
-        return Candidates(list(users), sources, unions, source_lists, dense, valid, category_of)
+                banned.append(set(exclude[b]))
+            batch.add_user(b, sources, [part for part in banned if part])
+        dense, valid = batch.tensor(len(users), len(sources))
+        return Candidates(list(users), sources, batch.unions, batch.source_lists, dense, valid, category_of)
 
     def fuse(self, prepared: Candidates, weights: Sequence[Mapping[str, float]]) -> list[RankedList]:
-        """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k."""
+        """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k.
+
+        The fused scores and their order are one batched product and one stable sort on the ranker's device; only
+        each list's first ``k`` positions are read back into Python when there is no category cap (with a cap, the
+        order is walked until ``k`` items are kept, as the cap needs every walked item's category).
+        """
         users, sources = prepared.users, prepared.sources
         if len(weights) != len(users):
             raise ValueError("one weights mapping per user is needed")
         results = [RankedList(user, [], dict(own)) for user, own in zip(users, prepared.source_lists, strict=True)]
         if prepared.dense.shape[1] == 0:
             return results
-        w = np.array([[float(ws.get(s, 0.0)) for s in sources] for ws in weights], dtype=np.float32)
+        rows: dict[int, list[float]] = {}  # by id of the weights mapping: a mapping shared by many users is read once
+        for ws in weights:
+            if id(ws) not in rows:
+                rows[id(ws)] = [float(ws.get(s, 0.0)) for s in sources]
+        w = np.array([rows[id(ws)] for ws in weights], dtype=np.float32)
         with torch.inference_mode():
             x = torch.from_numpy(prepared.dense).to(self.device)
             fused = torch.bmm(x, torch.from_numpy(w).to(self.device)[:, :, None]).squeeze(2)
@@ -248,32 +228,102 @@ class FusionRanker:
                 torch.from_numpy(prepared.valid).to(self.device), fused, torch.tensor(float("-inf"), device=self.device)
             )
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
+            if not self.category_cap:
+                order = order[:, : self.k]
+                fused = torch.gather(fused, 1, order)
             fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
-        dense = prepared.dense
-        cap, k = self.category_cap, self.k
+        if self.category_cap:
+            self._walk_capped(prepared, w, fused_np, order_np, results)
+        else:
+            self._cut(prepared, w, fused_np, order_np, results)
+        return results
+
+    def _cut(
+        self,
+        prepared: Candidates,
+        w: np.ndarray,
+        scores: np.ndarray,
+        order: np.ndarray,
+        results: list[RankedList],
+    ) -> None:
+        """Without a cap each list is its first positions up to the first fused score ``<= 0`` (at most ``k``):
+        ``scores[b, p]`` is the fused score of union item ``order[b, p]``, best first."""
+        stop = scores <= 0.0
+        counts = np.where(stop.any(axis=1), stop.argmax(axis=1), scores.shape[1])
+        users, positions = np.nonzero(np.arange(scores.shape[1]) < counts[:, None])
+        if not users.size:
+            return
+        members = order[users, positions]
+        sources = prepared.sources
+        parts = prepared.dense[users, members] * w[users]
+        if len(sources) <= 62:  # each item's contributing sources as a bit pattern, their values read in one go
+            positive = parts > 0.0
+            patterns = (positive.astype(np.int64) @ (1 << np.arange(len(sources), dtype=np.int64))).tolist()
+            names = _source_names(sources, set(patterns))
+            values = parts[positive].tolist()
+            contributions = []
+            first = 0
+            for pattern, width in zip(patterns, positive.sum(axis=1).tolist(), strict=True):
+                contributions.append(dict(zip(names[pattern], values[first : first + width], strict=True)))
+                first += width
+        else:
+            contributions = [{s: c for s, c in zip(sources, row, strict=True) if c > 0.0} for row in parts.tolist()]
+        item_scores = scores[users, positions].tolist()
         category_of = prepared.category_of
+        unions = prepared.unions
+        n = 0
+        for b, count in enumerate(counts.tolist()):
+            if not count:
+                continue
+            union = unions[b]
+            results[b].items.extend(
+                _ranked_item(
+                    item,
+                    item_scores[n + i],
+                    contributions[n + i],
+                    category_of(item) if category_of is not None else None,
+                )
+                for i, item in enumerate(map(union.__getitem__, members[n : n + count].tolist()))
+            )
+            n += count
+
+    def _walk_capped(
+        self,
+        prepared: Candidates,
+        w: np.ndarray,
+        scores: np.ndarray,
+        order: np.ndarray,
+        results: list[RankedList],
+    ) -> None:
+        """With a cap, each list walks its fused order (``scores[b, m]`` of union item ``m``; ``order`` best first)
+        keeping at most ``category_cap`` items per known category, until ``k`` are kept or a score is ``<= 0``."""
+        dense, sources, category_of = prepared.dense, prepared.sources, prepared.category_of
+        cap, k = self.category_cap, self.k
         for b, result in enumerate(results):
             union = prepared.unions[b]
+            row = scores[b].tolist()
             per_category: dict[str, int] = {}
-            chosen = result.items
-            wb = w[b]
-            for m in order_np[b, : len(union)].tolist():
-                score = float(fused_np[b, m])
-                if score <= 0.0:
+            kept: list[int] = []
+            categories: list[str | None] = []
+            for m in order[b, : len(union)].tolist():
+                if row[m] <= 0.0:
                     break
                 cat = category_of(union[m]) if category_of is not None else None
-                if cap and cat is not None:
+                if cat is not None:
                     seen = per_category.get(cat, 0)
                     if seen >= cap:
                         continue
                     per_category[cat] = seen + 1
-                row = (dense[b, m] * wb).tolist()
-                chosen.append(
-                    RankedItem(union[m], score, {s: c for s, c in zip(sources, row, strict=False) if c > 0.0}, cat)
-                )
-                if len(chosen) == k:
+                kept.append(m)
+                categories.append(cat)
+                if len(kept) == k:
                     break
-        return results
+            if kept:
+                parts = (dense[b, kept] * w[b]).tolist()
+                result.items.extend(
+                    _ranked_item(union[m], row[m], {s: c for s, c in zip(sources, part, strict=True) if c > 0.0}, cat)
+                    for m, part, cat in zip(kept, parts, categories, strict=True)
+                )
 
     def rank(
         self,
@@ -292,6 +342,146 @@ class FusionRanker:
         if not users:
             return []
         return self.fuse(self.prepare(models, users, now_ms, unavailable, exclude, gathered), weights)
+
+
+class _Batch:
+    """One :meth:`FusionRanker.prepare` call's candidates, assembled user by user.
+
+    Every (user, source) list is split once into its items and normalised values (by identity: a list that every
+    user shares is split once per batch). For each user, the items of all their lists in source order are the
+    *entries*; the union is ``dict.fromkeys`` of the entries that are kept (value > 0, not banned), so its order is
+    first appearance, and the union position of each kept entry is one C-level ``map`` over a dict. What is per
+    entry (user, source, value) stays in flat numpy arrays built at the end (:meth:`tensor`).
+    """
+
+    def __init__(self, ranker: FusionRanker, lists: list[list[Sequence[tuple[str, float]]]], unavailable: frozenset):
+        self.ranker = ranker
+        self.k = ranker.k
+        self.lists = lists
+        self.unavailable = unavailable
+        self.rank = ranker.normalise == "rank"
+        self.split: dict[int, tuple[tuple[str, ...], np.ndarray | None, list[bool] | None]] = {}
+        self.unions: list[list[str]] = []
+        self.source_lists: list[dict[str, list[str]]] = []
+        self.lengths: list[int] = []  # entries per (user, source), user-major
+        self.values: list[np.ndarray] = []  # "max": the values of each (user, source) list
+        self.members: list[int] = []  # the union position of every kept entry, in entry order
+        self.banned: list[tuple[int, np.ndarray]] = []  # (first entry, mask) of the users with banned entries
+        self.total = 0
+
+    def _split(
+        self, pairs: Sequence[tuple[str, float]]
+    ) -> tuple[tuple[str, ...], np.ndarray | None, list[bool] | None]:
+        """A list's items, its ``"max"`` values (``None`` for ``"rank"``) and, when some value is not positive,
+        which are."""
+        items, scores = tuple(zip(*pairs, strict=True)) if pairs else ((), ())
+        values = self.ranker._normalised(pairs, scores)
+        positive = None
+        if values is not None:
+            mask = values > 0.0
+            if not mask.all():
+                positive = mask.tolist()
+        split = self.split[id(pairs)] = (items, values, positive)
+        return split
+
+    def add_user(self, b: int, sources: list[str], parts: list[AbstractSet[str]]) -> None:
+        """User ``b``'s union and own lists; ``parts``: the non-empty sets of items excluded for them."""
+        entries: list[str] = []
+        splits = []
+        flags: list[bool] | None = None
+        split, lists, lengths = self.split, self.lists, self.lengths
+        for j in range(len(sources)):
+            pairs = lists[j][b]
+            one = split.get(id(pairs))
+            if one is None:
+                one = self._split(pairs)
+            items, values, positive = one
+            if positive is not None and flags is None:
+                flags = [True] * len(entries)
+            if flags is not None:
+                flags.extend(positive if positive is not None else [True] * len(items))
+            entries.extend(items)
+            splits.append(one)
+            lengths.append(len(items))
+            if values is not None:
+                self.values.append(values)
+        kept = entries if flags is None else list(compress(entries, flags))
+        union = dict.fromkeys(kept)
+        seen = union if flags is None else dict.fromkeys(entries)
+        if self.unavailable:
+            parts = [*parts, self.unavailable]
+        hit: set[str] = set()
+        for part in parts:  # only the excluded items that this user's lists hold matter: look up the smaller side
+            hit.update(filter(seen.__contains__, part) if len(part) <= len(seen) else filter(part.__contains__, seen))
+        k = self.k
+        if hit:
+            dropped = hit.__contains__
+            kept = list(filterfalse(dropped, kept))
+            union = dict.fromkeys(kept)
+            self.banned.append((self.total, np.fromiter(map(dropped, entries), dtype=bool, count=len(entries))))
+            own = {
+                name: list(islice(filterfalse(dropped, one[0]), k)) for name, one in zip(sources, splits, strict=True)
+            }
+        else:
+            own = {name: list(one[0][:k]) for name, one in zip(sources, splits, strict=True)}
+        self.total += len(entries)
+        position = dict(zip(union, range(len(union)), strict=True))
+        self.members.extend(map(position.__getitem__, kept))
+        self.unions.append(list(union))
+        self.source_lists.append(own)
+
+    def tensor(self, n_users: int, n_sources: int) -> tuple[np.ndarray, np.ndarray]:
+        """``dense[b, m, j]``, source ``j``'s value of user ``b``'s union item ``m``, and the mask of real items."""
+        lengths = np.array(self.lengths, dtype=np.intp)
+        sizes = np.array([len(union) for union in self.unions], dtype=np.intp)
+        width = int(sizes.max()) if n_users else 0
+        dense = np.zeros((n_users, width, n_sources), dtype=np.float32)
+        valid = np.arange(width) < sizes[:, None]
+        if not self.total:
+            return dense, valid
+        if self.rank:
+            starts = np.cumsum(lengths) - lengths
+            positions = np.arange(self.total) - np.repeat(starts, lengths)
+            values = _discounts(int(lengths.max()))[positions]
+        else:
+            values = np.concatenate(self.values)
+        keep = values > 0.0
+        for first, mask in self.banned:
+            keep[first : first + mask.shape[0]] &= ~mask
+        users = np.repeat(np.repeat(np.arange(n_users), n_sources), lengths)[keep]
+        sources = np.repeat(np.tile(np.arange(n_sources), n_users), lengths)[keep]
+        dense[users, np.array(self.members, dtype=np.intp), sources] = values[keep]
+        return dense, valid
+
+
+def _discounts(n: int) -> np.ndarray:
+    """The ``"rank"`` values of positions ``0 .. n-1`` (or more), :func:`~fusionrec.models.fusion.position_discount`."""
+    global _DISCOUNTS
+    if n > _DISCOUNTS.shape[0]:
+        _DISCOUNTS = np.array([position_discount(p) for p in range(max(n, 2 * _DISCOUNTS.shape[0]))])
+    return _DISCOUNTS
+
+
+def _source_names(sources: Sequence[str], patterns: Collection[int]) -> dict[int, tuple[str, ...]]:
+    """For each bit pattern (bit ``j``: source ``j`` contributed), the names of those sources in order."""
+    return {p: tuple(name for j, name in enumerate(sources) if p >> j & 1) for p in patterns}
+
+
+_new = object.__new__
+_SETTERS = tuple(RankedItem.__dict__[f.name].__set__ for f in fields(RankedItem))
+
+
+def _ranked_item(item_id: str, score: float, contributions: dict[str, float], category_id: str | None) -> RankedItem:
+    """``RankedItem(item_id, score, contributions, category_id)``, built without the frozen dataclass's ``__init__``
+    (one ``object.__setattr__`` per field): twice as fast, and a list makes ``k`` of them. RankedItem has no
+    ``__post_init__``; one added would have to be called here."""
+    item = _new(RankedItem)
+    set_item, set_score, set_contributions, set_category = _SETTERS
+    set_item(item, item_id)
+    set_score(item, score)
+    set_contributions(item, contributions)
+    set_category(item, category_id)
+    return item
 
 
 def _first_known(lookups: list[Callable[[str], str | None]]) -> Callable[[str], str | None] | None:
