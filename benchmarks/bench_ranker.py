@@ -1,6 +1,21 @@
-"""Exhaustive matrix-factorisation top-k: ``fusionrec.models.topk.exhaustive_top_k`` (torch, chunked) against the
-plain numpy
-path (``numpy_top_k``: matmul + ``argpartition`` per user chunk), same synthetic factors, one run.
+"""The ranker's speed, in two parts.
+
+**Ranking capacity** (``--capacity``, issue 14): users ranked per second on one CPU thread by the production
+sources (``build_models``, the worker's) and the production ranker (``build_ranker``'s settings), against the path
+it replaced (``tests/unit/ranker_reference.py``: per-candidate ``prepare``, item-by-item ``fuse``, exhaustive CF
+scoring), side by side in one run. Each data set's first ``--warm`` share of events is learned, then the rest in
+blocks of ``--block`` events, as a worker refreshes: after each block its users are ranked by both paths (which
+goes first alternates), in batches of at most ``--batch``. GC is tuned as in the worker. Prints users/s and
+microseconds per user for each path, the share of gather (each source's ``candidates_many``), prepare (filter,
+normalise, unions, the dense tensor) and fuse (weights, product, sort, cut to k), each source's gather cost, and
+how many lists differ between the paths (they must not).
+
+    python benchmarks/bench_ranker.py --capacity                 # the Taobao slice and MovieLens-100K
+    python benchmarks/bench_ranker.py --capacity PATH [PATH ...] --block 200 --batch 256
+
+**Exhaustive matrix-factorisation top-k** (the default): ``fusionrec.models.topk.exhaustive_top_k`` (torch,
+chunked) against the plain numpy path (``numpy_top_k``: matmul + ``argpartition`` per user chunk), same synthetic
+factors, one run.
 
 Prints, for both: wall seconds, users/s, scored (user, item) pairs/s, the speed-up, and the peak RSS growth
 (VmHWM, reset between stages where the kernel allows); then how far they agree on a sample of users (share of
@@ -19,6 +34,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +42,14 @@ import numpy as np
 import torch
 
 from fusionrec.models.topk import exhaustive_top_k, numpy_top_k, pick_device, plan_chunks
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CAPACITY_DATA = (
+    DATA / "taobao-userbehavior-slice" / "UserBehavior_slice.csv.gz",
+    DATA / "movielens-100k" / "u.data.gz",
+)
+STAGES = ("gather", "prepare", "fuse")
 
 
 def status_mb(field: str) -> float:
@@ -88,6 +112,120 @@ def scoring_only(users: np.ndarray, items: np.ndarray, k: int, device: torch.dev
         return time.perf_counter() - began
 
 
+# --- ranking capacity ------------------------------------------------------------------------------------------
+
+
+def rank_timed(ranker, candidates_many, models, users, weights, now, clock):
+    """Rank ``users`` with ``ranker``, gathering through ``candidates_many(model, users, now)``; add each stage's
+    seconds (and each source's) to ``clock``; the lists."""
+    began = time.perf_counter()
+    gathered = {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        gathered[name] = candidates_many(model, users, now)
+        clock[f"source:{name}"] = clock.get(f"source:{name}", 0.0) + time.perf_counter() - start
+    gathered_at = time.perf_counter()
+    prepared = ranker.prepare(models, users, now, gathered=gathered)
+    prepared_at = time.perf_counter()
+    lists = ranker.fuse(prepared, weights)
+    done = time.perf_counter()
+    for stage, seconds in zip(
+        STAGES, (gathered_at - began, prepared_at - gathered_at, done - prepared_at), strict=True
+    ):
+        clock[stage] = clock.get(stage, 0.0) + seconds
+    return lists
+
+
+def same_lists(a, b) -> bool:
+    return a.item_ids == b.item_ids and a.items == b.items and a.source_lists == b.source_lists
+
+
+def capacity_run(path: Path, args) -> None:
+    from fusionrec.contracts.settings import Settings
+    from fusionrec.producers.datasets import read_dataset
+    from fusionrec.streams.state import build_models, build_ranker
+
+    sys.path.insert(0, str(REPO))
+    from tests.unit.ranker_reference import ReferenceRanker, reference_candidates_many
+
+    settings = Settings()
+    events = read_dataset(path).events
+    models = build_models(settings, 0)
+    warm = int(len(events) * args.warm)
+    learn_began = time.perf_counter()
+    for model in models.values():
+        model.learn_many(events[:warm])
+    learn_seconds = time.perf_counter() - learn_began
+    new = build_ranker(settings.ranker.model_copy(update={"device": "cpu"}))
+    old = ReferenceRanker(new.k, new.candidates, new.category_cap, new.normalise, "cpu", new.max_chunk_bytes)
+    paths = {
+        "old (per candidate)": (
+            old,
+            lambda model, users, now: reference_candidates_many(model, users, old.candidates, now, old.device),
+        ),
+        "new (batched)": (
+            new,
+            lambda model, users, now: model.candidates_many(
+                users, new.candidates, now, device=new.device, max_chunk_bytes=new.max_chunk_bytes
+            ),
+        ),
+    }
+    clocks = {label: {} for label in paths}
+    equal = {name: 1.0 / len(models) for name in models}
+    rest = events[warm:]
+    ranked = batches = differing = 0
+    for n, start in enumerate(range(0, len(rest), args.block)):
+        block = rest[start : start + args.block]
+        for model in models.values():
+            model.learn_many(block)
+        now = max(model.clock_ms for model in models.values())
+        users = list(dict.fromkeys(event.user_id for event in block))
+        for first in range(0, len(users), args.batch):
+            chunk = users[first : first + args.batch]
+            weights = [dict(equal) for _ in chunk]  # one mapping per user, as the bandit's pulls are
+            order = list(paths) if n % 2 == 0 else list(paths)[::-1]
+            lists = {label: rank_timed(*paths[label], models, chunk, weights, now, clocks[label]) for label in order}
+            one, other = lists.values()
+            differing += sum(not same_lists(a, b) for a, b in zip(one, other, strict=True))
+            ranked += len(chunk)
+            batches += 1
+    catalogue = {name: model.n_items for name, model in models.items()}
+    print(
+        f"\n{path.name}: {len(events):,} events, {warm:,} learned first ({learn_seconds:.1f} s), then {len(rest):,} in "
+        f"blocks of {args.block}; {ranked:,} users ranked in {batches:,} batches (mean {ranked / max(batches, 1):.0f} "
+        f"users); catalogue {catalogue['cf']:,} items (CF); k={new.k}, candidates={new.candidates}, "
+        f"category_cap={new.category_cap}, normalise={new.normalise}"
+    )
+    print(f"{'path':<22}{'users/s':>10}{'us/user':>10}" + "".join(f"{stage:>14}" for stage in STAGES))
+    for label, clock in clocks.items():
+        total = sum(clock[stage] for stage in STAGES)
+        shares = "".join(
+            f"{clock[stage] / ranked * 1e6:>7.0f} ({100 * clock[stage] / total:>2.0f}%)" for stage in STAGES
+        )
+        print(f"{label:<22}{ranked / total:>10,.0f}{total / ranked * 1e6:>10.0f}{shares}")
+    (old_clock, new_clock) = clocks.values()
+    speedup = sum(old_clock[s] for s in STAGES) / sum(new_clock[s] for s in STAGES)
+    print(f"speed-up {speedup:.2f}x; lists differing between the paths: {differing:,} of {ranked:,}")
+    per_source = [
+        f"{name} {old_clock[f'source:{name}'] / ranked * 1e6:.0f} -> {new_clock[f'source:{name}'] / ranked * 1e6:.0f}"
+        for name in models
+    ]
+    print("gather per source, us/user (old -> new): " + ", ".join(per_source))
+
+
+def capacity_main(args) -> None:
+    from fusionrec.streams.app import tune_gc
+
+    torch.set_num_threads(1)
+    tune_gc()
+    print(
+        f"ranking capacity on one CPU thread (torch {torch.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} cores on the machine)"
+    )
+    for path in args.paths or CAPACITY_DATA:
+        capacity_run(Path(path), args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
@@ -111,7 +249,15 @@ def main() -> None:
     )
     parser.add_argument("--sample", type=int, default=2000, help="users in the agreement check")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--capacity", action="store_true", help="measure ranking capacity (see above) instead")
+    parser.add_argument("paths", nargs="*", type=Path, help="--capacity: event files (default: Taobao, ML-100K)")
+    parser.add_argument("--warm", type=float, default=0.8, help="--capacity: share of events learned first")
+    parser.add_argument("--block", type=int, default=200, help="--capacity: events per refresh block")
+    parser.add_argument("--batch", type=int, default=256, help="--capacity: most users ranked in one call")
     args = parser.parse_args()
+    if args.capacity:
+        capacity_main(args)
+        return
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from itertools import compress
 from operator import itemgetter
 from typing import Any
 
@@ -33,7 +32,7 @@ from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
 
-_POSITIVE = (0.0).__lt__  # score > 0, as top_k keeps (False for NaN)
+_BY_SCORE_THEN_ID = itemgetter(1, 0)  # the order of top_k (models._state): score, then the larger id
 
 
 class CategoryAffinity(UserItemActivity, Recommender):
@@ -242,23 +241,20 @@ class CategoryAffinity(UserItemActivity, Recommender):
         return out
 
     def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; this model has no time decay
-        """The best items of the user's ``top_categories`` best categories (ties: larger id first).
-
-        The same list as ``top_k`` of every ``(item, share * tally / total)`` (:func:`~fusionrec.models._state.top_k`),
-        ranked as ``(score, item)`` tuples by one C-level sort instead of a heap with a Python key."""
+        """The best items of the user's ``top_categories`` best categories (ties: larger id first)."""
         shares = self._shares(user_id)
         if k <= 0 or not shares:
             return []
-        best = sorted(shares.items(), key=itemgetter(1, 0), reverse=True)[: self.top_categories]
-        ranked: list[tuple[float, str]] = []
+        # sorted(...)[:n] is heapq.nlargest(n, ...) with the same key, in one C-level sort
+        best = sorted(shares.items(), key=_BY_SCORE_THEN_ID, reverse=True)[: self.top_categories]
+        pairs: list[tuple[str, float]] = []
         for category, share in best:
             tally = self._category_items.get(category)
             if tally:
                 scale = share / self._category_total[category]
-                scores = list(map(scale.__mul__, tally.values()))
-                ranked.extend(compress(zip(scores, tally, strict=True), map(_POSITIVE, scores)))
-        ranked.sort(reverse=True)
-        return [(item, score) for score, item in ranked[:k]]
+                pairs += [(item, score) for item, value in tally.items() if (score := value * scale) > 0.0]
+        pairs.sort(key=_BY_SCORE_THEN_ID, reverse=True)
+        return pairs[:k]
 
     def category_of(self, item_id: str) -> str | None:
         """The item's category as last reported by an event, or ``None`` if unknown (for diversity caps)."""

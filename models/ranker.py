@@ -27,10 +27,12 @@ CPU and CUDA give the same lists within float tolerance (ties are broken by a st
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import compress, filterfalse, islice
+from operator import itemgetter
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ from .topk import pick_device
 __all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
 
 NORMALISATIONS = ("max", "rank")
+_ITEM = itemgetter(0)
 _DISCOUNTS = np.array([position_discount(n) for n in range(1000)])  # grown by _discounts when a list is longer
 
 
@@ -255,19 +258,7 @@ class FusionRanker:
             return
         members = order[users, positions]
         sources = prepared.sources
-        parts = prepared.dense[users, members] * w[users]
-        if len(sources) <= 62:  # each item's contributing sources as a bit pattern, their values read in one go
-            positive = parts > 0.0
-            patterns = (positive.astype(np.int64) @ (1 << np.arange(len(sources), dtype=np.int64))).tolist()
-            names = _source_names(sources, set(patterns))
-            values = parts[positive].tolist()
-            contributions = []
-            first = 0
-            for pattern, width in zip(patterns, positive.sum(axis=1).tolist(), strict=True):
-                contributions.append(dict(zip(names[pattern], values[first : first + width], strict=True)))
-                first += width
-        else:
-            contributions = [{s: c for s, c in zip(sources, row, strict=True) if c > 0.0} for row in parts.tolist()]
+        parts = (prepared.dense[users, members] * w[users]).tolist()
         item_scores = scores[users, positions].tolist()
         category_of = prepared.category_of
         unions = prepared.unions
@@ -275,17 +266,18 @@ class FusionRanker:
         for b, count in enumerate(counts.tolist()):
             if not count:
                 continue
-            union = unions[b]
-            results[b].items.extend(
-                _ranked_item(
-                    item,
-                    item_scores[n + i],
-                    contributions[n + i],
-                    category_of(item) if category_of is not None else None,
+            union, chosen = unions[b], results[b].items
+            for m in members[n : n + count].tolist():
+                item = union[m]
+                chosen.append(
+                    RankedItem(
+                        item,
+                        item_scores[n],
+                        {s: c for s, c in zip(sources, parts[n], strict=True) if c > 0.0},
+                        category_of(item) if category_of is not None else None,
+                    )
                 )
-                for i, item in enumerate(map(union.__getitem__, members[n : n + count].tolist()))
-            )
-            n += count
+                n += 1
 
     def _walk_capped(
         self,
@@ -321,7 +313,7 @@ class FusionRanker:
             if kept:
                 parts = (dense[b, kept] * w[b]).tolist()
                 result.items.extend(
-                    _ranked_item(union[m], row[m], {s: c for s, c in zip(sources, part, strict=True) if c > 0.0}, cat)
+                    RankedItem(union[m], row[m], {s: c for s, c in zip(sources, part, strict=True) if c > 0.0}, cat)
                     for m, part, cat in zip(kept, parts, categories, strict=True)
                 )
 
@@ -365,7 +357,7 @@ class _Batch:
         self.source_lists: list[dict[str, list[str]]] = []
         self.lengths: list[int] = []  # entries per (user, source), user-major
         self.values: list[np.ndarray] = []  # "max": the values of each (user, source) list
-        self.members: list[int] = []  # the union position of every kept entry, in entry order
+        self.members = array("q")  # the union position of every kept entry, in entry order
         self.banned: list[tuple[int, np.ndarray]] = []  # (first entry, mask) of the users with banned entries
         self.total = 0
 
@@ -374,6 +366,9 @@ class _Batch:
     ) -> tuple[tuple[str, ...], np.ndarray | None, list[bool] | None]:
         """A list's items, its ``"max"`` values (``None`` for ``"rank"``) and, when some value is not positive,
         which are."""
+        if self.rank:  # the values are the positions' discounts: only the items are needed
+            split = self.split[id(pairs)] = (tuple(map(_ITEM, pairs)), None, None)
+            return split
         items, scores = tuple(zip(*pairs, strict=True)) if pairs else ((), ())
         values = self.ranker._normalised(pairs, scores)
         positive = None
@@ -450,7 +445,7 @@ class _Batch:
             keep[first : first + mask.shape[0]] &= ~mask
         users = np.repeat(np.repeat(np.arange(n_users), n_sources), lengths)[keep]
         sources = np.repeat(np.tile(np.arange(n_sources), n_users), lengths)[keep]
-        dense[users, np.array(self.members, dtype=np.intp), sources] = values[keep]
+        dense[users, np.frombuffer(self.members, dtype=np.int64), sources] = values[keep]
         return dense, valid
 
 
@@ -460,28 +455,6 @@ def _discounts(n: int) -> np.ndarray:
     if n > _DISCOUNTS.shape[0]:
         _DISCOUNTS = np.array([position_discount(p) for p in range(max(n, 2 * _DISCOUNTS.shape[0]))])
     return _DISCOUNTS
-
-
-def _source_names(sources: Sequence[str], patterns: Collection[int]) -> dict[int, tuple[str, ...]]:
-    """For each bit pattern (bit ``j``: source ``j`` contributed), the names of those sources in order."""
-    return {p: tuple(name for j, name in enumerate(sources) if p >> j & 1) for p in patterns}
-
-
-_new = object.__new__
-_SETTERS = tuple(RankedItem.__dict__[f.name].__set__ for f in fields(RankedItem))
-
-
-def _ranked_item(item_id: str, score: float, contributions: dict[str, float], category_id: str | None) -> RankedItem:
-    """``RankedItem(item_id, score, contributions, category_id)``, built without the frozen dataclass's ``__init__``
-    (one ``object.__setattr__`` per field): twice as fast, and a list makes ``k`` of them. RankedItem has no
-    ``__post_init__``; one added would have to be called here."""
-    item = _new(RankedItem)
-    set_item, set_score, set_contributions, set_category = _SETTERS
-    set_item(item, item_id)
-    set_score(item, score)
-    set_contributions(item, contributions)
-    set_category(item, category_id)
-    return item
 
 
 def _first_known(lookups: list[Callable[[str], str | None]]) -> Callable[[str], str | None] | None:

@@ -29,7 +29,7 @@ falls below it is skipped unscored (on the Taobao slice ~1 % of the catalogue is
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -261,7 +261,7 @@ def bounded_top_k(
 
     """
     users = np.ascontiguousarray(user_factors, dtype=np.float32)
-    items = np.ascontiguousarray(item_factors, dtype=np.float32)
+    items = np.asarray(item_factors)  # rows are converted to float32 as they are scored, not the whole catalogue
     n_users, n_factors = users.shape
     n_items = items.shape[0]
     top = min(k, n_items)
@@ -269,7 +269,7 @@ def bounded_top_k(
     exhaustive = {"item_bias": item_bias, "user_bias": user_bias, "device": "cpu", "max_chunk_bytes": max_chunk_bytes}
     if n_users == 0 or top == 0 or n_items < max(min_items, 4 * (probe + top)) or items.shape[1] != n_factors:
         return exhaustive_top_k(users, items, k, **exhaustive)
-    norms = np.sqrt(np.einsum("ij,ij->i", items, items))
+    norms = np.sqrt(np.einsum("ij,ij->i", items, items))  # of the rows as given: float32 rounding is in the margin
     radii = np.sqrt(np.einsum("ij,ij->i", users, users))
     if not (np.isfinite(norms).all() and np.isfinite(radii).all() and np.isfinite(bias).all()):
         return exhaustive_top_k(users, items, k, **exhaustive)
@@ -277,31 +277,48 @@ def bounded_top_k(
     margin = 8 * (n_factors + 2) * float(np.finfo(np.float32).eps)
     margin *= float(np.abs(bias).max() + norms.max() * radii.max())
     width = min(n_items, max(probe, 2 * top))
-    likely = np.argpartition(bias + norms * np.float32(np.median(radii)), n_items - width)[n_items - width :]
+    likely = np.argpartition(bias + norms * np.median(radii), n_items - width)[n_items - width :]
     with torch.inference_mode():
-        items_t, bias_t, users_t = torch.from_numpy(items), torch.from_numpy(bias), torch.from_numpy(users)
-        probe_scores = torch.addmm(bias_t[likely], users_t, items_t[likely].T)
-        floor = (torch.topk(probe_scores, top, dim=1).values[:, -1].numpy() - margin).astype(np.float32)
+        users_t = torch.from_numpy(users)
+        probe_scores = torch.addmm(torch.from_numpy(bias[likely]), users_t, _rows32(items, likely).T)
+        floor = torch.topk(probe_scores, top, dim=1).values[:, -1].numpy() - margin
         # the items any user of the batch may need; each chunk narrows them down to its own
         pool = np.flatnonzero(bias + norms * radii.max() >= floor.min())
         pool_bias, pool_norms = bias[pool], norms[pool]
         scores = np.empty((n_users, top), dtype=np.float32)
         rows = np.empty((n_users, top), dtype=np.int64)
-        by_radius = np.argsort(radii, kind="stable")
-        bounds = [*range(0, n_users, user_chunk), n_users]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < _MIN_GEMM_ROWS:
-            del bounds[-2]  # a short last chunk joins the one before, so that every block rounds alike
-        for start, stop in itertools.pairwise(bounds):
-            chunk = np.sort(by_radius[start:stop])  # in batch order: a short block rounds by row position
-            keep = pool_bias + pool_norms * radii[chunk].max() >= floor[chunk].min()
-            candidates = torch.from_numpy(pool[keep])
-            block = torch.addmm(bias_t[candidates], users_t[chunk], items_t[candidates].T)
+        for chunk in _blocks(radii, user_chunk, plan_chunks(n_users, n_items, k, max_chunk_bytes)[0]):
+            candidates = pool[pool_bias + pool_norms * radii[chunk].max() >= floor[chunk].min()]
+            block = torch.addmm(torch.from_numpy(bias[candidates]), users_t[chunk], _rows32(items, candidates).T)
             best_v, best_i = torch.topk(block, top, dim=1)
             scores[chunk] = best_v.numpy()
-            rows[chunk] = candidates[best_i].numpy()
+            rows[chunk] = candidates[best_i.numpy()]
     if user_bias is not None:
         scores += np.asarray(user_bias, dtype=np.float32)[:, None]
     return scores, rows
+
+
+def _blocks(radii: np.ndarray, size: int, exhaustive_rows: int) -> Iterator[np.ndarray]:
+    """The users of each block of :func:`bounded_top_k`: ``size`` of similar radius at a time, within each block of
+    rows the exhaustive pass would score together (``exhaustive_rows``), so that each user's scores are rounded as
+    there. MKL's sgemm rounds blocks under :data:`_MIN_GEMM_ROWS` rows differently (and by row position): such a
+    block is kept whole, in batch order, and a short remainder joins the block before it."""
+    for first in range(0, radii.shape[0], exhaustive_rows):
+        users = np.arange(first, min(first + exhaustive_rows, radii.shape[0]))
+        if users.shape[0] < _MIN_GEMM_ROWS:
+            yield users
+            continue
+        by_radius = users[np.argsort(radii[users], kind="stable")]
+        bounds = [*range(0, by_radius.shape[0], size), by_radius.shape[0]]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < _MIN_GEMM_ROWS:
+            del bounds[-2]
+        for start, stop in itertools.pairwise(bounds):
+            yield np.sort(by_radius[start:stop])
+
+
+def _rows32(items: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """``items[rows]`` in float32, as a tensor (the rounding is the whole matrix's ``astype``, row by row)."""
+    return torch.from_numpy(np.ascontiguousarray(items[rows], dtype=np.float32))
 
 
 def numpy_top_k(

@@ -11,7 +11,7 @@ import pytest
 
 from fusionrec.contracts.events import Event
 from fusionrec.models import CategoryAffinity, MatrixFactorization, Recommender
-from fusionrec.models.ranker import FusionRanker, RankedItem, _ranked_item
+from fusionrec.models.ranker import FusionRanker
 from fusionrec.models.topk import bounded_top_k, exhaustive_top_k
 
 from .ranker_reference import ReferenceRanker, _category_candidates, reference_candidates_many
@@ -145,14 +145,6 @@ def test_lists_longer_than_the_precomputed_discounts():
     new = FusionRanker(k=5, candidates=1500, device="cpu").prepare(models, ["u"], gathered=gathered)
     old = ReferenceRanker(k=5, candidates=1500, device="cpu").prepare(models, ["u"], gathered=gathered)
     assert_same_candidates(new, old)
-
-
-def test_fast_ranked_items_equal_the_constructed_ones():
-    made = _ranked_item("tea", 0.5, {"popular": 0.5}, "drinks")
-    assert made == RankedItem("tea", 0.5, {"popular": 0.5}, "drinks")
-    assert type(made) is RankedItem
-    with pytest.raises(AttributeError):
-        made.score = 1.0  # still frozen
 
 
 # --- the sources' batched candidates ---------------------------------------------------------------------------
