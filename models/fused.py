@@ -15,12 +15,15 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fusionrec.contracts.events import Event
 
 from ._state import evict_idle, touch
 from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight
 from .fusion import SEGMENTS, FixedWeights, FusionPolicy, Pull, holdout_arm, position_discount
-from .ranker import Candidates, FusionRanker, RankedList
+from .learned import LearnedRanker, UserContext, pool_order, scores
+from .ranker import Candidates, FusionRanker, RankedItem, RankedList
 from .targets import TargetFilter
 
 __all__ = ["FusedList", "FusedRecommender"]
@@ -28,11 +31,16 @@ __all__ = ["FusedList", "FusedRecommender"]
 
 @dataclass(slots=True)
 class FusedList:
-    """What :meth:`FusedRecommender.recommend` made for one user: the ranked list, the segment and the pull."""
+    """What :meth:`FusedRecommender.recommend` made for one user: the list to serve, the segment and the pull.
+
+    ``ranked`` is the learned ranker's list once it is ready (``ranker == "learned"``), else bandit fusion's;
+    ``bandit`` is always bandit fusion's list (the bandit learns from it, the evaluation scores it)."""
 
     ranked: RankedList
     segment: str
     pull: Pull
+    bandit: RankedList | None = None
+    ranker: str = "bandit"
 
     @property
     def user_id(self) -> str:
@@ -81,6 +89,10 @@ class FusedRecommender:
         Most users whose served list and activity are remembered (least recently active dropped first).
     max_idle_ms
         :meth:`evict` forgets users idle longer than this.
+    learned
+        A :class:`~fusionrec.models.learned.LearnedRanker` that stacks the sources; once it is ready its lists are
+        the ones served (``FusedList.ranked``), bandit fusion's stay beside them (``FusedList.bandit``) and the bandit
+        keeps learning from those. ``None``: bandit fusion only.
 
     Examples
     --------
@@ -113,8 +125,14 @@ class FusedRecommender:
         reward_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
         max_users: int = 500_000,
         max_idle_ms: int | None = None,
+        learned: LearnedRanker | None = None,
     ):
         self.sources = tuple(sources)
+        #: Remembers this partition's pools and labels them; it also ranks and learns unless :meth:`share` gave a
+        #: ranker shared by every partition (then its labels are handed out by :meth:`take_labels`).
+        self.learned = learned
+        self._scorer = learned
+        self._shared = False
         self.ranker = ranker
         self.bandit = bandit
         self.fixed = FixedWeights(self.sources)
@@ -152,13 +170,17 @@ class FusedRecommender:
         touch(self._last, user, event.ts, self.max_users, self._forget)
         self._activity[user] = self._activity.get(user, 0) + 1
         kind = self._targets.classify(event)
+        if kind is None:
+            return
+        weight = event_weight(self.reward_weights, event)
+        if self.learned is not None and weight > 0.0:
+            self.learned.label(user, event.item_id, weight)
         served = self._served.get(user)
-        if served is None or kind is None:
+        if served is None:
             return
         hit = served.items.get(event.item_id)
         if hit is None:
             return
-        weight = event_weight(self.reward_weights, event)
         key = (event.item_id, event.type)
         if weight <= 0.0 or key in served.credited:
             return
@@ -172,6 +194,26 @@ class FusedRecommender:
     def learn_many(self, events: Iterable[Event]) -> None:
         for event in events:
             self.learn_one(event)
+
+    def share(self, ranker: LearnedRanker) -> None:
+        """Rank with ``ranker``, a learned ranker shared by every partition (the item side's, trained on every
+        partition's labels in an order that depends on the events alone), and hand this partition's labels out
+        (:meth:`take_labels`) instead of learning them here."""
+        if self.learned is None:
+            raise ValueError("share needs a fused recommender built with a learned ranker")
+        self._scorer = ranker
+        self._shared = True
+
+    def take_labels(self) -> list[list[Any]]:
+        """The labelled pools of the events learned since the last call, for the shared ranker (JSON-able)."""
+        if not self._shared or self.learned is None:
+            return []
+        return self.learned.take_labelled()
+
+    @property
+    def serving_ranker(self) -> LearnedRanker | None:
+        """The learned ranker that orders this partition's lists (its own, or the shared one)."""
+        return self._scorer
 
     # --- serving -----------------------------------------------------------------------------------------------
 
@@ -195,8 +237,9 @@ class FusedRecommender:
         if prepared is None:
             prepared = self.ranker.prepare(models, users, now_ms, unavailable)
         ranked = self.ranker.fuse(prepared, [p.weights for p in pulls])
+        served = self._learned_lists(models, prepared, segments, pulls, now_ms) if self.learned is not None else None
         out = []
-        for result, segment, pull in zip(ranked, segments, pulls, strict=True):
+        for n, (result, segment, pull) in enumerate(zip(ranked, segments, pulls, strict=True)):
             items: dict[str, tuple[int, dict[str, float]]] = {}
             exposure: dict[str, float] = {}
             for position, item in enumerate(result.items):
@@ -209,7 +252,63 @@ class FusedRecommender:
             if items:
                 self._served[result.user_id] = _Served(items, segment, pull.arm)
                 self.policy(result.user_id).expose(segment, exposure, now_ms)
-            out.append(FusedList(result, segment, pull))
+            if served is None or pull.arm == self.fixed.arm:  # the holdout is the control: fixed-weight fusion
+                out.append(FusedList(result, segment, pull, result, "bandit"))
+            else:
+                out.append(FusedList(served[n], segment, pull, result, "learned"))
+        return out
+
+    def _learned_lists(
+        self,
+        models: Mapping[str, Recommender],
+        prepared: Candidates,
+        segments: list[str],
+        pulls: list[Pull],
+        now_ms: int,
+    ) -> list[RankedList] | None:
+        """Train the learned ranker on what was labelled since the last call, score ``prepared``, remember the
+        pools for labelling, and return its lists, or None while it is not ready (bandit fusion is served)."""
+        learned, scorer = self.learned, self._scorer
+        assert learned is not None and scorer is not None
+        if not self._shared:
+            learned.learn_pending()
+        if prepared.dense.shape[1] == 0:
+            return None
+        context = [
+            UserContext(segment == SEGMENTS[1], self._activity.get(user, 0), pull.weights)
+            for user, segment, pull in zip(prepared.users, segments, pulls, strict=True)
+        ]
+        ctx = learned.context(context)
+        signals = self._signals(models, prepared, now_ms)
+        learned.remember(
+            prepared.users, prepared.unions, prepared.dense, ctx, signals, pool_order(prepared.dense, prepared.valid)
+        )
+        if not scorer.ready:
+            return None
+        contributions = scorer.contributions(scorer.features(prepared.dense, prepared.valid, ctx, signals))
+        order_by = scores(contributions, prepared.valid)
+        return select(prepared, contributions, order_by, self.ranker.k, self.ranker.category_cap)
+
+    def _signals(self, models: Mapping[str, Recommender], prepared: Candidates, now_ms: int) -> np.ndarray | None:
+        """The learned ranker's item signals ``[B, M, G]``: each signal source's score of every candidate, scaled by
+        its best over the batch (one ``score`` call over the batch's distinct items: these sources ignore the user)."""
+        learned = self.learned
+        if learned is None or not learned.item_signals:
+            return None
+        index: dict[str, int] = {}
+        codes = np.zeros(prepared.valid.shape, dtype=np.int64)
+        for b, union in enumerate(prepared.unions):
+            codes[b, : len(union)] = [index.setdefault(item, len(index)) for item in union]
+        items = list(index)
+        out = np.zeros((*codes.shape, len(learned.item_signals)), dtype=np.float32)
+        for g, name in enumerate(learned.item_signals):
+            model = models.get(name)
+            if model is None or not items:
+                continue
+            values = np.asarray(model.score(prepared.users[0], items, now_ms), dtype=np.float32)
+            top = float(values.max()) if values.size else 0.0
+            if top > 0.0:
+                out[..., g] = np.where(prepared.valid, values[codes] / top, 0.0)
         return out
 
     def weights(self) -> dict[str, dict[str, float]]:
@@ -220,6 +319,8 @@ class FusedRecommender:
     # --- memory ------------------------------------------------------------------------------------------------
 
     def _forget(self, user: str) -> None:
+        if self.learned is not None:
+            self.learned.forget(user)
         self._targets.forget(user)
         self._last.pop(user, None)
         self._activity.pop(user, None)
@@ -245,6 +346,7 @@ class FusedRecommender:
             },
             "rewards": self.rewards,
             "targets": self._targets.to_state(),
+            "learned": None if self.learned is None else self.learned.to_state(),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -260,3 +362,38 @@ class FusedRecommender:
         }
         self.rewards = int(state.get("rewards", 0))
         self._targets.load_state(state.get("targets", {}))
+        if self.learned is not None and state.get("learned"):
+            self.learned.load_state(state["learned"])
+
+
+def select(
+    prepared: Candidates, contributions: np.ndarray, order_by: np.ndarray, k: int, category_cap: int = 0
+) -> list[RankedList]:
+    """Each user's top ``k`` of ``prepared`` by ``order_by[B, M]`` (ties: union order), at most ``category_cap``
+    per category (0: no cap), each item with its sources' ``contributions[B, M, S]``."""
+    order = np.argsort(-order_by, axis=1, kind="stable")
+    category_of = prepared.category_of
+    sources = prepared.sources
+    results = []
+    for b, user in enumerate(prepared.users):
+        union = prepared.unions[b]
+        chosen: list[RankedItem] = []
+        per_category: dict[str, int] = {}
+        for m in order[b, : len(union)].tolist():
+            score = float(order_by[b, m])
+            if not score > 0.0:
+                break
+            cat = category_of(union[m]) if category_of is not None else None
+            if category_cap and cat is not None:
+                seen = per_category.get(cat, 0)
+                if seen >= category_cap:
+                    continue
+                per_category[cat] = seen + 1
+            row = contributions[b, m].tolist()
+            chosen.append(
+                RankedItem(union[m], score, {s: c for s, c in zip(sources, row, strict=True) if c > 0.0}, cat)
+            )
+            if len(chosen) == k:
+                break
+        results.append(RankedList(user, chosen, dict(prepared.source_lists[b])))
+    return results

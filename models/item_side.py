@@ -26,8 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import Recommender
+from .learned import LearnedRanker
 
-__all__ = ["ItemSide", "Record", "TickClock", "records_by_tick", "split_models"]
+__all__ = ["LABELS", "ItemSide", "Record", "TickClock", "records_by_tick", "split_models"]
+
+#: The key of a record's contexts under which an event's labelled pools travel to the shared learned ranker.
+LABELS = "learned"
 
 #: One event's item-side half: ``[offset, item_id, ts, {source: context}]`` (a list: it crosses JSON as is).
 Record = list[Any]
@@ -105,10 +109,13 @@ class ItemSide:
 
     """
 
-    def __init__(self, models: Mapping[str, Recommender], partitions: int):
+    def __init__(self, models: Mapping[str, Recommender], partitions: int, learned: LearnedRanker | None = None):
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.models = dict(models)
+        #: The learned ranker every partition ranks with, trained on every partition's labels (records' ``LABELS``)
+        #: in the replica's order, a mini-batch whenever enough have arrived, at tick boundaries.
+        self.learned = learned
         self.partitions = partitions
         #: Per partition: the last tick it closed (None: none yet), the last offset received (-1: none).
         self.closed: list[int | None] = [None] * partitions
@@ -190,14 +197,22 @@ class ItemSide:
         while self._ticks and self._ticks[0] <= ready:
             tick = self._ticks.pop(0)
             self._evict_due()
+            ranker = self.learned
             for records in self._pending.pop(tick):
                 for _offset, item, ts, contexts in records:
                     for source, context in contexts.items():
+                        if source == LABELS:
+                            if ranker is not None:
+                                for labelled in context:
+                                    ranker.add_labelled(labelled)
+                            continue
                         model = models.get(source)
                         if model is not None:
                             model.learn_item_side(item, ts, context)
                 learned += len(records)
                 self.records_applied += len(records)
+            if ranker is not None:
+                ranker.learn_pending()
             self.applied = tick
         if self.applied is None or ready > self.applied:
             self.applied = ready
@@ -237,6 +252,7 @@ class ItemSide:
             "records_applied": self.records_applied,
             "next_evict": self._next_evict,
             "pending": [[tick, self._pending[tick]] for tick in self._ticks],
+            "learned": None if self.learned is None else self.learned.to_state(),
         }
 
     def load_meta(self, meta: Mapping[str, Any]) -> None:
@@ -252,6 +268,8 @@ class ItemSide:
         self._next_evict = meta["next_evict"]
         self._pending = {tick: slots for tick, slots in meta["pending"]}
         self._ticks = sorted(self._pending)
+        if self.learned is not None and meta.get("learned"):
+            self.learned.load_state(meta["learned"])
 
 
 def records_by_tick(stamped: Sequence[tuple[int, Record]]) -> list[tuple[int, list[Record]]]:

@@ -140,14 +140,19 @@ class Worker:
             return
         self.weights_logged = loop_time
         for partition, entry in sorted(report.items()):
+            learned = entry.get("learned")
             log.info(
-                "fusion weights p%d (v%d, %d rewards): %s",
+                "fusion weights p%d (v%d, %d rewards): %s%s",
                 partition,
                 entry["version"],
                 entry["rewards"],
                 "; ".join(
                     f"{seg} " + " ".join(f"{s}={w:.2f}" for s, w in ws.items()) for seg, ws in entry["weights"].items()
                 ),
+                ""
+                if learned is None
+                else f"; learned ranker {'serving' if learned['ready'] else 'warming up'} "
+                f"({learned['lists_learned']:,} lists learned)",
             )
 
     def highwater(self, partition: int) -> int | None:
@@ -199,7 +204,10 @@ class Worker:
                         break
             except Exception:
                 log.exception("ranker refresh failed")
-            await self.best_effort(self.hold_back, "pausing partitions ahead of the item side")
+            try:  # a coroutine itself (it hops to the state thread for the decision): awaited, not handed over
+                await self.hold_back()
+            except Exception as exc:  # noqa: BLE001 - pausing is an optimisation; the next tick tries again
+                log.warning("pausing partitions ahead of the item side failed: %s: %s", type(exc).__name__, exc)
             await self.app.sleep(max(interval - (loop.time() - began), 0.0))
 
     async def hold_back(self) -> None:

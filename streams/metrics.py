@@ -147,6 +147,21 @@ class WorkerMetrics:
             ["segment", "source"],
             registry=registry,
         )
+        self.learned_lists = Gauge(
+            "fusionrec_learned_ranker_lists",
+            "Labelled lists the learned rankers of this worker's partitions have learned from (sum).",
+            registry=registry,
+        )
+        self.learned_ready = Gauge(
+            "fusionrec_learned_ranker_ready_partitions",
+            "Partitions of this worker whose learned ranker has learned enough to serve its lists.",
+            registry=registry,
+        )
+        self.learned_loss = Gauge(
+            "fusionrec_learned_ranker_loss",
+            "The learned rankers' last mini-batch loss (listwise cross-entropy; mean over this worker's partitions).",
+            registry=registry,
+        )
 
 
 def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) -> None:

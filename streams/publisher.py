@@ -49,6 +49,7 @@ def to_recommendation(
         generated_at=generated_at,
         newest_event_ts=newest_event_ts,
         partition=partition,
+        ranker=fused.ranker,
     )
 
 

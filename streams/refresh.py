@@ -105,7 +105,8 @@ class Refresher:
     def publish_weights(self) -> dict[int, dict]:
         """Write each held partition's bandit weights to Redis (``{prefix}weights:{topic}:{partition}``, JSON),
         set the weight gauges to their mean over the partitions, and return them:
-        ``{partition: {"weights": {segment: {source: w}}, "version": n, "rewards": n}}``."""
+        ``{partition: {"weights": {segment: {source: w}}, "version": n, "rewards": n, "learned": {...}}}`` (the
+        learned ranker's progress: ready, lists learned, targets outside its pools, last loss)."""
         report = {}
         pipe = self.client.pipeline(transaction=False)
         for partition, state in self.partitions.states.items():
@@ -118,11 +119,26 @@ class Refresher:
                 "rewards": state.fusion.rewards,
                 "updated_at": int(time.time() * 1000),
             }
+            learned = state.fusion.learned
+            if learned is not None:
+                entry["learned"] = {
+                    "ready": learned.ready,
+                    "lists_learned": learned.lists_learned,
+                    "misses": learned.misses,
+                    "loss": learned.last_loss,
+                }
             report[partition] = entry
             pipe.set(self.keys.weights(self.topic, partition), orjson.dumps(entry))
         if report:
             pipe.execute()
             if self.metrics:
+                learned = [e["learned"] for e in report.values() if "learned" in e]
+                if learned:
+                    self.metrics.learned_lists.set(sum(e["lists_learned"] for e in learned))
+                    self.metrics.learned_ready.set(sum(e["ready"] for e in learned))
+                    losses = [e["loss"] for e in learned if e["loss"] is not None]
+                    if losses:
+                        self.metrics.learned_loss.set(sum(losses) / len(losses))
                 for segment, weights in next(iter(report.values()))["weights"].items():
                     for source in weights:
                         mean = sum(e["weights"][segment][source] for e in report.values()) / len(report)

@@ -41,8 +41,10 @@ from fusionrec.contracts.settings import RankerSettings, Settings
 from fusionrec.models import SOURCES, Recommender
 from fusionrec.models.fused import FusedRecommender
 from fusionrec.models.fusion import FusionBandit
-from fusionrec.models.item_side import ItemSide, Record, TickClock, records_by_tick, split_models
+from fusionrec.models.item_side import LABELS, ItemSide, Record, TickClock, records_by_tick, split_models
+from fusionrec.models.learned import LearnedRanker
 from fusionrec.models.ranker import FusionRanker
+from fusionrec.models.topk import pick_device
 from fusionrec.streams.metrics import WorkerMetrics
 
 __all__ = [
@@ -81,7 +83,25 @@ def build_item_side(settings: Settings, partitions: int) -> ItemSide | None:
     partition)."""
     if not settings.model.item_sync_ms:
         return None
-    return ItemSide(split_models(build_models(settings, 0)), partitions)
+    return ItemSide(split_models(build_models(settings, 0)), partitions, build_learned(settings, 3000 - 1))
+
+
+def build_learned(settings: Settings, seed: int, device: str | None = None) -> LearnedRanker | None:
+    """The learned ranker the settings describe (None when ``ranker.learned`` is off), seeded."""
+    ranker = settings.ranker
+    if not ranker.learned:
+        return None
+    return LearnedRanker(
+        list(SOURCES),
+        hidden=ranker.learned_hidden,
+        lr=ranker.learned_lr,
+        pool=ranker.learned_pool,
+        max_pending=ranker.learned_max_users,
+        min_lists=ranker.learned_min_lists,
+        item_signals=[name for name, cls in SOURCES.items() if not cls.personal],
+        seed=seed,
+        device=device or pick_device(ranker.device),
+    )
 
 
 def partition_clock(settings: Settings, open_tick: int | None = None) -> TickClock | None:
@@ -108,13 +128,16 @@ def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None
         half_life_ms=settings.fusion.half_life_s * 1000,
         seed=2000 + partition,
     )
+    ranker = ranker or build_ranker(settings.ranker)
+    learned = build_learned(settings, 3000 + partition, str(ranker.device))
     return FusedRecommender(
         list(SOURCES),
-        ranker or build_ranker(settings.ranker),
+        ranker,
         bandit,
         holdout=settings.fusion.holdout,
         new_user_events=settings.fusion.new_user_events,
         max_idle_ms=settings.model.max_idle_s * 1000,
+        learned=learned,
     )
 
 
@@ -178,8 +201,16 @@ class PartitionState:
             return
         events = [e for e, _ in pairs]
         split = self.clock is not None
+        labels: list[list] | None = None
         if self.fusion is not None:
-            self.fusion.learn_many(events)
+            if split and self.fusion.serving_ranker is not self.fusion.learned:
+                # each event's labels (for the shared learned ranker) travel in the event's item-side record
+                labels = []
+                for event in events:
+                    self.fusion.learn_one(event)
+                    labels.append(self.fusion.take_labels())
+            else:
+                self.fusion.learn_many(events)
             changed = self.changed
             for event in events:
                 stamps = changed.get(event.user_id)
@@ -202,18 +233,20 @@ class PartitionState:
                 del waiting[:ready]
 
         if split:
-            self._feed_user_side(pairs)
+            self._feed_user_side(pairs, labels)
 
-    def _feed_user_side(self, pairs: list[tuple[Event, int]]) -> None:
+    def _feed_user_side(self, pairs: list[tuple[Event, int]], labels: list[list] | None = None) -> None:
         halves = [(name, model.learn_user_side) for name, model in self.models.items() if model.splits()]
         stamp, out = self.clock.stamp, self.outbox.append  # type: ignore[union-attr]
-        for event, offset in pairs:
+        for n, (event, offset) in enumerate(pairs):
             tick = stamp(event.ts)
             contexts = {}
             for name, learn in halves:
                 context = learn(event)
                 if context is not None:
                     contexts[name] = context
+            if labels is not None and labels[n]:
+                contexts[LABELS] = labels[n]
             if contexts:
                 out((tick, [offset, event.item_id, event.ts, contexts]))
 
@@ -382,6 +415,9 @@ class PartitionRegistry:
         state = self.states.get(partition)
         if state is None:
             state = self.states[partition] = self.store.load(partition)
+            shared = None if self.item_side is None else self.item_side.replica.learned
+            if shared is not None and state.fusion is not None and state.fusion.learned is not None:
+                state.fusion.share(shared)
             self.last_batch[partition] = time.monotonic()
             if self.metrics:
                 self.metrics.partitions.set(len(self.states))

@@ -28,8 +28,10 @@ Redis are left out, so it runs in-process. The protocol (see ``docs/evaluation.m
    fusion (the same candidates, fused with equal weights) and each source alone (its own top ``k`` after the same
    filters).
 
-Variants: ``fused:bandit``, ``fused:equal``, one per source (``popular`` is the popularity baseline), and with
-``holdout`` the two arms of the in-stream A/B split, ``ab:bandit`` and ``ab:fixed``.
+Variants: ``fused:learned`` (what a worker serves: the learned ranker of :mod:`fusionrec.models.learned` once it
+has learned enough, bandit fusion before), ``fused:bandit``, ``fused:equal``, one per source (``popular`` is the
+popularity baseline), and with ``holdout`` the two arms of the in-stream A/B split, ``ab:bandit`` (the treatment:
+what a worker serves) and ``ab:fixed`` (fixed equal-weight fusion).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from fusionrec.models.targets import TARGET_KINDS, TargetFilter
 
 __all__ = ["EvalConfig", "RankMetrics", "evaluate", "rating_mae", "refresh_blocks", "sessionize"]
 
-FUSED = ("fused:bandit", "fused:equal")
+FUSED = ("fused:learned", "fused:bandit", "fused:equal")
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,9 @@ class _Run:
         ]
         #: The shared item side (None: each partition's models keep their own).
         self.replica = build_item_side(settings, self.partitions)
+        if self.replica is not None and self.replica.learned is not None:  # one learned ranker for every partition
+            for state in self.states:
+                state.fusion.share(self.replica.learned)
         # Equal-weight fusion: the weights of the fixed policy, the same for every user and segment, so the lists
         # are the bandit's candidates fused once more with them (no state of its own to learn).
         self.equal_weights = dict(FixedWeights(list(self.states[0].models)).pull(SEGMENTS[0]).weights)
@@ -357,14 +362,15 @@ class _Run:
                 )
         return gathered
 
-    def _store(self, bandit: FusedList, equal: RankedList) -> None:
-        lists: list[list[str]] = [bandit.ranked.item_ids, equal.item_ids]
+    def _store(self, fused: FusedList, equal: RankedList) -> None:
+        bandit = fused.bandit if fused.bandit is not None else fused.ranked
+        lists: list[list[str]] = [fused.ranked.item_ids, bandit.item_ids, equal.item_ids]
         lists.extend(equal.source_lists.get(source, []) for source in self.sources)
         for variant, ids in zip(self.variants, lists, strict=False):
             self.recommended[variant].update(ids)
-        self.served[bandit.user_id] = (lists, bandit.pull.arm)
+        self.served[fused.user_id] = (lists, fused.pull.arm)
         if self.config.holdout > 0:
-            self.recommended[f"ab:{bandit.pull.arm}"].update(bandit.ranked.item_ids)
+            self.recommended[f"ab:{fused.pull.arm}"].update(fused.ranked.item_ids)
 
     def weights(self) -> dict[str, dict[str, float]]:
         """The bandits' exploit weights per segment, averaged over the partitions (each learns its own)."""
@@ -479,9 +485,13 @@ def evaluate(
     singles = {name: report["variants"][name]["all"][f"hr@{config.k}"] for name in SOURCES}
     best = max(singles, key=singles.get)
     report["best_single"] = best
-    bandit = report["variants"]["fused:bandit"]["all"]
-    bandit_hr = bandit[f"hr@{config.k}"]
+    bandit_hr = report["variants"]["fused:bandit"]["all"][f"hr@{config.k}"]
     report["fusion_vs_best_single"] = round(bandit_hr / singles[best], 3) if singles[best] else None
+    served = report["variants"]["fused:learned"]["all"]  # what a worker serves: the learned ranker once ready
+    served_hr = served[f"hr@{config.k}"]
+    report["learned_vs_best_single"] = round(served_hr / singles[best], 3) if singles[best] else None
+    report["learned_vs_bandit"] = round(served_hr / bandit_hr, 3) if bandit_hr else None
+    bandit = served
     targets = bandit["targets"]
     report["run"] = {
         "events": len(events),
@@ -491,8 +501,8 @@ def evaluate(
         "served_targets": targets - bandit["unserved"],
         "unserved_targets": bandit["unserved"],
         "served_share": round((targets - bandit["unserved"]) / targets, 4) if targets else 0.0,
-        f"hr@{config.k}": bandit_hr,
-        f"hr_served@{config.k}": bandit[f"hr_served@{config.k}"],
+        f"hr@{config.k}": served_hr,
+        f"hr_served@{config.k}": served[f"hr_served@{config.k}"],
         "seconds": round(seconds, 2),
         "events_per_s": round(len(events) / seconds, 1) if seconds > 0 else None,
         "cpu_seconds": round(cpu_seconds, 2),

@@ -30,7 +30,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"lists of {k} refreshed {lag} ({run['blocks']:,} blocks, {run['lists_made']:,} lists made)",
             f"{targets:,} scored targets{in_file}: {run['served_targets']:,} served ({share:.1f}%), "
             f"{run['unserved_targets']:,} unserved (no list yet: no earlier block of the user's)",
-            f"fused:bandit HR@{k} {run[f'hr@{k}']:.4f} over all scored targets, {run[f'hr_served@{k}']:.4f} over the "
+            f"fused:learned HR@{k} {run[f'hr@{k}']:.4f} over all scored targets, {run[f'hr_served@{k}']:.4f} over the "
             "served ones",
         ]
     )
@@ -101,7 +101,7 @@ def plot_timeline(report: dict[str, Any], out_dir: Path) -> list[Path]:
     for variant in report["variants"]:
         values = [p["hr@20"].get(variant) for p in timeline]
         style = "-" if variant.startswith(("fused", "ab")) else "--"
-        width = 2.4 if variant == "fused:bandit" else 1.2
+        width = 2.4 if variant in ("fused:learned", "fused:bandit") else 1.2
         ax.plot(times, [v if v is not None else float("nan") for v in values], style, lw=width, label=variant)
     ax.set_title("HR@20 per time window (prequential)")
     ax.set_ylabel("HR@20")

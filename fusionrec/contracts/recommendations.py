@@ -11,7 +11,7 @@ The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON o
      "segment": "returning",
      "policy": {"arm": "bandit", "action": "exploit", "propensity": 0.9, "weights": {"cf": 0.21, ...}},
      "weights_version": 1834, "model_version": "fusionrec-0.1.0 p3@120455",
-     "generated_at": 1700000000123, "newest_event_ts": 1700000000042, "partition": 3}
+     "generated_at": 1700000000123, "newest_event_ts": 1700000000042, "partition": 3, "ranker": "learned"}
 
 * ``items`` is the fused list, best first. ``contributions`` says how much of the item's ``score`` each source gave
   (its fusion weight times its normalised score): the sources that put the item on the list.
@@ -22,6 +22,9 @@ The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON o
   action was chosen (the propensity, for off-policy evaluation) and the weights used.
 * ``generated_at`` is the wall-clock time the list was made; ``newest_event_ts`` the time of the newest event of
   this user it reflects (epoch milliseconds both); ``partition`` the events partition whose models made it.
+* ``ranker`` says what ordered the list: ``learned`` (the stacking model of :mod:`fusionrec.models.learned`, its
+  ``contributions`` its per-source parts of the score) or ``bandit`` (the weighted sum with ``policy.weights``; also
+  what a reader of lists written before the field existed gets).
 
 The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving
 (:meth:`fusionrec.contracts.keys.RedisKeys.recommendation`).
@@ -91,6 +94,8 @@ class Recommendation:
     newest_event_ts: int
     #: The events partition whose models made the list (absent in lists written before it was added).
     partition: int | None = None
+    #: What ordered the list: ``learned`` or ``bandit`` (fusion with the policy's weights).
+    ranker: str = "bandit"
 
     @property
     def item_ids(self) -> list[str]:
@@ -122,6 +127,7 @@ class Recommendation:
             "generated_at": self.generated_at,
             "newest_event_ts": self.newest_event_ts,
             "partition": self.partition,
+            "ranker": self.ranker,
         }
 
 
@@ -167,6 +173,7 @@ def decode(value: bytes | str) -> Recommendation:
             generated_at=int(data["generated_at"]),
             newest_event_ts=int(data["newest_event_ts"]),
             partition=None if data.get("partition") is None else int(data["partition"]),
+            ranker=str(data.get("ranker", "bandit")),
         )
     except KeyError as exc:
         raise RecommendationFormatError(f"missing field {exc.args[0]!r}") from None

@@ -349,6 +349,25 @@ class RankerSettings(_Section):
     list_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="The serving copy of a list in Redis expires this long after it was made."
     )
+    learned: bool = Field(
+        True,
+        description="Serve the learned ranker's lists (a torch model stacking the sources, trained online from what "
+        "users did next; docs/ranking.md) once it has learned from `learned_min_lists` lists; false: bandit fusion.",
+    )
+    learned_min_lists: int = Field(
+        200, ge=0, description="Labelled lists a partition's learned ranker learns before its lists are served."
+    )
+    learned_pool: int = Field(
+        100, ge=1, le=10_000, description="Candidates of each list remembered (the top of the union) for training."
+    )
+    learned_max_users: int = Field(
+        50_000,
+        ge=1,
+        description="Most users per partition whose last list's pool waits for their next event (least recently "
+        "ranked forgotten first): bounds the learned ranker's memory, about 2 KB per user.",
+    )
+    learned_hidden: int = Field(16, ge=1, le=1024, description="Width of the learned ranker's hidden layer.")
+    learned_lr: float = Field(0.01, gt=0.0, le=1.0, description="The learned ranker's Adam learning rate.")
 
 
 class FusionSettings(_Section):

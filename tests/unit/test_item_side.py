@@ -167,7 +167,8 @@ def test_a_late_tick_is_applied_next_not_lost():
 def test_meta_round_trips_through_json():
     events = stream(400, seed=2)
     side, _ = run_partitions(events, 2, order_seed=4)
-    other = ItemSide(split_models(build_models(load_settings(), 0)), partitions=2)
+    other = build_item_side(load_settings(), 2)
+    assert other.learned is not None  # the shared learned ranker's state travels in the meta too
     other.load_meta(orjson.loads(orjson.dumps(side.meta())))
     assert other.meta() == side.meta()
     with pytest.raises(ValueError, match="2 partitions, not 3"):

@@ -267,9 +267,12 @@ def evaluate(
         report["rating_mae"] = mae
     typer.echo("\n" + format_summary(report))
     typer.echo(format_table(report))
-    ratio = report.get("fusion_vs_best_single")
-    if ratio is not None:
-        typer.echo(f"\nbandit fusion HR@{max(cutoffs)} / best single source ({report['best_single']}): {ratio:.2f}x")
+    ratio, learned = report.get("fusion_vs_best_single"), report.get("learned_vs_best_single")
+    if ratio is not None and learned is not None:
+        typer.echo(
+            f"\nHR@{max(cutoffs)} / best single source ({report['best_single']}): learned ranker {learned:.2f}x, "
+            f"bandit fusion {ratio:.2f}x"
+        )
     if mae is not None:
         typer.echo(
             f"rating MAE (progressive validation, {mae['ratings']:,} ratings): fusionrec CF "
@@ -278,7 +281,8 @@ def evaluate(
     if holdout > 0:
         arms = report["variants"]
         typer.echo(
-            f"A/B: bandit arm HR@{max(cutoffs)} {arms['ab:bandit']['all'][f'hr@{max(cutoffs)}']:.4f} "
+            "A/B: treatment arm (learned ranker; bandit fusion until it is ready) "
+            f"HR@{max(cutoffs)} {arms['ab:bandit']['all'][f'hr@{max(cutoffs)}']:.4f} "
             f"({arms['ab:bandit']['all']['targets']:,} targets), fixed arm "
             f"{arms['ab:fixed']['all'][f'hr@{max(cutoffs)}']:.4f} ({arms['ab:fixed']['all']['targets']:,})"
         )
