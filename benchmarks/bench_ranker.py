@@ -6,7 +6,8 @@ it replaced (``tests/unit/ranker_reference.py``: per-candidate ``prepare``, item
 scoring), side by side in one run. Each data set's first ``--warm`` share of events is learned, then the rest in
 blocks of ``--block`` events, as a worker refreshes: after each block its users are ranked by both paths (which
 goes first alternates), in batches of at most ``--batch``. GC is tuned as in the worker. Prints users/s and
-microseconds per user for each path, the share of gather (each source's ``candidates_many``), prepare (filter,
+microseconds per user (wall clock) for each path, users per second of the process's CPU time (what a quiet machine
+would show when others share this one), the share of gather (each source's ``candidates_many``), prepare (filter,
 normalise, unions, the dense tensor) and fuse (weights, product, sort, cut to k), each source's gather cost, and
 how many lists differ between the paths (they must not).
 
@@ -118,7 +119,7 @@ def scoring_only(users: np.ndarray, items: np.ndarray, k: int, device: torch.dev
 def rank_timed(ranker, candidates_many, models, users, weights, now, clock):
     """Rank ``users`` with ``ranker``, gathering through ``candidates_many(model, users, now)``; add each stage's
     seconds (and each source's) to ``clock``; the lists."""
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     gathered = {}
     for name, model in models.items():
         start = time.perf_counter()
@@ -129,6 +130,7 @@ def rank_timed(ranker, candidates_many, models, users, weights, now, clock):
     prepared_at = time.perf_counter()
     lists = ranker.fuse(prepared, weights)
     done = time.perf_counter()
+    clock["cpu"] = clock.get("cpu", 0.0) + time.process_time() - cpu
     for stage, seconds in zip(
         STAGES, (gathered_at - began, prepared_at - gathered_at, done - prepared_at), strict=True
     ):
@@ -196,13 +198,19 @@ def capacity_run(path: Path, args) -> None:
         f"users); catalogue {catalogue['cf']:,} items (CF); k={new.k}, candidates={new.candidates}, "
         f"category_cap={new.category_cap}, normalise={new.normalise}"
     )
-    print(f"{'path':<22}{'users/s':>10}{'us/user':>10}" + "".join(f"{stage:>14}" for stage in STAGES))
+    print(
+        f"{'path':<22}{'users/s':>10}{'us/user':>10}"
+        + "".join(f"{stage:>14}" for stage in STAGES)
+        + f"{'per CPU-s':>12}"
+    )
     for label, clock in clocks.items():
         total = sum(clock[stage] for stage in STAGES)
         shares = "".join(
             f"{clock[stage] / ranked * 1e6:>7.0f} ({100 * clock[stage] / total:>2.0f}%)" for stage in STAGES
         )
-        print(f"{label:<22}{ranked / total:>10,.0f}{total / ranked * 1e6:>10.0f}{shares}")
+        print(
+            f"{label:<22}{ranked / total:>10,.0f}{total / ranked * 1e6:>10.0f}{shares}{ranked / clock['cpu']:>12,.0f}"
+        )
     (old_clock, new_clock) = clocks.values()
     speedup = sum(old_clock[s] for s in STAGES) / sum(new_clock[s] for s in STAGES)
     print(f"speed-up {speedup:.2f}x; lists differing between the paths: {differing:,} of {ranked:,}")

@@ -21,8 +21,8 @@ Both forget a key through the model's own ``drop(key)``, which removes every tra
 from __future__ import annotations
 
 import abc
-import heapq
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 
 import numpy as np
 
@@ -124,7 +124,12 @@ def top_k(pairs: Iterable[tuple[str, float]], k: int) -> list[tuple[str, float]]
     """
     if k <= 0:
         return []
-    return heapq.nlargest(k, (p for p in pairs if p[1] > 0.0), key=by_score_then_id)
+    kept = [p for p in pairs if p[1] > 0.0]
+    kept.sort(key=_SCORE_THEN_ID, reverse=True)  # heapq.nlargest(k, kept, key=by_score_then_id), in one C-level sort
+    return kept[:k]
+
+
+_SCORE_THEN_ID = itemgetter(1, 0)  # by_score_then_id, without a Python call per pair
 
 
 class UserItemActivity(abc.ABC):

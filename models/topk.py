@@ -237,6 +237,7 @@ def bounded_top_k(
     probe: int = 256,
     user_chunk: int = 16,
     min_items: int = 8192,
+    min_users: int = 6,
     max_chunk_bytes: int = 64 * 2**20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exhaustive_top_k`'s answer on the CPU (no exclusions), scoring only the items that can make the top.
@@ -248,8 +249,9 @@ def bounded_top_k(
     float32 rounding), with the same ``torch.addmm`` and ``torch.topk`` as the exhaustive pass: the scores are those
     it computes, the items the same up to the order of exact ties.
 
-    Catalogues under ``min_items`` items, and factors that are not all finite, go to :func:`exhaustive_top_k`
-    (``max_chunk_bytes`` is its bound). Returns ``(scores, rows)`` as it does.
+    Catalogues under ``min_items`` items, batches under ``min_users`` users (the bounds cost a few passes over the
+    catalogue, which one exhaustive pass per user beats for a handful of users) and factors that are not all finite
+    go to :func:`exhaustive_top_k` (``max_chunk_bytes`` is its bound). Returns ``(scores, rows)`` as it does.
 
     >>> rng = np.random.default_rng(0)
     >>> users, items = rng.normal(size=(50, 8)), rng.normal(size=(20_000, 8))
@@ -267,15 +269,16 @@ def bounded_top_k(
     top = min(k, n_items)
     bias = np.zeros(n_items, np.float32) if item_bias is None else np.ascontiguousarray(item_bias, dtype=np.float32)
     exhaustive = {"item_bias": item_bias, "user_bias": user_bias, "device": "cpu", "max_chunk_bytes": max_chunk_bytes}
-    if n_users == 0 or top == 0 or n_items < max(min_items, 4 * (probe + top)) or items.shape[1] != n_factors:
+    too_small = n_items < max(min_items, 4 * (probe + top)) or n_users < min_users
+    if n_users == 0 or top == 0 or too_small or items.shape[1] != n_factors:
         return exhaustive_top_k(users, items, k, **exhaustive)
     norms = np.sqrt(np.einsum("ij,ij->i", items, items))  # of the rows as given: float32 rounding is in the margin
     radii = np.sqrt(np.einsum("ij,ij->i", users, users))
-    if not (np.isfinite(norms).all() and np.isfinite(radii).all() and np.isfinite(bias).all()):
+    if not np.isfinite(float(norms.sum()) + float(bias.sum()) + float(radii.sum())):  # a NaN or inf anywhere
         return exhaustive_top_k(users, items, k, **exhaustive)
     # float32 rounding of a score and of its bound, generously: |error| <= (F + 2) eps (|b| + |q| |p|) each
     margin = 8 * (n_factors + 2) * float(np.finfo(np.float32).eps)
-    margin *= float(np.abs(bias).max() + norms.max() * radii.max())
+    margin *= max(float(bias.max()), -float(bias.min())) + float(norms.max()) * float(radii.max())
     width = min(n_items, max(probe, 2 * top))
     likely = np.argpartition(bias + norms * np.median(radii), n_items - width)[n_items - width :]
     with torch.inference_mode():

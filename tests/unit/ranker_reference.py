@@ -13,8 +13,8 @@ from operator import itemgetter
 import numpy as np
 import torch
 
-from fusionrec.models import CategoryAffinity, MatrixFactorization, Recommender
-from fusionrec.models._state import top_k
+from fusionrec.models import CategoryAffinity, CoVisitation, MatrixFactorization, RecentItems, Recommender
+from fusionrec.models._state import by_score_then_id
 from fusionrec.models.fusion import position_discount
 from fusionrec.models.ranker import Candidates, FusionRanker, RankedItem, RankedList, _first_known
 from fusionrec.models.topk import exhaustive_top_k
@@ -22,6 +22,12 @@ from fusionrec.models.topk import exhaustive_top_k
 __all__ = ["ReferenceRanker", "reference_candidates_many"]
 
 _DISCOUNTS = [position_discount(n) for n in range(1000)]
+
+
+def top_k(pairs, k: int) -> list[tuple[str, float]]:
+    if k <= 0:
+        return []
+    return heapq.nlargest(k, (p for p in pairs if p[1] > 0.0), key=by_score_then_id)
 
 
 def _category_candidates(model: CategoryAffinity, user_id: str, k: int) -> list[tuple[str, float]]:
@@ -75,6 +81,8 @@ def reference_candidates_many(
         return _cf_candidates_many(model, users, k, torch.device(device), max_chunk_bytes)
     if isinstance(model, CategoryAffinity):
         return [_category_candidates(model, user, k) for user in users]
+    if isinstance(model, CoVisitation | RecentItems):
+        return [top_k(model._scored(user, now_ms).items(), k) for user in users]
     if users and not model.personal:
         return [model.candidates(users[0], k, now_ms)] * len(users)
     return Recommender.candidates_many(model, users, k, now_ms)

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from fusionrec.contracts.events import Event
-from fusionrec.models import CategoryAffinity, MatrixFactorization, Recommender
+from fusionrec.models import CategoryAffinity, CoVisitation, MatrixFactorization, RecentItems, Recommender
+from fusionrec.models._state import top_k
 from fusionrec.models.ranker import FusionRanker
 from fusionrec.models.topk import bounded_top_k, exhaustive_top_k
 
 from .ranker_reference import ReferenceRanker, _category_candidates, reference_candidates_many
+from .ranker_reference import top_k as reference_top_k
 
 
 class Fixed(Recommender):
@@ -158,7 +160,7 @@ def test_bounded_top_k_is_the_exhaustive_answer(n_users):
     bias = rng.normal(0, 0.1, 20_000).astype(np.float32)
     base = rng.normal(0, 0.1, n_users).astype(np.float32)
     for k in (1, 10, 50):
-        fast_scores, fast_rows = bounded_top_k(users, items, k, item_bias=bias, user_bias=base)
+        fast_scores, fast_rows = bounded_top_k(users, items, k, item_bias=bias, user_bias=base, min_users=1)
         full_scores, full_rows = exhaustive_top_k(users, items, k, item_bias=bias, user_bias=base, device="cpu")
         np.testing.assert_array_equal(fast_scores, full_scores)
         assert [set(r) for r in fast_rows.tolist()] == [set(r) for r in full_rows.tolist()]
@@ -209,3 +211,28 @@ def test_category_candidates_match_the_reference_with_ties():
     for user in [f"u{n}" for n in range(50)] + ["nobody"]:
         for k in (0, 1, 5, 50):
             assert model.candidates(user, k) == _category_candidates(model, user, k)
+
+
+def test_top_k_is_the_heap_it_replaced():
+    rng = random.Random(5)
+    for _ in range(300):
+        pairs = [
+            (f"i{rng.randrange(40)}", rng.choice([2.0, 1.0, 1.0, 0.5, 0.0, -1.0])) for _ in range(rng.randrange(60))
+        ]
+        for k in (0, 1, 7, 100):
+            assert top_k(pairs, k) == reference_top_k(pairs, k)
+
+
+def test_covisit_and_recent_candidates_match_the_reference():
+    rng = random.Random(8)
+    t = 1_700_000_000_000
+    events = [
+        Event(f"e{n}", f"u{rng.randrange(40)}", f"i{rng.randrange(80)}", rng.choice(["view", "add_to_cart"]), t + n)
+        for n in range(4000)
+    ]
+    models = [CoVisitation(), RecentItems()]
+    for model in models:
+        model.learn_many(events)
+    users = [f"u{n}" for n in range(40)] + ["nobody"]
+    for model in models:
+        assert model.candidates_many(users, 50) == reference_candidates_many(model, users, 50)
