@@ -383,9 +383,9 @@ class MatrixFactorization(Recommender):
         complete = bool((indices >= 0).all())
         for n, user_scores, user_indices in zip(rows, scores.tolist(), indices.tolist(), strict=True):
             if complete:
-                out[n] = list(zip(map(ids.__getitem__, user_indices), user_scores, strict=True))
+                out[n] = list(zip(map(ids.__getitem__, user_indices), user_scores, strict=False))
             else:
-                out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=True) if i >= 0]
+                out[n] = [(ids[i], s) for s, i in zip(user_scores, user_indices, strict=False) if i >= 0]
         return out
 
     # --- catalogue access for rankers --------------------------------------------------------------------------

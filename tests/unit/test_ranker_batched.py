@@ -236,3 +236,17 @@ def test_covisit_and_recent_candidates_match_the_reference():
     users = [f"u{n}" for n in range(40)] + ["nobody"]
     for model in models:
         assert model.candidates_many(users, 50) == reference_candidates_many(model, users, 50)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_item_codes_index_the_batch_distinct_items(seed):
+    models, users, gathered, unavailable, exclude, _ = random_case(seed)
+    prepared = FusionRanker(device="cpu").prepare(models, users, unavailable=unavailable, gathered=gathered)
+    index: dict[str, int] = {}  # the straightforward way: setdefault per union item, user by user
+    expected = np.zeros(prepared.valid.shape, dtype=np.int64)
+    for b, union in enumerate(prepared.unions):
+        expected[b, : len(union)] = [index.setdefault(item, len(index)) for item in union]
+    codes, items = prepared.item_codes()
+    np.testing.assert_array_equal(codes, expected)
+    assert items == list(index)
+    assert prepared.item_codes()[0] is codes  # kept
