@@ -14,6 +14,10 @@ how many lists differ between the paths (they must not).
     python benchmarks/bench_ranker.py --capacity                 # the Taobao slice and MovieLens-100K
     python benchmarks/bench_ranker.py --capacity PATH [PATH ...] --block 200 --batch 256
 
+``--evaluate PATH``: ``fusionrec evaluate``'s run (``fusionrec.apps.evaluation.evaluate``, default settings, one
+torch thread) in process, first with the old path patched in, then with the batched one: events/s each, and
+whether every variant's HR@20 is the same.
+
 **Exhaustive matrix-factorisation top-k** (the default): ``fusionrec.models.topk.exhaustive_top_k`` (torch,
 chunked) against the plain numpy path (``numpy_top_k``: matmul + ``argpartition`` per user chunk), same synthetic
 factors, one run.
@@ -221,6 +225,60 @@ def capacity_run(path: Path, args) -> None:
     print("gather per source, us/user (old -> new): " + ", ".join(per_source))
 
 
+def evaluate_main(path: Path) -> None:
+    """``evaluate`` on ``path`` with the reference's prepare, fuse and candidate code patched in, then without."""
+    import gc
+
+    from fusionrec.apps.evaluation import EvalConfig, evaluate
+    from fusionrec.contracts.settings import Settings
+    from fusionrec.models import CategoryAffinity, MatrixFactorization, covisit, recent
+    from fusionrec.models.ranker import FusionRanker
+    from fusionrec.producers.datasets import read_dataset
+
+    sys.path.insert(0, str(REPO))
+    from tests.unit import ranker_reference as ref
+
+    torch.set_num_threads(1)
+    events = read_dataset(path).events
+    batched = (FusionRanker.prepare, FusionRanker.fuse, MatrixFactorization.candidates_many)
+    batched += (CategoryAffinity.candidates, covisit.top_k, recent.top_k)
+
+    def cf_candidates_many(model, users, k, now_ms=None, *, device=None, max_chunk_bytes=None):
+        del now_ms  # the CF model has no time decay
+        chosen = torch.device("cpu") if device is None else torch.device(device)
+        return ref._cf_candidates_many(model, users, k, chosen, max_chunk_bytes or model.chunk_bytes)
+
+    def category_candidates(model, user, k, now_ms=None):
+        del now_ms  # nor has the category model
+        return ref._category_candidates(model, user, k)
+
+    def patch(old: bool) -> None:
+        if old:
+            FusionRanker._old_normalised = ref.ReferenceRanker._old_normalised
+            members = (ref.ReferenceRanker.prepare, ref.ReferenceRanker.fuse, cf_candidates_many)
+            members += (category_candidates, ref.top_k, ref.top_k)
+        else:
+            members = batched
+        (FusionRanker.prepare, FusionRanker.fuse, MatrixFactorization.candidates_many) = members[:3]
+        (CategoryAffinity.candidates, covisit.top_k, recent.top_k) = members[3:]
+
+    hit_rates = {}
+    for label, old in (("old (per candidate)", True), ("new (batched)", False)):
+        patch(old)
+        gc.collect()
+        began, cpu = time.perf_counter(), time.process_time()
+        report = evaluate(events, EvalConfig(settings=Settings()))
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        hit_rates[label] = {name: variant["all"]["hr@20"] for name, variant in report["variants"].items()}
+        print(
+            f"{label:<22} {len(events):,} events in {wall:.1f} s: {len(events) / wall:,.0f} events/s "
+            f"({len(events) / cpu:,.0f} per CPU-second)"
+        )
+    patch(False)
+    old_hr, new_hr = hit_rates.values()
+    print(f"HR@20 the same for every variant ({len(new_hr)}): {old_hr == new_hr}")
+
+
 def capacity_main(args) -> None:
     from fusionrec.streams.app import tune_gc
 
@@ -258,6 +316,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2000, help="users in the agreement check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--capacity", action="store_true", help="measure ranking capacity (see above) instead")
+    parser.add_argument("--evaluate", type=Path, default=None, help="time evaluate on PATH, old path vs new")
     parser.add_argument("paths", nargs="*", type=Path, help="--capacity: event files (default: Taobao, ML-100K)")
     parser.add_argument("--warm", type=float, default=0.8, help="--capacity: share of events learned first")
     parser.add_argument("--block", type=int, default=200, help="--capacity: events per refresh block")
@@ -265,6 +324,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.capacity:
         capacity_main(args)
+        return
+    if args.evaluate is not None:
+        evaluate_main(args.evaluate)
         return
 
     threads = os.cpu_count() or 1

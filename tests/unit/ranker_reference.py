@@ -30,6 +30,24 @@ def top_k(pairs, k: int) -> list[tuple[str, float]]:
     return heapq.nlargest(k, (p for p in pairs if p[1] > 0.0), key=by_score_then_id)
 
 
+def _covisit_scored(model: CoVisitation, user_id: str, now_ms: int | None) -> dict[str, float]:
+    recent = model._recent.get(user_id)
+    if not recent:
+        return {}
+    scores: dict[str, float] = {}
+    get = scores.get
+    for rank, (seed, *_) in enumerate(reversed(recent), start=1):
+        neighbours = model._links.get(seed)
+        if neighbours:
+            seed_weight = 1.0 / rank
+            for other, strength in neighbours.items():
+                scores[other] = get(other, 0.0) + seed_weight * strength
+    for seed, *_ in recent:
+        scores.pop(seed, None)
+    factor = model._forward_factor(now_ms, model.half_life_ms)
+    return {item: value * factor for item, value in scores.items()}
+
+
 def _category_candidates(model: CategoryAffinity, user_id: str, k: int) -> list[tuple[str, float]]:
     shares = model._shares(user_id)
     best = heapq.nlargest(model.top_categories, shares.items(), key=itemgetter(1, 0))
@@ -81,7 +99,9 @@ def reference_candidates_many(
         return _cf_candidates_many(model, users, k, torch.device(device), max_chunk_bytes)
     if isinstance(model, CategoryAffinity):
         return [_category_candidates(model, user, k) for user in users]
-    if isinstance(model, CoVisitation | RecentItems):
+    if isinstance(model, CoVisitation):
+        return [top_k(_covisit_scored(model, user, now_ms).items(), k) for user in users]
+    if isinstance(model, RecentItems):
         return [top_k(model._scored(user, now_ms).items(), k) for user in users]
     if users and not model.personal:
         return [model.candidates(users[0], k, now_ms)] * len(users)

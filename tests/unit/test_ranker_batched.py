@@ -15,7 +15,7 @@ from fusionrec.models._state import top_k
 from fusionrec.models.ranker import FusionRanker
 from fusionrec.models.topk import bounded_top_k, exhaustive_top_k
 
-from .ranker_reference import ReferenceRanker, _category_candidates, reference_candidates_many
+from .ranker_reference import ReferenceRanker, _category_candidates, _covisit_scored, reference_candidates_many
 from .ranker_reference import top_k as reference_top_k
 
 
@@ -250,3 +250,15 @@ def test_item_codes_index_the_batch_distinct_items(seed):
     np.testing.assert_array_equal(codes, expected)
     assert items == list(index)
     assert prepared.item_codes()[0] is codes  # kept
+
+
+def test_covisit_scores_are_the_loop_they_replaced():
+    rng = random.Random(9)
+    t = 1_700_000_000_000
+    model = CoVisitation(max_recent=6)
+    model.learn_many(
+        Event(f"e{n}", f"u{rng.randrange(30)}", f"i{rng.randrange(60)}", "view", t + 997 * n) for n in range(5000)
+    )
+    for user in [f"u{n}" for n in range(30)] + ["nobody"]:
+        for now in (None, t + 5000 * 997, t + 10**10):
+            assert model._scored(user, now) == _covisit_scored(model, user, now)
