@@ -257,14 +257,12 @@ class FusionRanker:
                 torch.from_numpy(prepared.valid).to(self.device), fused, torch.tensor(float("-inf"), device=self.device)
             )
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
-            if not self.category_cap:
-                order = order[:, : self.k]
-                fused = torch.gather(fused, 1, order)
             fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
         if self.category_cap:
             self._walk_capped(prepared, w, fused_np, order_np, results)
         else:
-            self._cut(prepared, w, fused_np, order_np, results)
+            top = order_np[:, : self.k]
+            self._cut(prepared, w, np.take_along_axis(fused_np, top, axis=1), top, results)
         return results
 
     def _cut(
@@ -276,34 +274,30 @@ class FusionRanker:
         results: list[RankedList],
     ) -> None:
         """Without a cap each list is its first positions up to the first fused score ``<= 0`` (at most ``k``):
-        ``scores[b, p]`` is the fused score of union item ``order[b, p]``, best first."""
-        stop = scores <= 0.0
-        counts = np.where(stop.any(axis=1), stop.argmax(axis=1), scores.shape[1])
-        users, positions = np.nonzero(np.arange(scores.shape[1]) < counts[:, None])
-        if not users.size:
-            return
-        members = order[users, positions]
-        sources = prepared.sources
-        parts = (prepared.dense[users, members] * w[users]).tolist()
-        item_scores = scores[users, positions].tolist()
-        category_of = prepared.category_of
-        unions = prepared.unions
-        n = 0
-        for b, length in enumerate(counts.tolist()):
-            if not length:
+        ``scores[b, p]`` is the fused score of union item ``order[b, p]``, best first. Each user's contributions are
+        read in one product (per user rather than over the batch: as fast for a large batch, faster for a small
+        one, where a batch-wide pass costs more fixed numpy calls than it saves)."""
+        dense, sources, category_of = prepared.dense, prepared.sources, prepared.category_of
+        for b, (row, members) in enumerate(zip(scores.tolist(), order.tolist(), strict=False)):
+            count = 0
+            for score in row:
+                if score <= 0.0:
+                    break
+                count += 1
+            if not count:
                 continue
-            union, chosen = unions[b], results[b].items
-            for m in members[n : n + length].tolist():
+            members = members[:count]
+            union, chosen = prepared.unions[b], results[b].items
+            for m, score, part in zip(members, row, (dense[b, members] * w[b]).tolist(), strict=False):
                 item = union[m]
                 chosen.append(
                     RankedItem(
                         item,
-                        item_scores[n],
-                        {s: c for s, c in zip(sources, parts[n], strict=False) if c > 0.0},
+                        score,
+                        {s: c for s, c in zip(sources, part, strict=False) if c > 0.0},
                         category_of(item) if category_of is not None else None,
                     )
                 )
-                n += 1
 
     def _walk_capped(
         self,
@@ -453,25 +447,26 @@ class _Batch:
 
     def tensor(self, n_users: int, n_sources: int) -> tuple[np.ndarray, np.ndarray]:
         """``dense[b, m, j]``, source ``j``'s value of user ``b``'s union item ``m``, and the mask of real items."""
-        lengths = np.array(self.lengths, dtype=np.intp)
-        sizes = np.array([len(union) for union in self.unions], dtype=np.intp)
-        width = int(sizes.max()) if n_users else 0
+        sizes = [len(union) for union in self.unions]
+        width = max(sizes, default=0)
         dense = np.zeros((n_users, width, n_sources), dtype=np.float32)
-        valid = np.arange(width) < sizes[:, None]
+        valid = np.arange(width) < np.array(sizes, dtype=np.intp)[:, None]
         if not self.total:
             return dense, valid
+        lengths = np.array(self.lengths, dtype=np.intp)
+        group = np.repeat(np.arange(lengths.shape[0]), lengths)  # each entry's (user, source) list, user-major
         if self.rank:
-            starts = np.cumsum(lengths) - lengths
-            positions = np.arange(self.total) - np.repeat(starts, lengths)
+            positions = np.arange(self.total) - (np.cumsum(lengths) - lengths)[group]
             values = _discounts(int(lengths.max()))[positions]
         else:
             values = np.concatenate(self.values)
-        keep = values > 0.0
-        for first, mask in self.banned:
-            keep[first : first + mask.shape[0]] &= ~mask
-        users = np.repeat(np.repeat(np.arange(n_users), n_sources), lengths)[keep]
-        sources = np.repeat(np.tile(np.arange(n_sources), n_users), lengths)[keep]
-        dense[users, np.frombuffer(self.members, dtype=np.int64), sources] = values[keep]
+        if self.banned or not self.rank:  # else every entry is kept: rank values are all positive
+            keep = values > 0.0
+            for first, mask in self.banned:
+                keep[first : first + mask.shape[0]] &= ~mask
+            group, values = group[keep], values[keep]
+        users, sources = np.divmod(group, n_sources)
+        dense[users, np.frombuffer(self.members, dtype=np.int64), sources] = values
         return dense, valid
 
 
