@@ -372,6 +372,10 @@ class _Batch:
         self.lists = lists
         self.unavailable = unavailable
         self.rank = ranker.normalise == "rank"
+        # under "rank", the sources whose users' lists are not one shared object: split per user, never cached
+        self.direct = frozenset(
+            j for j, per_user in enumerate(lists) if self.rank and not all(pairs is per_user[0] for pairs in per_user)
+        )
         self.split: dict[int, tuple[tuple[str, ...], np.ndarray | None, list[bool] | None]] = {}
         self.unions: list[list[str]] = []
         self.source_lists: list[dict[str, list[str]]] = []
@@ -402,24 +406,28 @@ class _Batch:
     def add_user(self, b: int, sources: list[str], parts: list[AbstractSet[str]]) -> None:
         """User ``b``'s union and own lists; ``parts``: the non-empty sets of items excluded for them."""
         entries: list[str] = []
-        splits = []
+        spans: list[tuple[int, int]] = []  # each source's entries: entries[start:stop]
         flags: list[bool] | None = None
-        split, lists, lengths = self.split, self.lists, self.lengths
+        split, lists, lengths, direct = self.split, self.lists, self.lengths, self.direct
         for j in range(len(sources)):
             pairs = lists[j][b]
-            one = split.get(id(pairs))
-            if one is None:
-                one = self._split(pairs)
-            items, values, positive = one
-            if positive is not None and flags is None:
-                flags = [True] * len(entries)
-            if flags is not None:
-                flags.extend(positive if positive is not None else [True] * len(items))
-            entries.extend(items)
-            splits.append(one)
-            lengths.append(len(items))
-            if values is not None:
-                self.values.append(values)
+            start = len(entries)
+            if j in direct:  # a personal list under "rank": its items straight into the entries, nothing kept
+                entries.extend(map(_ITEM, pairs))
+            else:
+                one = split.get(id(pairs))
+                if one is None:
+                    one = self._split(pairs)
+                items, values, positive = one
+                if positive is not None and flags is None:
+                    flags = [True] * start
+                if flags is not None:
+                    flags.extend(positive if positive is not None else [True] * len(items))
+                entries.extend(items)
+                if values is not None:
+                    self.values.append(values)
+            spans.append((start, len(entries)))
+            lengths.append(len(entries) - start)
         kept = entries if flags is None else list(compress(entries, flags))
         union = dict.fromkeys(kept)
         seen = union if flags is None else dict.fromkeys(entries)
@@ -435,10 +443,13 @@ class _Batch:
             union = dict.fromkeys(kept)
             self.banned.append((self.total, np.fromiter(map(dropped, entries), dtype=bool, count=len(entries))))
             own = {
-                name: list(islice(filterfalse(dropped, one[0]), k)) for name, one in zip(sources, splits, strict=False)
+                name: list(islice(filterfalse(dropped, islice(entries, start, stop)), k))
+                for name, (start, stop) in zip(sources, spans, strict=False)
             }
         else:
-            own = {name: list(one[0][:k]) for name, one in zip(sources, splits, strict=False)}
+            own = {
+                name: entries[start : min(stop, start + k)] for name, (start, stop) in zip(sources, spans, strict=False)
+            }
         self.total += len(entries)
         position = dict(zip(union, range(len(union)), strict=False))
         self.members.extend(map(position.__getitem__, kept))
