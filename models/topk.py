@@ -235,7 +235,7 @@ def bounded_top_k(
     item_bias: np.ndarray | None = None,
     user_bias: np.ndarray | None = None,
     probe: int = 256,
-    user_chunk: int = 16,
+    user_chunk: int = 32,
     min_items: int = 8192,
     min_users: int = 6,
     max_chunk_bytes: int = 64 * 2**20,
