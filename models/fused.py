@@ -295,11 +295,7 @@ class FusedRecommender:
         learned = self.learned
         if learned is None or not learned.item_signals:
             return None
-        index: dict[str, int] = {}
-        codes = np.zeros(prepared.valid.shape, dtype=np.int64)
-        for b, union in enumerate(prepared.unions):
-            codes[b, : len(union)] = [index.setdefault(item, len(index)) for item in union]
-        items = list(index)
+        codes, items = prepared.item_codes()
         out = np.zeros((*codes.shape, len(learned.item_signals)), dtype=np.float32)
         for g, name in enumerate(learned.item_signals):
             model = models.get(name)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FEATURES", "LearnedRanker", "UserContext", "pool_order", "scores"]
+__all__ = ["FEATURES", "LearnedRanker", "Rows", "UserContext", "pool_order", "scores"]
 
 #: The features of one (candidate, source) pair, in the order of the model's input; then one per item signal.
 FEATURES = ("score", "n_sources", "others", "returning", "activity", "weight", "log_rank")
@@ -54,6 +54,18 @@ class UserContext:
     returning: bool
     events: int
     weights: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """The learned ranker's input: features ``x[N, F]`` of the proposed (candidate, source) pairs at ``(b, m, j)``
+    of candidates shaped ``shape`` ``(B, M, S)``."""
+
+    shape: tuple[int, ...]
+    b: np.ndarray
+    m: np.ndarray
+    j: np.ndarray
+    x: np.ndarray
 
 
 @dataclass(slots=True)
@@ -222,46 +234,43 @@ class LearnedRanker:
         valid: np.ndarray,
         context: Sequence[UserContext] | np.ndarray,
         signals: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """The model's input ``[B, M, S, F]`` (float32) for candidates ``dense[B, M, S]`` (0: not proposed), the
-        users' :meth:`context` and the ``item_signals``' scores ``signals[B, M, G]`` of every candidate (each scaled
-        to at most 1)."""
+    ) -> Rows:
+        """The model's input for candidates ``dense[B, M, S]`` (0: not proposed), the users' :meth:`context` and the
+        ``item_signals``' scores ``signals[B, M, G]`` of every candidate (each scaled to at most 1): one row of
+        :data:`FEATURES` (then the signals) per *proposed* (candidate, source) pair, the only ones that contribute."""
         ctx = context if isinstance(context, np.ndarray) else self.context(context)
-        b, m, s = dense.shape
-        proposed = dense > 0.0
-        total = dense.sum(axis=2)
-        x = np.empty((b, m, s, self.n_features), dtype=np.float32)
-        x[..., 0] = dense
-        x[..., 1] = (proposed.sum(axis=2, dtype=np.float32) / s)[:, :, None]
-        x[..., 2] = total[:, :, None] - dense
-        x[..., 3] = ctx[:, None, None, 0]
-        x[..., 4] = ctx[:, None, None, 1]
-        x[..., 5] = ctx[:, None, 2:]
+        s = dense.shape[2]
+        proposed = (dense > 0.0) & valid[:, :, None]
+        bi, mi, ji = np.nonzero(proposed)
+        score = dense[bi, mi, ji]
+        x = np.empty((len(bi), self.n_features), dtype=np.float32)
+        x[:, 0] = score
+        x[:, 1] = proposed.sum(axis=2, dtype=np.float32)[bi, mi] / s
+        x[:, 2] = dense.sum(axis=2)[bi, mi] - score
+        x[:, 3] = ctx[bi, 0]
+        x[:, 4] = ctx[bi, 1]
+        x[:, 5] = ctx[bi, 2 + ji]
         # the position the score stands for (rank normalisation: the DCG discount 1/log2(pos + 2))
-        with np.errstate(divide="ignore", over="ignore"):
-            x[..., 6] = np.where(proposed, np.log1p(np.exp2(1.0 / np.maximum(dense, 0.05)) - 2.0) / 4.0, 0.0)
+        x[:, 6] = np.log1p(np.exp2(1.0 / np.maximum(score, 0.05)) - 2.0) / 4.0
         if self.item_signals:
             if signals is None:
                 raise ValueError(f"the item signals {self.item_signals} are needed")
-            x[..., len(FEATURES) :] = signals[:, :, None, :]
-        x *= proposed[..., None]
-        x[~valid] = 0.0
-        return x
+            x[:, len(FEATURES) :] = signals[bi, mi]
+        return Rows(dense.shape, bi, mi, ji, x)
 
-    def _contributions(self, x: torch.Tensor) -> torch.Tensor:
-        """``g[B, M, S]`` for features ``x[B, M, S, F]``: computed for the proposed pairs only (score > 0)."""
-        proposed = x[..., 0] > 0.0
-        out = torch.zeros(proposed.shape, dtype=torch.float32, device=x.device)
-        rows = proposed.nonzero(as_tuple=True)
-        if rows[0].numel():
-            out[rows] = self.net(x[rows], rows[-1])
+    def _contributions(self, rows: Rows) -> torch.Tensor:
+        """``g[B, M, S]`` (0 where not proposed), differentiable."""
+        out = torch.zeros(rows.shape, dtype=torch.float32, device=self.device)
+        if len(rows.x):
+            index = tuple(torch.from_numpy(i).to(self.device) for i in (rows.b, rows.m, rows.j))
+            out[index] = self.net(torch.from_numpy(rows.x).to(self.device), index[2])
         return out
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:
+    def contributions(self, rows: Rows) -> np.ndarray:
         """Each source's contribution ``[B, M, S]`` to each candidate's learned score (0 where not proposed), for
-        the :meth:`features` ``x``."""
+        the :meth:`features` ``rows``."""
         with torch.inference_mode():
-            return self._contributions(torch.from_numpy(x).to(self.device)).cpu().numpy()
+            return self._contributions(rows).cpu().numpy()
 
     # --- learning ----------------------------------------------------------------------------------------------
 
@@ -356,10 +365,10 @@ class LearnedRanker:
             if g:
                 signals[i, :n] = pool.signals
             valid[i, :n] = True
-        x = self.features(dense, valid, context, signals)
+        rows = self.features(dense, valid, context, signals)
         targets = torch.tensor([t for _, t, _ in batch], device=self.device)
         weights = torch.tensor([w for _, _, w in batch], dtype=torch.float32, device=self.device)
-        scores = self._contributions(torch.from_numpy(x).to(self.device)).sum(dim=2)
+        scores = self._contributions(rows).sum(dim=2)
         scores = scores.masked_fill(~torch.from_numpy(valid).to(self.device), float("-inf"))
         loss = (torch.nn.functional.cross_entropy(scores, targets, reduction="none") * weights).sum() / weights.sum()
         self.optimiser.zero_grad(set_to_none=True)

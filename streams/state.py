@@ -245,7 +245,9 @@ class PartitionState:
                 context = learn(event)
                 if context is not None:
                     contexts[name] = context
-            if labels is not None and labels[n]:
+            if labels is not None and labels[n] and contexts:
+                # only on a record that exists anyway: which events carry labels depends on when lists were made,
+                # and the item side's offsets and counts must not
                 contexts[LABELS] = labels[n]
             if contexts:
                 out((tick, [offset, event.item_id, event.ts, contexts]))

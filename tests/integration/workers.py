@@ -88,6 +88,7 @@ def load_item_side(settings):
 def model_fingerprint(settings) -> dict:
     """What the models would recommend, per partition snapshot, ranked against the item-side snapshot; and the
     item side's own state: comparable across runs."""
+    from fusionrec.models.item_side import LABELS
     from fusionrec.streams.state import SnapshotStore
 
     client = redis.Redis.from_url(settings.redis.url)
@@ -107,7 +108,12 @@ def model_fingerprint(settings) -> dict:
             # the learned state, insertion order and exact floats included (repr), not the pickle, whose memo
             # depends on which strings happen to be shared objects
             {name: repr(model._get_state()) for name, model in sorted(replica.models.items())},
-            meta["pending"],
+            # the queued records without the learned ranker's labels: which events carry them depends on when
+            # lists were made (like the bandit's exposures), the item side's models do not
+            [
+                [tick, [[[o, i, ts, {k: v for k, v in c.items() if k != LABELS}] for o, i, ts, c in r] for r in slots]]
+                for tick, slots in meta["pending"]
+            ],
             meta["records_applied"],
             meta["seen"],
         )
