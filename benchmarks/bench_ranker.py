@@ -120,9 +120,11 @@ def scoring_only(users: np.ndarray, items: np.ndarray, k: int, device: torch.dev
 # --- ranking capacity ------------------------------------------------------------------------------------------
 
 
-def rank_timed(ranker, candidates_many, models, users, weights, now, clock):
+def rank_timed(ranker, candidates_many, models, users, weights, now, clock, fused=None):
     """Rank ``users`` with ``ranker``, gathering through ``candidates_many(model, users, now)``; add each stage's
-    seconds (and each source's) to ``clock``; the lists."""
+    seconds (and each source's) to ``clock``; the lists. With ``fused`` (a fused recommender with a ready learned
+    ranker), also time what a worker does with the same candidates: the bandit's list and the learned ranker's
+    (``clock["serve"]``)."""
     began, cpu = time.perf_counter(), time.process_time()
     gathered = {}
     for name, model in models.items():
@@ -135,6 +137,10 @@ def rank_timed(ranker, candidates_many, models, users, weights, now, clock):
     lists = ranker.fuse(prepared, weights)
     done = time.perf_counter()
     clock["cpu"] = clock.get("cpu", 0.0) + time.process_time() - cpu
+    if fused is not None:
+        served = fused.recommend(models, users, now, prepared=prepared)
+        clock["serve"] = clock.get("serve", 0.0) + time.perf_counter() - done
+        assert all(s.ranker == "learned" for s in served)
     for stage, seconds in zip(
         STAGES, (gathered_at - began, prepared_at - gathered_at, done - prepared_at), strict=True
     ):
@@ -149,7 +155,7 @@ def same_lists(a, b) -> bool:
 def capacity_run(path: Path, args) -> None:
     from fusionrec.contracts.settings import Settings
     from fusionrec.producers.datasets import read_dataset
-    from fusionrec.streams.state import build_models, build_ranker
+    from fusionrec.streams.state import build_fusion, build_models, build_ranker
 
     sys.path.insert(0, str(REPO))
     from tests.unit.ranker_reference import ReferenceRanker, reference_candidates_many
@@ -177,6 +183,9 @@ def capacity_run(path: Path, args) -> None:
         ),
     }
     clocks = {label: {} for label in paths}
+    # what a worker serves: the bandit's list and the learned ranker's from the same candidates (a ready ranker:
+    # its cost does not depend on what it has learned)
+    fused = build_fusion(settings.replace(ranker_learned_min_lists=0, ranker_device="cpu"), 0, new)
     equal = {name: 1.0 / len(models) for name in models}
     rest = events[warm:]
     ranked = batches = differing = 0
@@ -190,7 +199,18 @@ def capacity_run(path: Path, args) -> None:
             chunk = users[first : first + args.batch]
             weights = [dict(equal) for _ in chunk]  # one mapping per user, as the bandit's pulls are
             order = list(paths) if n % 2 == 0 else list(paths)[::-1]
-            lists = {label: rank_timed(*paths[label], models, chunk, weights, now, clocks[label]) for label in order}
+            lists = {
+                label: rank_timed(
+                    *paths[label],
+                    models,
+                    chunk,
+                    weights,
+                    now,
+                    clocks[label],
+                    fused if label.startswith("new") else None,
+                )
+                for label in order
+            }
             one, other = lists.values()
             differing += sum(not same_lists(a, b) for a, b in zip(one, other, strict=True))
             ranked += len(chunk)
@@ -218,6 +238,12 @@ def capacity_run(path: Path, args) -> None:
     (old_clock, new_clock) = clocks.values()
     speedup = sum(old_clock[s] for s in STAGES) / sum(new_clock[s] for s in STAGES)
     print(f"speed-up {speedup:.2f}x; lists differing between the paths: {differing:,} of {ranked:,}")
+    served = sum(new_clock[s] for s in STAGES[:2]) + new_clock["serve"]
+    print(
+        f"served as a worker does (new gather + prepare, then bandit fusion and the learned ranker): "
+        f"{ranked / served:,.0f} users/s, {served / ranked * 1e6:.0f} us/user, of which bandit + learned "
+        f"{new_clock['serve'] / ranked * 1e6:.0f} us/user"
+    )
     per_source = [
         f"{name} {old_clock[f'source:{name}'] / ranked * 1e6:.0f} -> {new_clock[f'source:{name}'] / ranked * 1e6:.0f}"
         for name in models

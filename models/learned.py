@@ -35,6 +35,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -287,18 +288,21 @@ class LearnedRanker:
         features are made of (``dense``, the user's :meth:`context`, ``signals``), for labelling by the user's next
         target. Kept compact (float16 scores; features are rebuilt when learning)."""
         order = np.argsort(-order_by, axis=1, kind="stable")[:, : self.pool]
+        rows = np.arange(len(users))[:, None]
+        pooled = dense[rows, order].astype(np.float16)  # one gather for the batch; each pool is a slice of it
+        pooled_signals = None if signals is None else signals[rows, order].astype(np.float16)
         pending = self._pending
         for b, user in enumerate(users):
             n = min(len(unions[b]), self.pool)
             if n == 0:
                 pending.pop(user, None)
                 continue
-            top = order[b, :n]
+            top = order[b, :n].tolist()
             pending[user] = _Pool(
-                [unions[b][i] for i in top],
-                dense[b, top].astype(np.float16),
-                None if signals is None else signals[b, top].astype(np.float16),
-                context[b].copy(),
+                list(itemgetter(*top)(unions[b])) if n > 1 else [unions[b][top[0]]],
+                pooled[b, :n],
+                None if pooled_signals is None else pooled_signals[b, :n],
+                context[b],
             )
             pending.move_to_end(user)
         while len(pending) > self.max_pending:

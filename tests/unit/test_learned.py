@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from fusionrec.contracts.events import Event
 from fusionrec.models import Popularity, RecentItems
@@ -215,3 +216,21 @@ def test_a_shared_ranker_learns_every_partitions_labels_in_the_replicas_order():
         return side.learned.to_state()
 
     assert orjson.dumps(run(False)) == orjson.dumps(run(True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cpu_and_cuda_agree():
+    rng = np.random.default_rng(11)
+    cpu = LearnedRanker(["x", "y"], batch_lists=8, min_lists=0, seed=4, device="cpu")
+    for i in range(64):
+        prepared, target = planted(rng, bool(i % 2))
+        remember(cpu, prepared, [UserContext(bool(i % 2), i, {"x": 0.4, "y": 0.6})])
+        cpu.label("u", prepared.unions[0][target])
+        cpu.learn_pending()
+    cuda = LearnedRanker(["x", "y"], batch_lists=8, min_lists=0, seed=4, device="cuda")
+    cuda.load_state(orjson.loads(orjson.dumps(cpu.to_state())))
+    prepared, _ = planted(rng, True)
+    rows = cpu.features(prepared.dense, prepared.valid, [UserContext(True, 3, {"x": 0.4, "y": 0.6})])
+    a, b = cpu.contributions(rows), cuda.contributions(rows)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.argsort(-a.sum(2)[0], kind="stable").tolist()[:3] == np.argsort(-b.sum(2)[0], kind="stable").tolist()[:3]
