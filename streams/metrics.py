@@ -149,7 +149,8 @@ class WorkerMetrics:
         )
         self.learned_lists = Gauge(
             "fusionrec_learned_ranker_lists",
-            "Labelled lists the learned rankers of this worker's partitions have learned from (sum).",
+            "Labelled lists the learned ranker has learned from (the shared model's; the sum over this worker's "
+            "partitions when each has its own).",
             registry=registry,
         )
         self.learned_ready = Gauge(

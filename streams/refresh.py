@@ -119,13 +119,14 @@ class Refresher:
                 "rewards": state.fusion.rewards,
                 "updated_at": int(time.time() * 1000),
             }
-            learned = state.fusion.learned
-            if learned is not None:
+            local, serving = state.fusion.learned, state.fusion.serving_ranker
+            if local is not None and serving is not None:  # serving: the partition's own, or the shared one
                 entry["learned"] = {
-                    "ready": learned.ready,
-                    "lists_learned": learned.lists_learned,
-                    "misses": learned.misses,
-                    "loss": learned.last_loss,
+                    "ready": serving.ready,
+                    "lists_learned": serving.lists_learned,
+                    "misses": local.misses,
+                    "loss": serving.last_loss,
+                    "shared": serving is not local,
                 }
             report[partition] = entry
             pipe.set(self.keys.weights(self.topic, partition), orjson.dumps(entry))
@@ -134,7 +135,10 @@ class Refresher:
             if self.metrics:
                 learned = [e["learned"] for e in report.values() if "learned" in e]
                 if learned:
-                    self.metrics.learned_lists.set(sum(e["lists_learned"] for e in learned))
+                    shared = all(e["shared"] for e in learned)  # one model: count its lists once
+                    self.metrics.learned_lists.set(
+                        learned[0]["lists_learned"] if shared else sum(e["lists_learned"] for e in learned)
+                    )
                     self.metrics.learned_ready.set(sum(e["ready"] for e in learned))
                     losses = [e["loss"] for e in learned if e["loss"] is not None]
                     if losses:

@@ -328,3 +328,13 @@ def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], 
             "    (a reward is an event on an item of the list the user was being served; an unpaced replay mostly "
             "lists users after their events, so the weights stay near equal: replay with --rate to see them learn)"
         )
+    learned = [entry["learned"] for entry in entries if entry.get("learned")]
+    if learned:
+        ready = sum(bool(entry["ready"]) for entry in learned)
+        shared = all(entry.get("shared") for entry in learned)
+        count = learned[0]["lists_learned"] if shared else sum(entry["lists_learned"] for entry in learned)
+        say(
+            f"\n  learned ranker ({'one model shared by every partition' if shared else 'one per partition'}): "
+            f"{count:,} labelled lists learned; serving in {ready} of {len(learned)} partitions"
+            + ("" if ready else " (bandit fusion serves until it has learned enough)")
+        )
