@@ -270,3 +270,12 @@ def test_six_partitions_keep_every_target():
 
 def test_the_module_examples():
     assert doctest.testmod(fusionrec.apps.evaluation).failed == 0
+
+
+def test_train_until_reads_seconds_milliseconds_and_iso_times():
+    from fusionrec.apps.cli.data import _parse_time
+
+    assert _parse_time("887039271") == 887_039_271_000  # MovieLens-100K, 1998, in seconds
+    assert _parse_time("887039271000") == 887_039_271_000  # the same in ms: 12 digits, not 13
+    assert _parse_time("1511663679000") == 1_511_663_679_000
+    assert _parse_time("1998-02-09T15:47:51") == 887_039_271_000

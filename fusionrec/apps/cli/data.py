@@ -132,12 +132,14 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
 
 # --- evaluate ----------------------------------------------------------------------------------------------------
 def _parse_time(value: str) -> int:
-    """Epoch seconds, epoch milliseconds (13+ digits) or an ISO-8601 time (UTC unless it says otherwise) → ms."""
+    """Epoch seconds, epoch milliseconds (from 10^11 on: as seconds that would be after the year 5000) or an ISO-8601
+    time (UTC unless it says otherwise) → ms."""
     import datetime as dt
 
     text = value.strip()
     if text.isdigit():
-        return int(text) if len(text) >= 13 else int(text) * 1000
+        number = int(text)
+        return number if number >= 10**11 else number * 1000
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
