@@ -1,9 +1,10 @@
 # The two commands: `make demo` runs fusionrec end to end on the embedded stack; `make test` runs the tests.
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
-ML1M ?= ../shared/data/movielens-1m-partial/ratings_first2999users.dat.gz
-ML100K ?= ../shared/data/movielens-100k/u.data.gz
+SHARED ?= $(shell bash scripts/shared_data.sh)
+DATA ?= $(SHARED)/taobao-userbehavior-slice/UserBehavior_slice.csv.gz
+ML1M ?= $(SHARED)/movielens-1m-partial/ratings_first2999users.dat.gz
+ML100K ?= $(SHARED)/movielens-100k/u.data.gz
 
 .PHONY: setup demo lint test test-unit bench clean
 setup:

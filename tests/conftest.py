@@ -4,6 +4,7 @@ once per session through the same :class:`fusionrec.infra.stack.Stack` that `fus
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,12 @@ from fusionrec.contracts.settings import Settings
 from fusionrec.infra.stack import Stack, free_port, private_settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FUSIONREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The shared real data, found as `make` finds it (scripts/shared_data.sh: the variable, beside the checkout, or
+#: beside the repository a temporary clone came from).
+SHARED_DATA = Path(
+    subprocess.run(["bash", str(REPO / "scripts" / "shared_data.sh")], capture_output=True, text=True).stdout.strip()
+    or REPO.parent / "shared" / "data"
+)
 TAOBAO_SLICE = SHARED_DATA / "taobao-userbehavior-slice" / "UserBehavior_slice.csv.gz"
 
 
