@@ -23,7 +23,7 @@ from ._state import evict_idle, touch
 from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight
 from .fusion import SEGMENTS, FixedWeights, FusionPolicy, Pull, holdout_arm, position_discount
 from .learned import LearnedRanker, UserContext, pool_order, scores
-from .ranker import Candidates, FusionRanker, RankedItem, RankedList
+from .ranker import Candidates, FusionRanker, RankedList
 from .targets import TargetFilter
 
 __all__ = ["FusedList", "FusedRecommender"]
@@ -287,7 +287,7 @@ class FusedRecommender:
             return None
         contributions = scorer.contributions(scorer.features(prepared.dense, prepared.valid, ctx, signals))
         order_by = scores(contributions, prepared.valid)
-        return select(prepared, contributions, order_by, self.ranker.k, self.ranker.category_cap)
+        return self.ranker.select(prepared, contributions, order_by)
 
     def _signals(self, models: Mapping[str, Recommender], prepared: Candidates, now_ms: int) -> np.ndarray | None:
         """The learned ranker's item signals ``[B, M, G]``: each signal source's score of every candidate, scaled by
@@ -360,36 +360,3 @@ class FusedRecommender:
         self._targets.load_state(state.get("targets", {}))
         if self.learned is not None and state.get("learned"):
             self.learned.load_state(state["learned"])
-
-
-def select(
-    prepared: Candidates, contributions: np.ndarray, order_by: np.ndarray, k: int, category_cap: int = 0
-) -> list[RankedList]:
-    """Each user's top ``k`` of ``prepared`` by ``order_by[B, M]`` (ties: union order), at most ``category_cap``
-    per category (0: no cap), each item with its sources' ``contributions[B, M, S]``."""
-    order = np.argsort(-order_by, axis=1, kind="stable")
-    category_of = prepared.category_of
-    sources = prepared.sources
-    results = []
-    for b, user in enumerate(prepared.users):
-        union = prepared.unions[b]
-        chosen: list[RankedItem] = []
-        per_category: dict[str, int] = {}
-        for m in order[b, : len(union)].tolist():
-            score = float(order_by[b, m])
-            if not score > 0.0:
-                break
-            cat = category_of(union[m]) if category_of is not None else None
-            if category_cap and cat is not None:
-                seen = per_category.get(cat, 0)
-                if seen >= category_cap:
-                    continue
-                per_category[cat] = seen + 1
-            row = contributions[b, m].tolist()
-            chosen.append(
-                RankedItem(union[m], score, {s: c for s, c in zip(sources, row, strict=True) if c > 0.0}, cat)
-            )
-            if len(chosen) == k:
-                break
-        results.append(RankedList(user, chosen, dict(prepared.source_lists[b])))
-    return results

@@ -45,6 +45,8 @@ from .topk import pick_device
 __all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
 
 NORMALISATIONS = ("max", "rank")
+#: ``parts(b, members)``: the per-source contributions of user ``b``'s union items ``members``, as lists.
+Parts = Callable[[int, list[int]], list[list[float]]]
 # The zips below that run per user or per item pair sequences of equal length by construction, and say
 # strict=False: a strict zip costs a third more per call here.
 _ITEM = itemgetter(0)
@@ -258,17 +260,36 @@ class FusionRanker:
             )
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
             fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
-        if self.category_cap:
-            self._walk_capped(prepared, w, fused_np, order_np, results)
-        else:
-            top = order_np[:, : self.k]
-            self._cut(prepared, w, np.take_along_axis(fused_np, top, axis=1), top, results)
+        dense = prepared.dense
+        self._keep(prepared, lambda b, members: (dense[b, members] * w[b]).tolist(), fused_np, order_np, results)
         return results
+
+    def select(self, prepared: Candidates, contributions: np.ndarray, scores: np.ndarray) -> list[RankedList]:
+        """The lists of ``prepared`` ordered by another scorer's ``scores[B, M]`` (``-inf`` on the padding; ties in
+        union order), each item with that scorer's per-source ``contributions[B, M, S]``: the same cap and cut to
+        ``k`` as :meth:`fuse` (the learned ranker's lists, :mod:`fusionrec.models.learned`)."""
+        results = [RankedList(u, [], dict(own)) for u, own in zip(prepared.users, prepared.source_lists, strict=False)]
+        if prepared.dense.shape[1] == 0:
+            return results
+        order = np.argsort(-scores, axis=1, kind="stable")
+        self._keep(prepared, lambda b, members: contributions[b, members].tolist(), scores, order, results)
+        return results
+
+    def _keep(
+        self, prepared: Candidates, parts: Parts, scores: np.ndarray, order: np.ndarray, results: list[RankedList]
+    ) -> None:
+        """Cap and cut each list of ``order`` (best first; ``scores[b, m]`` of union item ``m``) into ``results``;
+        ``parts(b, members)`` gives the members' per-source contributions as lists."""
+        if self.category_cap:
+            self._walk_capped(prepared, parts, scores, order, results)
+        else:
+            top = order[:, : self.k]
+            self._cut(prepared, parts, np.take_along_axis(scores, top, axis=1), top, results)
 
     def _cut(
         self,
         prepared: Candidates,
-        w: np.ndarray,
+        parts: Parts,
         scores: np.ndarray,
         order: np.ndarray,
         results: list[RankedList],
@@ -277,7 +298,7 @@ class FusionRanker:
         ``scores[b, p]`` is the fused score of union item ``order[b, p]``, best first. Each user's contributions are
         read in one product (per user rather than over the batch: as fast for a large batch, faster for a small
         one, where a batch-wide pass costs more fixed numpy calls than it saves)."""
-        dense, sources, category_of = prepared.dense, prepared.sources, prepared.category_of
+        sources, category_of = prepared.sources, prepared.category_of
         for b, (row, members) in enumerate(zip(scores.tolist(), order.tolist(), strict=False)):
             count = 0
             for score in row:
@@ -288,7 +309,7 @@ class FusionRanker:
                 continue
             members = members[:count]
             union, chosen = prepared.unions[b], results[b].items
-            for m, score, part in zip(members, row, (dense[b, members] * w[b]).tolist(), strict=False):
+            for m, score, part in zip(members, row, parts(b, members), strict=False):
                 item = union[m]
                 chosen.append(
                     RankedItem(
@@ -302,14 +323,14 @@ class FusionRanker:
     def _walk_capped(
         self,
         prepared: Candidates,
-        w: np.ndarray,
+        parts: Parts,
         scores: np.ndarray,
         order: np.ndarray,
         results: list[RankedList],
     ) -> None:
         """With a cap, each list walks its fused order (``scores[b, m]`` of union item ``m``; ``order`` best first)
         keeping at most ``category_cap`` items per known category, until ``k`` are kept or a score is ``<= 0``."""
-        dense, sources, category_of = prepared.dense, prepared.sources, prepared.category_of
+        sources, category_of = prepared.sources, prepared.category_of
         cap, k = self.category_cap, self.k
         for b, result in enumerate(results):
             union = prepared.unions[b]
@@ -331,10 +352,9 @@ class FusionRanker:
                 if len(kept) == k:
                     break
             if kept:
-                parts = (dense[b, kept] * w[b]).tolist()
                 result.items.extend(
                     RankedItem(union[m], row[m], {s: c for s, c in zip(sources, part, strict=False) if c > 0.0}, cat)
-                    for m, part, cat in zip(kept, parts, categories, strict=False)
+                    for m, part, cat in zip(kept, parts(b, kept), categories, strict=False)
                 )
 
     def rank(

@@ -10,7 +10,7 @@ import torch
 
 from fusionrec.contracts.events import Event
 from fusionrec.models import Popularity, RecentItems
-from fusionrec.models.fused import FusedRecommender, select
+from fusionrec.models.fused import FusedRecommender
 from fusionrec.models.fusion import FusionBandit, position_discount
 from fusionrec.models.item_side import LABELS, ItemSide
 from fusionrec.models.learned import LearnedRanker, UserContext, pool_order, scores
@@ -149,7 +149,7 @@ def test_select_orders_caps_and_attributes():
     )
     contributions = np.array([[[0.5, 0.5], [0.9, 0.0], [0.0, 0.2], [0.1, 0.0]]], dtype=np.float32)
     order_by = scores(contributions.copy(), prepared.valid)
-    [ranked] = select(prepared, contributions, order_by, k=3, category_cap=1)
+    [ranked] = FusionRanker(k=3, category_cap=1, device="cpu").select(prepared, contributions, order_by)
     assert ranked.item_ids == ["a", "c", "d"]  # b is a second "red"
     assert ranked.items[0].contributions == pytest.approx({"x": 0.5, "y": 0.5})
     assert ranked.items[1].contributions == pytest.approx({"y": 0.2})
