@@ -11,6 +11,7 @@ Pure: no I/O. The worker publishes what :meth:`~FusedRecommender.recommend` retu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,18 @@ from ._state import evict_idle, touch
 from .base import DEFAULT_EVENT_WEIGHTS, Recommender, event_weight
 from .fusion import SEGMENTS, FixedWeights, FusionPolicy, Pull, holdout_arm, position_discount
 from .learned import LearnedRanker, UserContext, pool_order, scores
-from .ranker import Candidates, FusionRanker, RankedList
+from .ranker import Candidates, FusionRanker, Kept, RankedList, fused_parts
 from .targets import TargetFilter
 
 __all__ = ["FusedList", "FusedRecommender"]
+
+
+@functools.cache
+def _discounts(n: int) -> np.ndarray:
+    """The position discounts of positions ``0 .. n - 1`` (read-only, shared)."""
+    out = np.array([position_discount(p) for p in range(n)])
+    out.flags.writeable = False
+    return out
 
 
 @dataclass(slots=True)
@@ -34,7 +43,8 @@ class FusedList:
     """What :meth:`FusedRecommender.recommend` made for one user: the list to serve, the segment and the pull.
 
     ``ranked`` is the learned ranker's list once it is ready (``ranker == "learned"``), else bandit fusion's;
-    ``bandit`` is always bandit fusion's list (the bandit learns from it, the evaluation scores it)."""
+    ``bandit`` is bandit fusion's list (the bandit learns from it, the evaluation scores it); while the learned
+    ranker serves it is only built when asked for (``recommend(bandit_lists=True)``), else ``None``."""
 
     ranked: RankedList
     segment: str
@@ -48,21 +58,48 @@ class FusedList:
 
 
 class _Served:
-    """The list last served to a user: item → (position, source shares), and which (item, type) were credited."""
+    """The bandit's list last made for a user: item → position, each position's per-source contributions (the
+    shares of a reward are computed from them when an item is hit, which is rare, not for every list made), and
+    which (item, type) were credited."""
 
-    __slots__ = ("items", "segment", "arm", "credited")
+    __slots__ = ("positions", "parts", "sources", "segment", "arm", "credited")
 
     def __init__(
         self,
-        items: dict[str, tuple[int, dict[str, float]]],
+        positions: dict[str, int],
+        parts: list[list[float]],
+        sources: Sequence[str],
         segment: str,
         arm: str,
         credited: set[tuple[str, str]] | None = None,
     ):
-        self.items = items
+        self.positions = positions
+        self.parts = parts
+        self.sources = sources
         self.segment = segment
         self.arm = arm
         self.credited = credited if credited is not None else set()
+
+    def shares(self, position: int) -> dict[str, float]:
+        """Each source's share of the item at ``position`` (the sources that contributed to it)."""
+        part = self.parts[position]
+        total = sum(c for c in part if c > 0.0)
+        if total <= 0.0:
+            return {}
+        return {s: c / total for s, c in zip(self.sources, part, strict=True) if c > 0.0}
+
+    def to_state(self) -> list[Any]:
+        items = {item: [p, self.shares(p)] for item, p in self.positions.items()}
+        return [self.segment, self.arm, items, [list(c) for c in self.credited]]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any], sources: Sequence[str]) -> _Served:
+        segment, arm, items, credited = state
+        positions = {item: int(p) for item, (p, _) in items.items()}
+        parts: list[list[float]] = [[] for _ in positions]
+        for p, shares in items.values():
+            parts[int(p)] = [float(shares.get(s, 0.0)) for s in sources]
+        return cls(positions, parts, sources, segment, arm, {(c[0], c[1]) for c in credited})
 
 
 class FusedRecommender:
@@ -178,14 +215,14 @@ class FusedRecommender:
         served = self._served.get(user)
         if served is None:
             return
-        hit = served.items.get(event.item_id)
-        if hit is None:
+        position = served.positions.get(event.item_id)
+        if position is None:
             return
         key = (event.item_id, event.type)
         if weight <= 0.0 or key in served.credited:
             return
         served.credited.add(key)
-        position, shares = hit
+        shares = served.shares(position)
         reward = weight * position_discount(position)
         policy = self.bandit if self.bandit is not None and served.arm == self.bandit.arm else self.fixed
         policy.update(served.segment, {s: reward * share for s, share in shares.items()}, event.ts)
@@ -224,39 +261,73 @@ class FusedRecommender:
         now_ms: int,
         unavailable: Collection[str] = (),
         prepared: Candidates | None = None,
+        bandit_lists: bool = False,
     ) -> list[FusedList]:
         """Rank ``users``' lists with their segment's weights, remember them as served, and expose the sources.
 
         ``prepared``: the ranker's candidates for exactly ``users``, when already prepared
         (:meth:`FusionRanker.prepare <fusionrec.models.ranker.FusionRanker.prepare>`), to fuse them under several
-        policies."""
+        policies. The bandit learns from its own lists, but while the learned ranker serves they are only kept as
+        positions and contributions: ``bandit_lists`` builds them as :class:`RankedList` too (``FusedList.bandit``,
+        for the evaluation to score them)."""
         if not users:
             return []
         segments = [self.segment(user) for user in users]
         pulls = [self.policy(user).pull(segment) for user, segment in zip(users, segments, strict=True)]
         if prepared is None:
             prepared = self.ranker.prepare(models, users, now_ms, unavailable)
-        ranked = self.ranker.fuse(prepared, [p.weights for p in pulls])
+        if prepared.dense.shape[1] == 0:
+            empty = self.ranker.lists(prepared, None, None)
+            return [FusedList(r, seg, pull, r, "bandit") for r, seg, pull in zip(empty, segments, pulls, strict=True)]
+        w, fused, order = self.ranker.order(prepared, [p.weights for p in pulls])
+        kept = self.ranker.keep(prepared, fused, order)
+        parts = fused_parts(prepared, w)
+        self._remember_served(prepared, kept, w, segments, pulls, now_ms)
         served = self._learned_lists(models, prepared, segments, pulls, now_ms) if self.learned is not None else None
+        fixed = self.fixed.arm
+        if served is None or bandit_lists:
+            ranked = self.ranker.lists(prepared, kept, parts)
+        else:  # the holdout is the control: fixed-weight fusion is served to it
+            ranked = self.ranker.lists(prepared, kept, parts, [b for b, p in enumerate(pulls) if p.arm == fixed])
         out = []
         for n, (result, segment, pull) in enumerate(zip(ranked, segments, pulls, strict=True)):
-            items: dict[str, tuple[int, dict[str, float]]] = {}
-            exposure: dict[str, float] = {}
-            for position, item in enumerate(result.items):
-                total = sum(item.contributions.values())
-                shares = {s: c / total for s, c in item.contributions.items()} if total > 0 else {}
-                items[item.item_id] = (position, shares)
-                discount = position_discount(position)
-                for source, share in shares.items():
-                    exposure[source] = exposure.get(source, 0.0) + share * discount
-            if items:
-                self._served[result.user_id] = _Served(items, segment, pull.arm)
-                self.policy(result.user_id).expose(segment, exposure, now_ms)
-            if served is None or pull.arm == self.fixed.arm:  # the holdout is the control: fixed-weight fusion
+            if served is None or pull.arm == fixed:
                 out.append(FusedList(result, segment, pull, result, "bandit"))
             else:
-                out.append(FusedList(served[n], segment, pull, result, "learned"))
+                out.append(FusedList(served[n], segment, pull, result if bandit_lists else None, "learned"))
         return out
+
+    def _remember_served(
+        self, prepared: Candidates, kept: Kept, w: np.ndarray, segments: list[str], pulls: list[Pull], now_ms: int
+    ) -> None:
+        """Remember the bandit's lists (:class:`_Served`) and expose each policy's sources by their position-
+        discounted shares, summed over the batch per policy and segment (one ``expose`` each)."""
+        sources = prepared.sources
+        top, counts = kept.top, kept.counts
+        rows = np.arange(len(prepared.users))[:, None]
+        parts = prepared.dense[rows, top] * w[:, None, :]  # [B, k, S]
+        mask = np.arange(top.shape[1])[None, :] < counts[:, None]
+        parts[~mask] = 0.0
+        totals = parts.sum(axis=2, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = np.where(totals[:, :, None] > 0.0, parts / totals[:, :, None], 0.0)
+        exposure = (shares * _discounts(top.shape[1])[None, :, None]).sum(axis=1)  # [B, S]
+        grouped: dict[tuple[int, str], tuple[FusionPolicy, np.ndarray]] = {}
+        served, tops, all_parts = self._served, top.tolist(), parts.tolist()
+        for b, (user, n) in enumerate(zip(prepared.users, counts.tolist(), strict=True)):
+            if not n:
+                continue
+            union = prepared.unions[b]
+            positions = dict(zip(map(union.__getitem__, tops[b][:n]), range(n), strict=False))
+            served[user] = _Served(positions, all_parts[b][:n], sources, segments[b], pulls[b].arm)
+            policy = self.policy(user)
+            key = (id(policy), segments[b])
+            if key in grouped:
+                grouped[key][1][:] += exposure[b]
+            else:
+                grouped[key] = (policy, exposure[b].copy())
+        for (_, segment), (policy, total) in grouped.items():
+            policy.expose(segment, {s: float(e) for s, e in zip(sources, total, strict=True) if e > 0.0}, now_ms)
 
     def _learned_lists(
         self,
@@ -336,10 +407,7 @@ class FusedRecommender:
             "bandit": None if self.bandit is None else self.bandit.to_state(),
             "activity": self._activity,
             "last": self._last,
-            "served": {
-                u: [s.segment, s.arm, {i: [p, sh] for i, (p, sh) in s.items.items()}, [list(c) for c in s.credited]]
-                for u, s in self._served.items()
-            },
+            "served": {u: s.to_state() for u, s in self._served.items()},
             "rewards": self.rewards,
             "targets": self._targets.to_state(),
             "learned": None if self.learned is None else self.learned.to_state(),
@@ -350,12 +418,7 @@ class FusedRecommender:
             self.bandit.load_state(state["bandit"])
         self._activity = {u: int(n) for u, n in state["activity"].items()}
         self._last = {u: int(t) for u, t in state["last"].items()}
-        self._served = {
-            u: _Served(
-                {i: (int(p), dict(sh)) for i, (p, sh) in items.items()}, seg, arm, {(c[0], c[1]) for c in credited}
-            )
-            for u, (seg, arm, items, credited) in state["served"].items()
-        }
+        self._served = {u: _Served.from_state(served, self.sources) for u, served in state["served"].items()}
         self.rewards = int(state.get("rewards", 0))
         self._targets.load_state(state.get("targets", {}))
         if self.learned is not None and state.get("learned"):

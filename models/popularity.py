@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -148,8 +149,9 @@ class Popularity(Recommender):
 
     def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002 - the Recommender interface; the same list for every user
         """Each item's decayed popularity at ``now_ms``; ``user_id`` is ignored."""
-        factor, get = self._forward_factor(now_ms, self.half_life_ms), self._score.get
-        return np.array([get(item, 0.0) * factor for item in items], dtype=np.float64)
+        factor = self._forward_factor(now_ms, self.half_life_ms)
+        values = np.fromiter(map(self._score.get, items, repeat(0.0)), dtype=np.float64, count=len(items))
+        return values * factor
 
     def candidates(self, user_id: str, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:  # noqa: ARG002 - the Recommender interface; the same list for every user
         """The ``k`` most popular items (ties: larger id first); ``user_id`` is ignored."""

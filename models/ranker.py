@@ -42,20 +42,21 @@ from .base import Recommender
 from .fusion import position_discount
 from .topk import pick_device
 
-__all__ = ["Candidates", "FusionRanker", "RankedItem", "RankedList"]
+__all__ = ["Candidates", "FusionRanker", "Kept", "RankedItem", "RankedList", "fused_parts"]
 
 NORMALISATIONS = ("max", "rank")
-#: ``parts(b, members)``: the per-source contributions of user ``b``'s union items ``members``, as lists.
-Parts = Callable[[int, list[int]], list[list[float]]]
+#: ``parts(b, members)``: the per-source contributions ``[len(members), S]`` of user ``b``'s union items ``members``.
+Parts = Callable[[int, list[int]], np.ndarray]
 # The zips below that run per user or per item pair sequences of equal length by construction, and say
 # strict=False: a strict zip costs a third more per call here.
 _ITEM = itemgetter(0)
 _DISCOUNTS = np.array([position_discount(n) for n in range(1000)])  # grown by _discounts when a list is longer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RankedItem:
-    """One item of a fused list; ``contributions`` maps each source to its part of ``score``."""
+    """One item of a fused list; ``contributions`` maps each source to its part of ``score``. (Not frozen: a frozen
+    dataclass's ``__init__`` costs several times as much, and every list makes ``k`` of them.)"""
 
     item_id: str
     score: float
@@ -99,6 +100,22 @@ class Candidates:
             )
             self._codes = (codes, list(index))
         return self._codes
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What :meth:`FusionRanker.keep` keeps of a batch's lists: ``top[b, :counts[b]]`` are user ``b``'s union
+    positions, best first, and ``scores[b, p]`` the score of ``top[b, p]``."""
+
+    top: np.ndarray
+    counts: np.ndarray
+    scores: np.ndarray
+
+
+def fused_parts(prepared: Candidates, w: np.ndarray) -> Parts:
+    """The per-source contributions of fused lists with weights ``w[B, S]``: weight × normalised score."""
+    dense = prepared.dense
+    return lambda b, members: dense[b, members] * w[b]
 
 
 @dataclass(slots=True)
@@ -234,24 +251,19 @@ class FusionRanker:
         dense, valid = batch.tensor(len(users), len(sources))
         return Candidates(list(users), sources, batch.unions, batch.source_lists, dense, valid, category_of)
 
-    def fuse(self, prepared: Candidates, weights: Sequence[Mapping[str, float]]) -> list[RankedList]:
-        """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k.
-
-        The fused scores and their order are one batched product and one stable sort on the ranker's device; only
-        each list's first ``k`` positions are read back into Python when there is no category cap (with a cap, the
-        order is walked until ``k`` items are kept, as the cap needs every walked item's category).
-        """
+    def order(
+        self, prepared: Candidates, weights: Sequence[Mapping[str, float]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w[B, S], fused[B, M], order[B, M])``: the users' weights as a matrix, the fused scores (``-inf`` on the
+        padding) and their order, best first (one batched product and one stable sort on the ranker's device)."""
         users, sources = prepared.users, prepared.sources
         if len(weights) != len(users):
             raise ValueError("one weights mapping per user is needed")
-        results = [RankedList(user, [], dict(own)) for user, own in zip(users, prepared.source_lists, strict=False)]
-        if prepared.dense.shape[1] == 0:
-            return results
         rows: dict[int, list[float]] = {}  # by id of the weights mapping: a mapping shared by many users is read once
         for ws in weights:
             if id(ws) not in rows:
                 rows[id(ws)] = [float(ws.get(s, 0.0)) for s in sources]
-        w = np.array([rows[id(ws)] for ws in weights], dtype=np.float32)
+        w = np.array([rows[id(ws)] for ws in weights], dtype=np.float32).reshape(len(users), len(sources))
         with torch.inference_mode():
             x = torch.from_numpy(prepared.dense).to(self.device)
             fused = torch.bmm(x, torch.from_numpy(w).to(self.device)[:, :, None]).squeeze(2)
@@ -259,85 +271,48 @@ class FusionRanker:
                 torch.from_numpy(prepared.valid).to(self.device), fused, torch.tensor(float("-inf"), device=self.device)
             )
             order = torch.sort(fused, dim=1, descending=True, stable=True).indices
-            fused_np, order_np = fused.cpu().numpy(), order.cpu().numpy()
-        dense = prepared.dense
-        self._keep(prepared, lambda b, members: (dense[b, members] * w[b]).tolist(), fused_np, order_np, results)
-        return results
+            return w, fused.cpu().numpy(), order.cpu().numpy()
+
+    def fuse(self, prepared: Candidates, weights: Sequence[Mapping[str, float]]) -> list[RankedList]:
+        """Fuse prepared candidates with one weights mapping (source → weight) per user, then cap and cut to k
+        (:meth:`order`, :meth:`keep`, :meth:`lists`)."""
+        if len(weights) != len(prepared.users):
+            raise ValueError("one weights mapping per user is needed")
+        if prepared.dense.shape[1] == 0:
+            return self.lists(prepared, None, None)
+        w, fused, order = self.order(prepared, weights)
+        return self.lists(prepared, self.keep(prepared, fused, order), fused_parts(prepared, w))
 
     def select(self, prepared: Candidates, contributions: np.ndarray, scores: np.ndarray) -> list[RankedList]:
         """The lists of ``prepared`` ordered by another scorer's ``scores[B, M]`` (``-inf`` on the padding; ties in
         union order), each item with that scorer's per-source ``contributions[B, M, S]``: the same cap and cut to
         ``k`` as :meth:`fuse` (the learned ranker's lists, :mod:`fusionrec.models.learned`)."""
-        results = [RankedList(u, [], dict(own)) for u, own in zip(prepared.users, prepared.source_lists, strict=False)]
         if prepared.dense.shape[1] == 0:
-            return results
+            return self.lists(prepared, None, None)
         order = np.argsort(-scores, axis=1, kind="stable")
-        self._keep(prepared, lambda b, members: contributions[b, members].tolist(), scores, order, results)
-        return results
+        return self.lists(prepared, self.keep(prepared, scores, order), lambda b, members: contributions[b, members])
 
-    def _keep(
-        self, prepared: Candidates, parts: Parts, scores: np.ndarray, order: np.ndarray, results: list[RankedList]
-    ) -> None:
-        """Cap and cut each list of ``order`` (best first; ``scores[b, m]`` of union item ``m``) into ``results``;
-        ``parts(b, members)`` gives the members' per-source contributions as lists."""
-        if self.category_cap:
-            self._walk_capped(prepared, parts, scores, order, results)
-        else:
-            top = order[:, : self.k]
-            self._cut(prepared, parts, np.take_along_axis(scores, top, axis=1), top, results)
+    def keep(self, prepared: Candidates, scores: np.ndarray, order: np.ndarray) -> Kept:
+        """Cap and cut each list of ``order`` (best first; ``scores[b, m]`` of union item ``m``): the union
+        positions kept, best first, without building any item (:meth:`lists` does, for the lists that are read).
 
-    def _cut(
-        self,
-        prepared: Candidates,
-        parts: Parts,
-        scores: np.ndarray,
-        order: np.ndarray,
-        results: list[RankedList],
-    ) -> None:
-        """Without a cap each list is its first positions up to the first fused score ``<= 0`` (at most ``k``):
-        ``scores[b, p]`` is the fused score of union item ``order[b, p]``, best first. Each user's contributions are
-        read in one product (per user rather than over the batch: as fast for a large batch, faster for a small
-        one, where a batch-wide pass costs more fixed numpy calls than it saves)."""
-        sources, category_of = prepared.sources, prepared.category_of
-        for b, (row, members) in enumerate(zip(scores.tolist(), order.tolist(), strict=False)):
-            count = 0
-            for score in row:
-                if score <= 0.0:
-                    break
-                count += 1
-            if not count:
-                continue
-            members = members[:count]
-            union, chosen = prepared.unions[b], results[b].items
-            for m, score, part in zip(members, row, parts(b, members), strict=False):
-                item = union[m]
-                chosen.append(
-                    RankedItem(
-                        item,
-                        score,
-                        {s: c for s, c in zip(sources, part, strict=False) if c > 0.0},
-                        category_of(item) if category_of is not None else None,
-                    )
-                )
-
-    def _walk_capped(
-        self,
-        prepared: Candidates,
-        parts: Parts,
-        scores: np.ndarray,
-        order: np.ndarray,
-        results: list[RankedList],
-    ) -> None:
-        """With a cap, each list walks its fused order (``scores[b, m]`` of union item ``m``; ``order`` best first)
-        keeping at most ``category_cap`` items per known category, until ``k`` are kept or a score is ``<= 0``."""
-        sources, category_of = prepared.sources, prepared.category_of
+        Without a cap a list is its first positions up to the first score ``<= 0``, at most ``k`` (vectorised over
+        the batch). With one, each list walks its order keeping at most ``category_cap`` items per known category,
+        until ``k`` are kept or a score is ``<= 0``."""
+        if not self.category_cap:
+            top = np.ascontiguousarray(order[:, : self.k])
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            return Kept(top, (top_scores > 0.0).sum(axis=1), top_scores)
+        category_of = prepared.category_of
         cap, k = self.category_cap, self.k
-        for b, result in enumerate(results):
-            union = prepared.unions[b]
+        width = min(k, order.shape[1])
+        top = np.zeros((len(prepared.users), width), dtype=np.int64)
+        top_scores = np.zeros((len(prepared.users), width), dtype=scores.dtype)
+        counts = np.zeros(len(prepared.users), dtype=np.int64)
+        for b, union in enumerate(prepared.unions):
             row = scores[b].tolist()
             per_category: dict[str, int] = {}
             kept: list[int] = []
-            categories: list[str | None] = []
             for m in order[b, : len(union)].tolist():
                 if row[m] <= 0.0:
                     break
@@ -348,14 +323,42 @@ class FusionRanker:
                         continue
                     per_category[cat] = seen + 1
                 kept.append(m)
-                categories.append(cat)
                 if len(kept) == k:
                     break
-            if kept:
-                result.items.extend(
-                    RankedItem(union[m], row[m], {s: c for s, c in zip(sources, part, strict=False) if c > 0.0}, cat)
-                    for m, part, cat in zip(kept, parts(b, kept), categories, strict=False)
+            counts[b] = len(kept)
+            top[b, : len(kept)] = kept
+            top_scores[b, : len(kept)] = [row[m] for m in kept]
+        return Kept(top, counts, top_scores)
+
+    def lists(
+        self, prepared: Candidates, kept: Kept | None, parts: Parts | None, users: Sequence[int] | None = None
+    ) -> list[RankedList]:
+        """The :class:`RankedList` of each user (of the batch positions ``users`` only, when given; the others' lists
+        keep their own lists but no items), with the items ``kept`` and their per-source contributions
+        ``parts(b, members)`` (an array ``[len(members), S]``)."""
+        results = [RankedList(u, [], dict(own)) for u, own in zip(prepared.users, prepared.source_lists, strict=False)]
+        if kept is None or parts is None:
+            return results
+        sources, category_of = prepared.sources, prepared.category_of
+        counts = kept.counts.tolist()
+        for b in range(len(results)) if users is None else users:
+            n = counts[b]
+            if not n:
+                continue
+            members = kept.top[b, :n].tolist()
+            union = prepared.unions[b]
+            results[b].items = [
+                RankedItem(
+                    union[m],
+                    score,
+                    {s: c for s, c in zip(sources, part, strict=False) if c > 0.0},
+                    category_of(union[m]) if category_of is not None else None,
                 )
+                for m, score, part in zip(
+                    members, kept.scores[b, :n].tolist(), parts(b, members).tolist(), strict=False
+                )
+            ]
+        return results
 
     def rank(
         self,

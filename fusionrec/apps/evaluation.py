@@ -332,7 +332,7 @@ class _Run:
             for start in range(0, len(users), 256):
                 chunk = users[start : start + 256]
                 prepared = ranker.prepare(models, chunk, now, gathered=self._gather(models, chunk, now, shared))
-                bandit = state.fusion.recommend(models, chunk, now, prepared=prepared)
+                bandit = state.fusion.recommend(models, chunk, now, prepared=prepared, bandit_lists=True)
                 fused_equal = ranker.fuse(prepared, [equal] * len(chunk))
                 for fused_bandit, ranked_equal in zip(bandit, fused_equal, strict=True):
                     self._store(fused_bandit, ranked_equal)
