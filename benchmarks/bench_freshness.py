@@ -238,6 +238,7 @@ def main() -> None:
         refresh = [histogram_quantile(delta, REFRESH, q) for q in (0.5, 0.99)]
         refreshes = int(delta[f"{REFRESH}_count"])
         published = int(delta["fusionrec_recommendations_published_total"])
+        producer.close()  # before the broker stops: it waits for open connections
         worker.stop()
         worker = None
 
