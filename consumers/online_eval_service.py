@@ -93,6 +93,8 @@ def run_online_eval(
     sources: Iterable[str] | None = None,
     registry: CollectorRegistry | None = None,
     stop: threading.Event | None = None,
+    evaluator: OnlineEvaluator | None = None,
+    lock: threading.Lock | None = None,
 ) -> dict[str, Any]:
     """Evaluate the published lists against the events topic; return :meth:`OnlineEvaluator.summary`.
 
@@ -128,10 +130,14 @@ def run_online_eval(
         Set it (from a signal handler, another thread) to stop; events still waiting for their lists are judged
         with the lists that have arrived.
 
+    evaluator, lock
+        To watch the counts while it runs (``fusionrec demo``'s live view): the evaluator to feed (``k`` and
+        ``sources`` are then its own) and the lock held while feeding it; read ``evaluator.summary()`` under it.
+
     The summary has an extra ``"consumed"`` entry: events, invalid event records and invalid list records read.
     """
-    evaluator = OnlineEvaluator(k, sources)
-    lock = threading.Lock()
+    evaluator = evaluator if evaluator is not None else OnlineEvaluator(k, sources)
+    lock = lock if lock is not None else threading.Lock()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     registry.register(OnlineEvalCollector(evaluator, lock))
     server = start_http_server(metrics_port, addr=settings.metrics.bind, registry=registry)[0] if metrics_port else None

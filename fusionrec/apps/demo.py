@@ -10,6 +10,7 @@ and the bandit's fusion weights per segment. Stops what it started unless asked 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import orjson
 import redis
 from tqdm import tqdm
 
+from fusionrec.apps.demo_report import Monitor, freshness_buckets, live_table, write_report
 from fusionrec.consumers.client import RecommendationStore, format_recommendation
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
@@ -43,6 +45,8 @@ SHOWN_ITEMS = 8
 #: changes 66k users, about 20 s of ranking on 2 cores, so the demo shows what is published by then.
 ITEM_SIDE_WAIT_S = 15.0
 LISTS_WAIT_S = 3.0
+#: The demo's snapshot interval, which is also how often the worker writes the fusion weights the live view shows.
+WEIGHTS_INTERVAL_S = 3.0
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
 
 
@@ -55,53 +59,80 @@ def run_demo(
     keep_running: bool,
     say: Callable[[str], None],
     step: Callable[[str], None],
+    minutes: float = 1.0,
+    out: Path | None = None,
+    live: bool | None = None,
 ) -> bool:
-    """Run the demo; return True when every event was accounted for."""
+    """Run the demo; return True when every event was accounted for.
+
+    ``rate``: events/s (0: unpaced); by default the file is paced to take ``minutes``. ``out``: where the report
+    goes (default ``build/demo``). ``live``: the live view (default: when stdout is a terminal; else a line every
+    10 s)."""
+    from fusionrec.consumers.online_eval import OnlineEvaluator
+    from fusionrec.consumers.online_eval_service import run_online_eval
     from fusionrec.streams.rebuild import rebuild_state
 
-    settings = settings.replace(redis_prefix=DEMO_PREFIX)
+    settings = settings.replace(redis_prefix=DEMO_PREFIX, worker_snapshot_interval_s=WEIGHTS_INTERVAL_S)
+    out = out if out is not None else Path("build/demo")
     stack = Stack(settings)
     started = time.perf_counter()
-    step("1/6 starting the embedded stack (Tansu broker, Redis)")
+    step("1/7 starting the embedded stack (Tansu broker, Redis)")
     services = stack.up()
     for svc in services:
         say(f"  {svc.name:<7} {svc.state:<8} {svc.address}" + (f" pid {svc.pid}" if svc.pid else ""))
     ours = any(svc.state == "running" for svc in services)
     worker = None
+    stop_eval = threading.Event()
+    evaluation: dict = {}
+    eval_thread = None
+    monitor = None
     try:
         cleared = rebuild_state(settings).keys_deleted
         if cleared:
             say(f"  cleared {cleared:,} Redis keys of an earlier demo run (namespace {DEMO_PREFIX!r})")
-        step("2/6 creating topics")
+        step("2/7 creating topics")
         for state in ensure_topics(settings):
             say(f"  {state.spec.name:<28} {'created' if state.created else 'exists':<8} partitions={state.partitions}")
 
-        step("3/6 starting a stream worker")
+        step("3/7 starting a stream worker and the online evaluation")
         log_dir = Path(tempfile.mkdtemp(prefix="fusionrec-demo-"))
         worker = WorkerChild(settings, log_dir / "worker.log")
-        say(f"  pid {worker.pid}, metrics on 127.0.0.1:{worker.metrics_port}/metrics, log {worker.log_path}")
+        say(f"  worker pid {worker.pid}, metrics on 127.0.0.1:{worker.metrics_port}/metrics, log {worker.log_path}")
         before = worker.wait_for(lambda _metrics: True, timeout=60)
+        k = settings.ranker.k
+        evaluator, lock = OnlineEvaluator(k), threading.Lock()
 
-        step(f"4/6 replaying {path}")
+        def evaluate() -> None:
+            evaluation.update(run_online_eval(settings, k=k, stop=stop_eval, evaluator=evaluator, lock=lock))
+
+        eval_thread = threading.Thread(target=evaluate, name="online-eval", daemon=True)
+        eval_thread.start()
+        say(f"  online evaluation: each event judged against the list its user was being served (HR@{k})")
+
         dataset = read_dataset(path, limit=limit)
+        events = dataset.events
+        if rate is None:
+            rate = len(events) / (60 * minutes) if events else 0.0
+        step(f"4/7 replaying {path} " + (f"at {rate:,.0f} events/s" if rate else "unpaced"))
         say(
-            f"  {len(dataset.events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, "
-            f"spanning {dataset.span_ms / 1000:,.0f} s of shop time; plus {len(MALFORMED)} malformed messages"
+            f"  {len(events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, spanning "
+            f"{dataset.span_ms / 1000:,.0f} s of shop time, stamped as they are sent; plus {len(MALFORMED)} "
+            "malformed messages"
         )
         producer = EventProducer(settings, validate=False)
-        bar = tqdm(total=len(dataset.events), unit="ev", unit_scale=True, desc="  replay", disable=None)
-        result = replay_events(dataset.events, producer, rate=rate, timestamps="wallclock", progress=bar.update)
-        bar.close()
-        for raw in MALFORMED:
-            producer.send_raw(b"demo", raw)
-        producer.close()
-        say(
-            f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
-            f"{result.delivered:,} acknowledged"
-        )
+        sent = {"n": 0}
+        replayed: dict = {}
 
-        step("5/6 waiting for the worker to apply every event")
-        total = len(dataset.events) + len(MALFORMED)
+        def replay() -> None:
+            replayed["result"] = replay_events(
+                events,
+                producer,
+                rate=rate or None,
+                timestamps="wallclock",
+                progress=lambda n: sent.__setitem__("n", sent["n"] + n),
+            )
+
+        total = len(events) + len(MALFORMED)
         key_done = (
             "fusionrec_worker_events_total",
             "fusionrec_worker_duplicates_skipped_total",
@@ -111,52 +142,104 @@ def run_demo(
         def handled(m) -> float:
             return sum(m[k] - before[k] for k in key_done)
 
-        bar = tqdm(total=total, unit="ev", unit_scale=True, desc="  worker", disable=None)
-        progress = {"n": 0.0}
-
-        def show(m) -> None:
+        def check(m) -> None:
             if m["fusionrec_worker_batch_failures_total"]:
                 raise RuntimeError(f"the worker is failing batches; see {worker.log_path}")
-            done = handled(m)
-            bar.update(done - progress["n"])
-            progress["n"] = done
 
+        def malformed_then_close() -> None:
+            try:
+                replay()
+                for raw in MALFORMED:
+                    producer.send_raw(b"demo", raw)
+                producer.close()
+            except Exception as exc:  # noqa: BLE001 - reported by the main thread
+                replayed["error"] = exc
+
+        monitor = Monitor(settings, worker.metrics, evaluator, lock, lambda: sent["n"])
+        sender = threading.Thread(target=malformed_then_close, name="replay", daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 900
+        # Watched until the worker has handled every event: what it does after the replay ends is part of the run.
+        _watch(
+            monitor,
+            lambda: (
+                time.monotonic() < deadline
+                and (sender.is_alive() or ("error" not in replayed and handled(monitor.last_metrics) < total))
+            ),
+            len(events),
+            k,
+            say,
+            live,
+            check,
+        )
+        sender.join()
+        if "error" in replayed:
+            raise RuntimeError(f"the replay failed: {replayed['error']}")
+        result = replayed["result"]
+        say(
+            f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
+            f"{result.delivered:,} acknowledged"
+        )
+
+        step("5/7 waiting for the worker to apply every event")
         begun = time.perf_counter()
-        metrics = worker.wait_for(lambda m: handled(m) >= total, timeout=900, on_poll=show)
-        bar.close()
-        seconds = time.perf_counter() - begun
+        metrics = worker.wait_for(lambda m: handled(m) >= total, timeout=60, on_poll=check)
         applied = metrics["fusionrec_worker_events_total"] - before["fusionrec_worker_events_total"]
         say(
             f"  applied {applied:,.0f} events, skipped "
             f"{metrics['fusionrec_worker_duplicates_skipped_total']:,.0f} duplicates, dead-lettered "
-            f"{metrics['fusionrec_worker_dead_letter_total']:,.0f} malformed messages; "
-            f"{total / seconds:,.0f} ev/s after the replay began"
-        )
-        pace = (
-            ""
-            if rate
-            else " (the replay was unpaced, so this is mostly catch-up time; BENCHMARKS.md has "
-            "latency at a steady 1k ev/s)"
+            f"{metrics['fusionrec_worker_dead_letter_total']:,.0f} malformed messages, the last "
+            f"{monitor.samples[-1].t - result.seconds + time.perf_counter() - begun:,.1f} s after the last was sent"
         )
         latency = "fusionrec_worker_processing_latency_seconds"
         say(
-            f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:.0f} ms, "
-            f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:.0f} ms{pace}"
+            f"  event time → profile written: p50 {histogram_quantile(metrics, latency, 0.5) * 1000:,.0f} ms, "
+            f"p99 {histogram_quantile(metrics, latency, 0.99) * 1000:,.0f} ms"
+            + ("" if rate else " (the replay was unpaced, so this is mostly catch-up time)")
         )
 
         step(
-            f"6/6 waiting (at most {LISTS_WAIT_S:.0f} s) for the ranker to publish the lists of the users the "
+            f"6/7 waiting (at most {LISTS_WAIT_S:.0f} s) for the ranker to publish the lists of the users the "
             "events changed"
         )
-        metrics = _wait_for_lists(worker, before, metrics, applied, say, paced=rate is not None)
+        metrics = _wait_for_lists(worker, before, metrics, applied, say, paced=bool(rate))
         _wait_for_item_side(worker, settings, say)
+        final = monitor.sample()
+        stop_eval.set()
+        eval_thread.join(timeout=30)
         worker.stop()  # ranks the changed users once more, writes the final snapshot and the final fusion weights
         worker = None
-        _show_what_was_built(settings, dataset.events, say)
+        _show_what_was_built(settings, events, say)
         ok = result.delivered == result.sent and handled(metrics) >= total
+
+        step("7/7 the report")
+        report = {
+            "ok": ok,
+            "data": str(path),
+            "events": len(events),
+            "rate": round(rate, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+            "k": k,
+            "freshness_ms": {
+                "p50": histogram_quantile(metrics, FRESHNESS, 0.5) * 1000,
+                "p99": histogram_quantile(metrics, FRESHNESS, 0.99) * 1000,
+            },
+            "published": metrics["fusionrec_recommendations_published_total"],
+            "online": evaluation or None,
+            "weights": final.weights,
+            "rewards": final.rewards,
+        }
+        for written in write_report(out, report, monitor.samples, freshness_buckets(metrics)):
+            say(f"  {written}")
+        _say_online(evaluation, say)
         say(f"\ndemo {'OK' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s")
         return ok
     finally:
+        stop_eval.set()
+        if eval_thread is not None:
+            eval_thread.join(timeout=30)
+        if monitor is not None:
+            monitor.close()
         if worker is not None:
             worker.stop()
         if ours and not keep_running:
@@ -164,6 +247,48 @@ def run_demo(
                 rebuild_state(settings)
             stopped = stack.down()
             say(f"stopped the embedded stack ({', '.join(stopped)}); rerun with --keep-running to keep it")
+
+
+def _watch(monitor: Monitor, running: Callable[[], bool], total: int, k: int, say, live: bool | None, check) -> None:
+    """Sample twice a second while ``running`` (``check`` sees each sample's metrics): a live view on a terminal,
+    else a line every 10 s."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    if live is None:
+        live = console.is_terminal
+    if live:
+        with Live(live_table(monitor.sample(), total, k), console=console, refresh_per_second=4) as view:
+            while running():
+                time.sleep(0.5)
+                view.update(live_table(monitor.sample(), total, k))
+                check(monitor.last_metrics)
+        return
+    last = 0.0
+    while running():
+        time.sleep(0.5)
+        sample = monitor.sample()
+        check(monitor.last_metrics)
+        if sample.t - last >= 10:
+            last = sample.t
+            fused = sample.hit_rates.get("fused")
+            say(
+                f"  {sample.t:5.0f} s  sent {sample.sent:,}  applied {sample.applied:,.0f}  lists "
+                f"{sample.published:,.0f}  freshness p99 {sample.freshness_p99_ms or 0:,.0f} ms  online HR@{k} "
+                f"fused {'—' if fused is None else f'{fused:.3f}'}  rewards {sample.rewards:,}"
+            )
+
+
+def _say_online(evaluation: dict, say: Callable[[str], None]) -> None:
+    variants = evaluation.get("variants") or {}
+    rated = sorted(((v, c["hit_rate"]) for v, c in variants.items() if c["hit_rate"] is not None), key=lambda x: -x[1])
+    if not rated:
+        return
+    say(
+        f"  online hit rate@{evaluation.get('k', '')} over {max(c['targets'] for c in variants.values()):,} judged "
+        f"events: " + ", ".join(f"{v} {r:.4f}" for v, r in rated)
+    )
 
 
 def _wait_for_item_side(worker: WorkerChild, settings: Settings, say: Callable[[str], None]) -> None:
@@ -325,8 +450,8 @@ def _show_weights(settings: Settings, client: redis.Redis, say: Callable[[str], 
         say("    " + f"{segment:<10}" + "".join(f"{row.get(s, 0.0) / len(entries):>10.3f}" for s in sources))
     if rewards < 100:
         say(
-            "    (a reward is an event on an item of the list the user was being served; an unpaced replay mostly "
-            "lists users after their events, so the weights stay near equal: replay with --rate to see them learn)"
+            "    (a reward is an event on an item of the list the user was being served: few users came back to "
+            "their lists in this run, so the weights moved little; a longer or slower replay gives more)"
         )
     learned = [entry["learned"] for entry in entries if entry.get("learned")]
     if learned:

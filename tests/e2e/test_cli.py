@@ -75,8 +75,14 @@ def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
     if not TAOBAO_SLICE.exists():
         pytest.fail(f"shared Taobao slice not found at {TAOBAO_SLICE}")
     env = isolated_env(tmp_path)
-    out = run(["demo", str(TAOBAO_SLICE), "--limit", "3000"], env, timeout=300)
+    report = tmp_path / "report"
+    out = run(
+        ["demo", str(TAOBAO_SLICE), "--limit", "3000", "--minutes", "0.1", "--out", str(report), "--no-live"],
+        env,
+        timeout=300,
+    )
     assert "demo OK" in out.stdout and "3,000 acknowledged" in out.stdout
+    assert "at 500 events/s" in out.stdout  # paced: 3,000 events in 0.1 minutes
     assert "applied 3,000 events, skipped 0 duplicates, dead-lettered 2 malformed messages" in out.stdout
     assert "what the worker built: 6 partition snapshots" in out.stdout and "popular" in out.stdout
     # 3,000 events are few enough for the ranker to publish every changed user's list while the demo waits.
@@ -84,6 +90,13 @@ def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
     assert "published fused list (fr-demo:rec:" in out.stdout and "fusion weights per segment" in out.stdout
     assert "stopped the embedded stack" in out.stdout
     assert pids_of(env) == []
+    assert "SIGKILL" not in out.stdout + out.stderr and "%3|" not in out.stdout + out.stderr
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["ok"] and summary["events"] == 3000 and summary["published"] > 0
+    assert len(summary["samples"]) >= 5 and summary["samples"][-1]["applied"] >= 3000
+    assert summary["online"]["consumed"]["events"] == 3000  # the online evaluation read every event live
+    for plot in ("hit_rate.png", "weights.png", "freshness.png"):
+        assert (report / plot).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_input_gets_a_clear_error(tmp_path):

@@ -80,13 +80,21 @@ def demo(
     path: Path = typer.Argument(
         Path("../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz"), help="Dataset to replay."
     ),
-    rate: float | None = typer.Option(None, help="Replay rate in events/s (default: as fast as it goes)."),
-    limit: int | None = typer.Option(None, help="Replay only the first N events."),
+    minutes: float = typer.Option(
+        1.0, min=0.05, help="Pace the replay so that it takes this long (events stamped as sent, as a live shop's)."
+    ),
+    rate: float | None = typer.Option(None, min=0, help="Replay at this many events/s instead (0: unpaced)."),
+    limit: int | None = typer.Option(None, min=1, help="Replay only the first N events."),
+    out: Path = typer.Option(Path("build/demo"), help="Where the report (JSON, PNG plots) goes."),
+    live: bool | None = typer.Option(
+        None, "--live/--no-live", help="Live view while replaying (default: on a terminal; else a line every 10 s)."
+    ),
     keep_running: bool = typer.Option(False, help="Leave the embedded stack running afterwards."),
 ) -> None:
-    """The whole pipeline on the embedded stack: start it, create topics, run a stream worker, replay the data,
-    wait until every event is applied, and show what was built (profiles, each recommender's lists). Stops what
-    it started unless --keep-running."""
+    """The whole pipeline on the embedded stack: start it, create topics, run a stream worker and the online
+    evaluation, replay the data paced like a live shop (about a minute by default) with a live view of
+    throughput, freshness, online hit rate and the fusion weights moving, then show what was built and write a
+    report (JSON and plots). Stops what it started unless --keep-running."""
     from fusionrec.apps.demo import run_demo
     from fusionrec.infra.stack import StackError
 
@@ -96,7 +104,10 @@ def demo(
             conf,
             path,
             rate=rate,
+            minutes=minutes,
             limit=limit,
+            out=out,
+            live=live,
             keep_running=keep_running,
             say=typer.echo,
             step=lambda text: typer.secho(text, bold=True),
