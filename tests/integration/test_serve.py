@@ -342,3 +342,66 @@ def test_an_api_without_keys_is_open_and_warns(api_settings, tmp_path):
     with ServerChild(api_settings.replace(api_key_hashes=None), tmp_path / "open.log") as open_server:
         assert httpx.get(f"{open_server.url}/v1/users/x/recommendations", timeout=10).status_code == 200
         assert "no API key configured" in open_server.log()
+
+
+# --- the whole path: events in through the API, a real worker, its lists and item side out ------------------------
+
+
+def test_events_posted_through_the_api_reach_a_worker_whose_lists_and_neighbours_it_serves(stack, tmp_path):
+    from tests.integration.workers import WorkerProcess
+
+    tag = uuid.uuid4().hex[:8]
+    conf = stack.settings.replace(
+        topic_events=f"e2e-{tag}-events",
+        topic_dead_letter=f"e2e-{tag}-dlq",
+        topic_recommendations=f"e2e-{tag}-recs",
+        topic_events_partitions=2,
+        topic_recommendations_partitions=2,
+        kafka_client_id=f"fr-e2e-{tag}",
+        worker_group=f"fr-e2e-{tag}",
+        redis_prefix=f"e2e{tag}:",
+        api_item_side_refresh_s=0.2,
+    )
+    ensure_topics(conf)
+    now = int(time.time() * 1000) - 60_000
+    events = []
+    for n in range(12):  # shoppers who view a kettle view a mug next, in the same session
+        for step, item in enumerate(("kettle", "mug")):
+            events.append(
+                {
+                    "event_id": f"s{n}-{step}",
+                    "user_id": f"shopper-{n}",
+                    "item_id": item,
+                    "type": "view",
+                    "ts": now + 100 * n + step,
+                    "session_id": f"sess-{n}",
+                }  # fmt: skip
+            )
+    worker = WorkerProcess(conf, tmp_path, "w")
+    try:
+        with ServerChild(conf, tmp_path / "serve.log") as server, httpx.Client(base_url=server.url, timeout=20) as http:
+            assert http.get("/v1/users/eve/recommendations").json()["fallback"] is True
+            for start in range(0, len(events), 10):
+                assert http.post("/v1/events", json=events[start : start + 10]).status_code == 202
+            worker.wait_for(lambda m: m["fusionrec_worker_events_total"] >= len(events), timeout=120)
+            # The neighbours come from the item side the worker snapshots, once every partition closed the tick.
+            similar = wait_until(lambda: http.get("/v1/items/kettle/similar").json().get("items"), timeout=60)
+            assert similar[0]["item_id"] == "mug"
+            cold = http.get("/v1/users/someone-new/recommendations").json()
+            assert cold["fallback"] is True and {i["item_id"] for i in cold["items"]} == {"kettle", "mug"}
+
+            eve = {"event_id": "eve-0", "user_id": "eve", "item_id": "kettle", "type": "view", "ts": now + 5000}
+            assert http.post("/v1/events", json=eve).status_code == 202
+
+            def served():
+                body = http.get("/v1/users/eve/recommendations").json()
+                return None if body["fallback"] else body
+
+            body = wait_until(served, timeout=60)
+            mug = next(i for i in body["items"] if i["item_id"] == "mug")  # its place is the fusion's business
+            assert "covisit" in mug["sources"] and mug["contributions"]["covisit"] > 0
+            assert 0 <= body["freshness_ms"] < 600_000
+            reranked = http.post("/v1/rerank", json={"user_id": "eve", "items": ["lamp", "mug"]}).json()
+            assert [i["item_id"] for i in reranked["items"]] == ["mug", "lamp"]
+    finally:
+        worker.stop()
