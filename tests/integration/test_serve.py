@@ -405,3 +405,24 @@ def test_events_posted_through_the_api_reach_a_worker_whose_lists_and_neighbours
             assert [i["item_id"] for i in reranked["items"]] == ["mug", "lamp"]
     finally:
         worker.stop()
+
+
+def test_the_fast_read_path_answers_as_the_fastapi_route_does(client, server, db, api_settings):
+    rec = stored_list("dora", [("i1", 0.9, {"covisit": 0.6, "cf": 0.3}), ("i2", 0.5, {"cf": 0.5})], 1_700_000_000_000)
+    db.set(api_settings.redis.keys.recommendation("dora"), encode(rec))
+    fast = client.get("/v1/users/dora/recommendations", params={"k": 1}).json()  # X-API-Key: the fast path
+    routed = httpx.get(  # a bearer token and an extra parameter: through FastAPI's route
+        f"{server.url}/v1/users/dora/recommendations",
+        params={"k": 1, "extra": "x"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert routed.status_code == 200
+    assert {**fast, "freshness_ms": 0} == {**routed.json(), "freshness_ms": 0}
+    assert fast["items"][0]["item_id"] == "i1" and len(fast["items"]) == 1
+
+
+def test_an_invalid_stored_list_is_served_as_no_list(client, db, api_settings):
+    for value in (b"not json", b'{"v": 2, "items": []}', b'{"v": 1, "items": [{"score": 1}]}'):
+        db.set(api_settings.redis.keys.recommendation("mallory"), value)
+        response = client.get("/v1/users/mallory/recommendations")
+        assert response.status_code == 200 and response.json()["fallback"] is True, value

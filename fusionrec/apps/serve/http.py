@@ -55,7 +55,7 @@ class ApiKeyCheck:
             ok |= hmac.compare_digest(digest, expected)
         return ok
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:
         key = request.headers.get("x-api-key")
         if key is None:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
