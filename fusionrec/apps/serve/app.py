@@ -28,6 +28,7 @@ from fusionrec.apps.serve.events import DeliveryError, EventSender, validate_bat
 from fusionrec.apps.serve.http import ApiKeyCheck, MetricsMiddleware, read_body
 from fusionrec.apps.serve.item_side import ItemSideCache
 from fusionrec.apps.serve.metrics import ApiMetrics
+from fusionrec.apps.serve.redis_gets import PipelinedGets
 from fusionrec.apps.serve.schemas import (
     EventsAccepted,
     EventsRejected,
@@ -68,6 +69,7 @@ class Serving:
     redis: aioredis.Redis
     item_side: ItemSideCache
     sender: EventSender | None = None
+    gets: PipelinedGets | None = None
     unavailable: frozenset[str] = frozenset()
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -81,7 +83,14 @@ class Serving:
             health_check_interval=30,
             **settings.redis.client_kwargs(),
         )
-        return cls(settings, metrics, client, ItemSideCache(client, settings), EventSender(settings))
+        return cls(
+            settings,
+            metrics,
+            client,
+            ItemSideCache(client, settings),
+            EventSender(settings),
+            PipelinedGets(settings.redis, REDIS_TIMEOUT_S),
+        )
 
     async def _every(self, seconds: float, what: str, step: Any) -> None:
         failing = False
@@ -123,12 +132,13 @@ class Serving:
                 await task
         if self.sender is not None:
             await asyncio.to_thread(self.sender.close)
+        self.gets.close()
         await self.redis.aclose()
 
     async def _get(self, key: str) -> bytes | None:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
-                return await self.redis.get(key)
+                return await self.gets.get(key)
         except TimeoutError:
             raise RedisError(f"no answer within {REDIS_TIMEOUT_S:g} s") from None
 
