@@ -77,8 +77,8 @@ class Serving:
     def connect(cls, settings: Settings, metrics: ApiMetrics) -> Serving:
         client = aioredis.Redis.from_url(
             settings.redis.url,
-            # No socket_timeout: redis-py wraps every send in asyncio.wait_for then, a new task per command (a
-            # third of a read's CPU). Reads are bounded by REDIS_TIMEOUT_S with asyncio.timeout instead.
+            # No socket_timeout: redis-py would wrap every send in asyncio.wait_for, a new task per command.
+            # Requests bound their reads with asyncio.timeout (REDIS_TIMEOUT_S) instead.
             socket_connect_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,
             **settings.redis.client_kwargs(),
