@@ -3,8 +3,12 @@ real Tansu broker and Redis, httpx as the client."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -426,3 +430,51 @@ def test_an_invalid_stored_list_is_served_as_no_list(client, db, api_settings):
         db.set(api_settings.redis.keys.recommendation("mallory"), value)
         response = client.get("/v1/users/mallory/recommendations")
         assert response.status_code == 200 and response.json()["fallback"] is True, value
+
+
+# --- the page, in a real browser ---------------------------------------------------------------------------------
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+
+
+def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    command = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--virtual-time-budget=15000",  # the page's script runs and its fetches answer before the DOM is taken
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
+
+
+def test_the_page_shows_a_users_list_with_reasons_and_the_weights_in_headless_chromium(
+    server, db, api_settings, tmp_path
+):
+    if shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+        pytest.skip("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+    rec = stored_list(
+        "page-user", [("i1", 0.9, {"covisit": 0.6, "cf": 0.3}), ("i2", 0.5, {"cf": 0.5})], 1_700_000_000_000
+    )
+    db.set(api_settings.redis.keys.recommendation("page-user"), encode(rec))
+    entry = {"weights": {"returning": {"covisit": 0.55, "cf": 0.45}}, "version": 1, "rewards": 3}
+    db.set(api_settings.redis.keys.weights(api_settings.topic.events, 0), orjson.dumps(entry))
+    url = f"{server.url}/?user=page-user&key={KEY}"
+
+    dom = _chromium("--dump-dom", url, tmp=tmp_path).stdout
+    assert 'data-loaded="yes"' in dom, dom[-2000:]
+    assert "covisit 0.60 + cf 0.30" in dom and ">i1<" in dom and ">i2<" in dom
+    assert "segment returning" in dom
+    assert "covisit" in dom.split('id="weights"')[1] and "0.550" in dom
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "serve-page.png"
+    shot.unlink(missing_ok=True)
+    _chromium("--window-size=1100,700", f"--screenshot={shot}", url, tmp=tmp_path)
+    assert shot.stat().st_size > 5000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

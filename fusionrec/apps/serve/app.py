@@ -50,6 +50,8 @@ log = logging.getLogger("fusionrec.serve")
 UNAVAILABLE_REFRESH_S = 1.0
 #: Longest a request waits for Redis before answering 503.
 REDIS_TIMEOUT_S = 2.0
+#: Longest one background refresh (unavailable items, the item side) may take before it is retried.
+BACKGROUND_TIMEOUT_S = 60.0
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -96,7 +98,8 @@ class Serving:
         failing = False
         while True:
             try:
-                await step()
+                async with asyncio.timeout(BACKGROUND_TIMEOUT_S):  # the client has no socket timeout
+                    await step()
                 if failing:
                     log.info("%s: working again", what)
                 failing = False
@@ -401,8 +404,13 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Metrics
     async def weights() -> Response:
         serving = holder["s"]
         keys = serving.settings.redis.keys
-        found = sorted([key async for key in serving.redis.scan_iter(match=keys.all_weights(settings.topic.events))])
-        values = await serving.redis.mget(found) if found else []
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                pattern = keys.all_weights(settings.topic.events)
+                found = sorted([key async for key in serving.redis.scan_iter(match=pattern)])
+                values = await serving.redis.mget(found) if found else []
+        except TimeoutError:
+            raise RedisError(f"no answer within {REDIS_TIMEOUT_S:g} s") from None
         partitions = {
             str(keys.partition_of(key)): orjson.loads(value)
             for key, value in zip(found, values, strict=True)
