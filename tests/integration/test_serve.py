@@ -142,7 +142,7 @@ def test_bad_k_and_user_id_are_422(client):
     assert client.get(f"/v1/users/{'u' * 129}/recommendations").status_code == 422
 
 
-def _write_item_side(api_settings, db) -> None:
+def _write_item_side(api_settings, db, *, lamp: bool = True) -> None:
     """The item side snapshot as a worker writes it (the worker's own save), from models trained on a few events:
     mug is bought most (popular), lamp took off in the last minutes (trending), and kettle is co-visited with mug
     three times and with lamp once."""
@@ -156,14 +156,15 @@ def _write_item_side(api_settings, db) -> None:
     for n in range(3):
         events.append(Event(f"kv{n}", f"s{n}", "kettle", "view", now - day + 10 * n, session_id=f"x{n}"))
         events.append(Event(f"km{n}", f"s{n}", "mug", "view", now - day + 10 * n + 1, session_id=f"x{n}"))
-    events.append(Event("kv9", "s9", "kettle", "view", now - day + 100, session_id="x9"))
-    events.append(Event("kl9", "s9", "lamp", "view", now - day + 101, session_id="x9"))
+    if lamp:
+        events.append(Event("kv9", "s9", "kettle", "view", now - day + 100, session_id="x9"))
+        events.append(Event("kl9", "s9", "lamp", "view", now - day + 101, session_id="x9"))
     events.sort(key=lambda e: e.ts)
     replica = build_item_side(api_settings, api_settings.topic.events_partitions)
     for name in ("popular", "trending", "covisit"):
         replica.models[name].learn_many(events)
     link = ItemSideLink(api_settings, replica, db)
-    link.positions = {0: len(events)}
+    link.positions = {0: len(events) + (0 if lamp else 1000)}  # what tells the API the snapshot changed
     link.save()
 
 
@@ -193,6 +194,15 @@ def test_fallback_and_similar_items_come_from_the_workers_item_side(client, db, 
         assert [i["item_id"] for i in client.get("/v1/items/kettle/similar").json()["items"]] == ["mug"]
     finally:
         db.srem(api_settings.redis.keys.unavailable, "lamp")
+
+
+def test_neighbours_the_item_side_forgot_are_removed(client, db, api_settings):
+    _write_item_side(api_settings, db)
+    wait_until(lambda: client.get("/v1/items/lamp/similar").json()["items"])
+    _write_item_side(api_settings, db, lamp=False)  # lamp was never co-visited in this one
+    wait_until(lambda: client.get("/v1/items/lamp/similar").json()["items"] == [])
+    assert [i["item_id"] for i in client.get("/v1/items/kettle/similar").json()["items"]] == ["mug"]
+    assert not db.exists(api_settings.redis.keys.similar("lamp"))
 
 
 # --- rerank ------------------------------------------------------------------------------------------------------

@@ -136,9 +136,11 @@ class Serving:
         if self.sender is not None:
             await asyncio.to_thread(self.sender.close)
         self.gets.close()
+        self.item_side.close()
         await self.redis.aclose()
 
-    async def _get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> bytes | None:
+        """One GET over the pipelined connection, bounded by REDIS_TIMEOUT_S (a RedisError then: 503)."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 return await self.gets.get(key)
@@ -147,7 +149,7 @@ class Serving:
 
     async def read_list(self, user_id: str) -> Recommendation | None:
         """The user's stored list, decoded by the contract (None: no list, or an invalid one, logged)."""
-        raw = await self._get(self.settings.redis.keys.recommendation(user_id))
+        raw = await self.get(self.settings.redis.keys.recommendation(user_id))
         if raw is None:
             return None
         try:
@@ -163,7 +165,7 @@ class Serving:
         :func:`decode`); a value that does not have the version-1 shape goes through :func:`decode`, which says
         what is wrong, and is served as no list.
         """
-        raw = await self._get(self.settings.redis.keys.recommendation(user_id))
+        raw = await self.get(self.settings.redis.keys.recommendation(user_id))
         data = None
         if raw is not None:
             data = orjson.loads(raw) if raw[:1] == b"{" else None
@@ -381,18 +383,20 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Metrics
     async def similar(item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH), k: int | None = k_query) -> Response:
         serving = holder["s"]
         k = k or default_k
+        raw = await serving.get(serving.settings.redis.keys.similar(item_id))
         view = serving.item_side.view
-        unavailable = serving.unavailable
-        found = view.neighbours(item_id, k + min(len(unavailable), 4 * k))
-        if found is None:
+        if raw is None and not view.loaded_at:
             return _json(
                 {
-                    "detail": "no co-visitation model loaded yet: the workers snapshot their item side to Redis every "
-                    "FUSIONREC_WORKER_SNAPSHOT_INTERVAL_S, and the API reads it every FUSIONREC_API_ITEM_SIDE_REFRESH_S"
+                    "detail": "no item side published yet: the workers snapshot theirs to Redis every "
+                    "FUSIONREC_WORKER_SNAPSHOT_INTERVAL_S, and the API publishes its lists from it every "
+                    "FUSIONREC_API_ITEM_SIDE_REFRESH_S"
                 },
                 503,
                 {"Retry-After": str(int(api.item_side_refresh_s))},
             )
+        unavailable = serving.unavailable
+        found = orjson.loads(raw) if raw is not None else []
         items = [{"item_id": other, "score": s} for other, s in found if other not in unavailable and other != item_id]
         return _json(
             {"item_id": item_id, "items": items[:k], "source": view.origin, "as_of": int(view.loaded_at * 1000)}
