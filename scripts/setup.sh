@@ -23,6 +23,14 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Headless Chromium for the serving API's page test; optional: without it that test is skipped (outside CI).
+if ! command -v chromium >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null; }; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    log "installing Debian's chromium (the serving API's browser test)"
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null; } || log "could not install chromium: the browser test will be skipped"
+fi
+
 "$PYTHON" - <<'PY' || { log "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY

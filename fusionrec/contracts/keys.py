@@ -16,6 +16,10 @@ key                                       type     what (who writes it)
 ``P weights:{topic}:{partition}``         string   the partition's bandit weights, JSON (the worker)
 ``P rec:{user_id}``                       string   the serving copy of the user's latest list, JSON, with a TTL
 ``P unavailable``                         set      item ids the shop marked unavailable (the shop writes it)
+``P similar:{item_id}``                   string   the item's co-visitation neighbours, JSON ``[[item, score], ...]``
+                                                   (the serving API, from the item-side snapshot)
+``P fallback``                            string   the shop-wide fallback list and where it came from, JSON (ditto)
+``P api-writer``                          string   which serving API process writes those two (a lease with a TTL)
 ========================================  =======  ==========================================================
 
 >>> keys = RedisKeys("fr:")
@@ -69,6 +73,18 @@ class RedisKeys:
     @property
     def unavailable(self) -> str:
         return f"{self.prefix}unavailable"
+
+    def similar(self, item_id: str) -> str:
+        """The item's neighbours as the serving API publishes them (``"*"``: the SCAN pattern of all of them)."""
+        return f"{self.prefix}similar:{item_id}"
+
+    @property
+    def fallback(self) -> str:
+        return f"{self.prefix}fallback"
+
+    @property
+    def api_writer(self) -> str:
+        return f"{self.prefix}api-writer"
 
     @property
     def everything(self) -> str:

@@ -49,6 +49,7 @@ from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.logs import kafka_logger
 
 __all__ = [
+    "ApiSettings",
     "BrokerSettings",
     "DedupSettings",
     "EventSettings",
@@ -447,6 +448,52 @@ class MetricsSettings(_Section):
     bind: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
 
 
+class ApiSettings(_Section):
+    """The serving API (`fusionrec serve`, docs/serving.md)."""
+
+    host: str = Field("127.0.0.1", description="Address the serving API binds to (0.0.0.0: every interface).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the serving API.")
+    key_hashes: SecretStr | None = Field(
+        None,
+        description="Comma-separated SHA-256 hex digests of the API keys that may call /v1/* (`fusionrec serve "
+        "--hash-key` prints one). Unset: the API is open to anyone who can reach it (a warning at start).",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body accepted (413 above it)."
+    )
+    max_events: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /v1/events.")
+    max_k: int = Field(200, ge=1, le=10_000, description="Largest k a request may ask for.")
+    max_rerank_items: int = Field(1000, ge=1, le=100_000, description="Most candidates in one POST /v1/rerank.")
+    delivery_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="How long POST /v1/events waits for the brokers' acknowledgements (503 after)."
+    )
+    item_side_refresh_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often the API looks for a newer item-side snapshot in Redis (the workers write one every "
+        "snapshot interval), from which it serves the fallback list and similar items.",
+    )
+
+    @field_validator("key_hashes")
+    @classmethod
+    def _check_hashes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        hashes = [h.strip().lower() for h in value.get_secret_value().split(",") if h.strip()]
+        bad = sum(1 for h in hashes if not re.fullmatch(r"[0-9a-f]{64}", h))
+        if bad:
+            raise ValueError(f"{bad} of {len(hashes)} entries are not SHA-256 hex digests (64 hex characters)")
+        return SecretStr(",".join(hashes)) if hashes else None
+
+    @property
+    def hashes(self) -> tuple[bytes, ...]:
+        """The configured key digests, raw (32 bytes each); empty: no key required."""
+        if self.key_hashes is None:
+            return ()
+        return tuple(bytes.fromhex(h) for h in self.key_hashes.get_secret_value().split(","))
+
+
 class Settings(BaseSettings):
     """fusionrec configuration. Field descriptions are the documentation; see ``docs/configuration.md``."""
 
@@ -472,6 +519,7 @@ class Settings(BaseSettings):
     event: EventSettings = EventSettings()
     broker: BrokerSettings = BrokerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    api: ApiSettings = ApiSettings()
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="Where `fusionrec up` keeps PID files, logs and embedded-service data "

@@ -46,6 +46,7 @@ def test_the_wheel_holds_one_top_level_package(wheel):
         "fusionrec/producers/producer.py",
         "fusionrec/contracts/settings.py",
         "fusionrec/apps/cli/__init__.py",
+        "fusionrec/apps/serve/app.py",
     ):
         assert module in names
 
