@@ -12,6 +12,8 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import redis
 from tqdm import tqdm
 
 from fusionrec.apps.demo_report import Monitor, freshness_buckets, live_table, write_report
+from fusionrec.apps.serve.child import ServerChild
 from fusionrec.consumers.client import RecommendationStore, format_recommendation
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
@@ -86,6 +89,7 @@ def run_demo(
     evaluation: dict = {}
     eval_thread = None
     monitor = None
+    api = None
     try:
         cleared = rebuild_state(settings).keys_deleted
         if cleared:
@@ -94,7 +98,7 @@ def run_demo(
         for state in ensure_topics(settings):
             say(f"  {state.spec.name:<28} {'created' if state.created else 'exists':<8} partitions={state.partitions}")
 
-        step("3/7 starting a stream worker and the online evaluation")
+        step("3/7 starting a stream worker, the online evaluation and the serving API")
         log_dir = Path(tempfile.mkdtemp(prefix="fusionrec-demo-"))
         worker = WorkerChild(settings, log_dir / "worker.log")
         say(f"  worker pid {worker.pid}, metrics on 127.0.0.1:{worker.metrics_port}/metrics, log {worker.log_path}")
@@ -108,6 +112,11 @@ def run_demo(
         eval_thread = threading.Thread(target=evaluate, name="online-eval", daemon=True)
         eval_thread.start()
         say(f"  online evaluation: each event judged against the list its user was being served (HR@{k})")
+        api = ServerChild(settings, log_dir / "serve.log").wait_live()
+        say(
+            f"  serving API pid {api.pid} at {api.url} (live page /, GET /v1/users/{{user}}/recommendations, "
+            f"schema /openapi.json), log {api.log_path}"
+        )
 
         dataset = read_dataset(path, limit=limit)
         events = dataset.events
@@ -210,7 +219,10 @@ def run_demo(
         worker.stop()  # ranks the changed users once more, writes the final snapshot and the final fusion weights
         worker = None
         _show_what_was_built(settings, events, say)
-        ok = result.delivered == result.sent and handled(metrics) >= total
+        served = _show_served(api, events, say)
+        api.stop()
+        api = None
+        ok = result.delivered == result.sent and handled(metrics) >= total and served
 
         step("7/7 the report")
         report = {
@@ -240,6 +252,8 @@ def run_demo(
             eval_thread.join(timeout=30)
         if monitor is not None:
             monitor.close()
+        if api is not None:
+            api.stop()
         if worker is not None:
             worker.stop()
         if ours and not keep_running:
@@ -278,6 +292,27 @@ def _watch(monitor: Monitor, running: Callable[[], bool], total: int, k: int, sa
                 f"{sample.published:,.0f}  freshness p99 {sample.freshness_p99_ms or 0:,.0f} ms  online HR@{k} "
                 f"fused {'—' if fused is None else f'{fused:.3f}'}  rewards {sample.rewards:,}"
             )
+
+
+def _show_served(api: ServerChild, events, say: Callable[[str], None]) -> bool:
+    """What the shop's front end gets from the serving API for the busiest user; True when it answered."""
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.user_id] = counts.get(event.user_id, 0) + 1
+    user = max(counts, key=lambda u: (counts[u], u)) if counts else "nobody"
+    url = f"{api.url}/v1/users/{urllib.parse.quote(user, safe='')}/recommendations?k=5"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = orjson.loads(response.read())
+    except OSError as exc:
+        say(f"\n  serving API: GET {url} failed: {exc}")
+        return False
+    items = ", ".join(str(item["item_id"]) for item in body.get("items", []))
+    say(
+        f"\n  serving API: GET /v1/users/{user}/recommendations?k=5 → {items or 'no items'}"
+        + (" (the fallback: no list yet)" if body.get("fallback") else " (the user's fused list)")
+    )
+    return True
 
 
 def _say_online(evaluation: dict, say: Callable[[str], None]) -> None:

@@ -89,6 +89,7 @@ def test_demo_runs_the_pipeline_and_stops_what_it_started(tmp_path):
     assert "every applied event is in its user's list" in out.stdout, out.stdout
     assert "published fused list (fr-demo:rec:" in out.stdout and "fusion weights per segment" in out.stdout
     assert "stopped the embedded stack" in out.stdout
+    assert "serving API: GET /v1/users/" in out.stdout and "(the user's fused list)" in out.stdout
     assert pids_of(env) == []
     assert "SIGKILL" not in out.stdout + out.stderr and "%3|" not in out.stdout + out.stderr
     summary = json.loads((report / "report.json").read_text())
