@@ -1,0 +1,65 @@
+"""The worker's probes, consumer lag and build info, on a real worker over the real broker and Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from fusionrec import __version__
+from tests.integration.workers import WorkerProcess, handled, make_events, send
+
+
+def probe(worker: WorkerProcess, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}{path}", timeout=3) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def test_ready_once_restored_live_throughout_and_lag_drains_to_zero(worker_settings, tmp_path):
+    events = make_events(3000, seed=11, start_ms=int(time.time() * 1000) - 60_000)
+    send(worker_settings, events)
+    worker = WorkerProcess(worker_settings, tmp_path, "w")
+    try:
+        readiness = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, body = probe(worker, "/readyz")
+            if status:
+                readiness.append((status, body.get("reason", "")))
+            if status == 200:
+                break
+            time.sleep(0.05)
+        assert readiness and readiness[-1][0] == 200, readiness[-5:]
+        # not ready before the group assigned the partitions and their snapshots were read
+        assert readiness[0][0] == 503 and readiness[0][1].startswith(("starting", "restoring")), readiness[0]
+        assert body["partitions"] == [0, 1, 2]
+
+        partitions = ("0", "1", "2")
+
+        def drained(m) -> bool:
+            return (
+                handled(m) >= len(events)
+                and all(f'fusionrec_worker_consumer_lag_records{{partition="{p}"}}' in m for p in partitions)
+                and m["fusionrec_worker_consumer_lag_records"] == 0
+            )
+
+        metrics = worker.wait_for(drained, timeout=90)
+        assert metrics["fusionrec_worker_ready"] == 1
+        (info,) = [key for key in metrics if key.startswith("fusionrec_build_info{")]
+        assert f'version="{__version__}"' in info and 'device="cpu"' in info
+        status, live = probe(worker, "/livez")
+        assert status == 200 and live["reason"] == "event loop responsive" and live["last_beat_s"] < 5
+
+        # new records: the lag of each partition is what it has not applied yet, back to 0 once applied
+        more = make_events(600, seed=12, start_ms=int(time.time() * 1000))
+        send(worker_settings, more)
+        worker.wait_for(lambda m: handled(m) >= len(events) + len(more), timeout=60)
+        worker.wait_for(lambda m: m["fusionrec_worker_consumer_lag_records"] == 0, timeout=30)
+    finally:
+        worker.stop()
