@@ -48,6 +48,12 @@ def deployments() -> dict[str, dict]:
     return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in build() if d["kind"] == "Deployment"}
 
 
+def workloads() -> dict[str, dict]:
+    """Deployments and Jobs, by component."""
+    kinds = ("Deployment", "Job")
+    return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in build() if d["kind"] in kinds}
+
+
 def config() -> dict[str, str]:
     (configmap,) = [d for d in build() if d["kind"] == "ConfigMap"]
     return configmap["data"]
@@ -62,6 +68,7 @@ def test_every_resource_validates_against_the_schemas():
         ("Deployment", "fusionrec-online-eval"),
         ("Deployment", "fusionrec-api"),
         ("Service", "fusionrec-worker"),
+        ("Job", "fusionrec-topics"),
     }
     for doc in [*docs, yaml.safe_load((K8S / "secret.example.yaml").read_text())]:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
@@ -99,11 +106,12 @@ def test_worker_probes_are_livez_and_readyz_on_the_metrics_port():
 
 
 def test_every_container_has_requests_limits_probes_and_a_pinned_image():
-    for component, deployment in deployments().items():
+    for component, deployment in workloads().items():
         for container in containers(deployment):
             for kind in ("requests", "limits"):
                 assert set(container["resources"][kind]) == {"cpu", "memory"}, (component, kind)
-            assert container.get("livenessProbe") and container.get("readinessProbe"), component
+            if deployment["kind"] == "Deployment":  # a Job runs to completion: nothing to probe
+                assert container.get("livenessProbe") and container.get("readinessProbe"), component
             image = container["image"]
             assert ":" in image and not image.endswith(":latest"), (component, image)
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, component
@@ -117,7 +125,7 @@ def test_config_from_the_configmap_and_secrets_only_from_secret_objects():
     assert set(config()) <= known, sorted(set(config()) - known)
     example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
     assert all(d["kind"] != "Secret" for d in build()), "a Secret with values in the repository"
-    for component, deployment in deployments().items():
+    for component, deployment in workloads().items():
         for container in containers(deployment):
             assert container["envFrom"] == [{"configMapRef": {"name": "fusionrec-config"}}], component
             for var in container.get("env", []):
@@ -133,17 +141,35 @@ def test_commands_are_the_cli_s_and_the_api_is_a_marked_placeholder():
     from fusionrec.apps.cli import app
 
     commands = set(typer.main.get_command(app).commands)
-    found = deployments()
-    assert set(found) == {"worker", "online-eval", "api"}
+    found = workloads()
+    assert set(found) == {"worker", "online-eval", "api", "topics"}
     assert containers(found["worker"])[0]["args"] == ["worker"]
+    assert containers(found["topics"])[0]["args"] == ["topics"]
     online = containers(found["online-eval"])[0]["args"]
     assert (
         online[0] == "online-eval" and online[online.index("--metrics-port") + 1] == config()["FUSIONREC_METRICS_PORT"]
     )
-    for component in ("worker", "online-eval"):
+    for component in ("worker", "online-eval", "topics"):
         assert containers(found[component])[0]["args"][0] in commands
     api = found["api"]
     assert containers(api)[0]["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
     assert "fusionrec serve" in api["metadata"]["annotations"]["fusionrec.io/placeholder"]
     if "serve" not in commands:  # not built yet: applying the manifests must not start crash-looping pods
         assert api["spec"]["replicas"] == 0
+
+
+def test_the_in_cluster_prometheus_config_finds_the_services():
+    services = {
+        f"{d['metadata']['name']}.{d['metadata']['namespace']}.svc.cluster.local": d
+        for d in build()
+        if d["kind"] == "Service"
+    }
+    config_path = K8S.parent / "prometheus" / "prometheus.k8s.yml"
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config_path.read_text())["scrape_configs"]}
+    for job, service in (("fusionrec-worker", "fusionrec-worker"), ("fusionrec-online-eval", "fusionrec-online-eval")):
+        (sd,) = jobs[job]["dns_sd_configs"]
+        (name,) = sd["names"]
+        assert name in services and name.startswith(f"{service}."), name
+        assert sd["port"] == services[name]["spec"]["ports"][0]["port"]
+    # one A record per worker pod: the worker's Service is headless
+    assert services["fusionrec-worker.fusionrec.svc.cluster.local"]["spec"]["clusterIP"] == "None"
