@@ -63,3 +63,33 @@ def test_ready_once_restored_live_throughout_and_lag_drains_to_zero(worker_setti
         worker.wait_for(lambda m: m["fusionrec_worker_consumer_lag_records"] == 0, timeout=30)
     finally:
         worker.stop()
+
+
+def test_not_ready_during_a_rebalance_then_each_ready_with_its_share(worker_settings, tmp_path):
+    send(worker_settings, make_events(600, seed=13, start_ms=int(time.time() * 1000) - 30_000))
+    first = WorkerProcess(worker_settings, tmp_path, "first")
+    second = None
+    try:
+        first.wait_for(lambda m: m["fusionrec_worker_ready"] == 1 and m["fusionrec_worker_assigned_partitions"] == 3)
+        second = WorkerProcess(worker_settings, tmp_path, "second")
+        seen_first = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            a, b = probe(first, "/readyz"), probe(second, "/readyz")
+            seen_first.append(a[0])
+            if a[0] == b[0] == 200 and sorted(a[1]["partitions"] + b[1]["partitions"]) == [0, 1, 2]:
+                break
+            time.sleep(0.05)
+        assert a[0] == b[0] == 200, (a, b)
+        assert a[1]["partitions"] and b[1]["partitions"]  # split between the two
+        assert 503 in seen_first  # the first worker left ready while its partitions moved
+        # a revoked partition's lag series goes with it
+        owned = {str(p) for p in a[1]["partitions"]}
+        first.wait_for(
+            lambda m: {k.split('"')[1] for k in m if k.startswith("fusionrec_worker_consumer_lag_records{")} == owned,
+            timeout=30,
+        )
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
