@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fusionrec needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - Debian packages: redis-server (the embedded stack starts one when none is reachable), python3-venv;
+#   - Debian packages: redis-server (the embedded stack starts one when none is reachable), python3-venv,
+#     prometheus (promtool checks the alert rules; the tests start their own Prometheus on loopback; the packaged
+#     service is kept from starting and left disabled);
 #   - a virtual environment in .venv with fusionrec and its pinned dependencies (torch's CPU wheel).
 # Re-running it is cheap: the Python install is skipped while pyproject.toml is unchanged.
 set -euo pipefail
@@ -12,6 +14,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
@@ -20,7 +23,23 @@ if ((${#need_apt[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # Packages must not start their services here (Debian's prometheus would listen on :9090 for good): a
+    # policy-rc.d that refuses every start, for the install only, unless the machine already has one.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy"
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
+        || { [ -z "$policy" ] || $SUDO rm -f "$policy"; exit 1; }
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
+    if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then  # tests run their own, on free loopback ports
+        if [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+        elif command -v update-rc.d >/dev/null; then
+            $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 
 # Headless Chromium for the serving API's page test; optional: without it that test is skipped (outside CI).

@@ -9,6 +9,10 @@ web server), and batches, ranker slices (:class:`~fusionrec.streams.refresh.Refr
 (:class:`~fusionrec.streams.snapshots.Snapshotter`) and rebalance hand-overs never run at the same time. The
 snapshots are the position of record: a newly assigned partition resumes just after its snapshot (or at the start
 without one), and offsets are committed to Kafka only up to the snapshots, for tools that read group lag.
+
+With a :class:`~fusionrec.streams.health.Health`, a task on the event loop beats it every second (``/livez``) and
+sets the consumer lag per partition from what the consumer already knows (no request to the broker, nothing read
+off the loop); the rebalance hooks make it ready (``/readyz``) once an assignment's partitions are restored.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
 from fusionrec.streams.dead_letters import deliver
+from fusionrec.streams.health import Health
 from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
@@ -39,12 +44,16 @@ from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH, RANK_BATCH, Refresh
 from fusionrec.streams.snapshots import Snapshotter
 from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_item_side, build_ranker
 
-__all__ = ["Worker", "create_worker", "faust_credentials", "tune_gc", "wire"]
+__all__ = ["Worker", "create_worker", "faust_credentials", "lag_of", "tune_gc", "wire"]
 
 log = logging.getLogger("fusionrec.worker")
 
 #: How often the bandit's weights are logged (they go to Redis and Prometheus every snapshot interval).
 WEIGHTS_LOG_INTERVAL_S = 60.0
+#: How often the event loop beats the liveness probe and the consumer lag is set.
+OBSERVE_INTERVAL_S = 1.0
+#: How often restoring an assignment that failed (Redis down) is tried again.
+RESTORE_RETRY_S = 1.0
 
 
 def tune_gc() -> None:
@@ -71,6 +80,17 @@ def faust_credentials(settings: Settings) -> dict:
     return {}
 
 
+def lag_of(applied: int | None, highwater: int | None, fetched: int | None) -> int | None:
+    """A partition's consumer lag: its end minus ``applied`` (the offset after the last applied batch), or None when
+    either is unknown. The end is the high watermark the last fetch response reported, never less than ``fetched``
+    (the offset after the last record fetched). Not ListOffsets "latest" (``end_offsets``), which Tansu answers with
+    the newest batch's first offset + 1: 1 for 1,000 records produced in one batch, where the fetch said 1,000."""
+    ends = [end for end in (highwater, fetched) if end is not None]
+    if applied is None or not ends:
+        return None
+    return max(max(ends) - applied, 0)
+
+
 @dataclass(eq=False, repr=False)
 class Worker:
     """The Faust app and what its hooks work with; each hook is a method, connected to the app by :func:`wire`.
@@ -87,11 +107,16 @@ class Worker:
     snapshotter: Snapshotter
     rank_interval_s: float
     metrics: WorkerMetrics | None = None
+    health: Health | None = None
     executor: ThreadPoolExecutor = field(
         default_factory=partial(ThreadPoolExecutor, max_workers=1, thread_name_prefix="fusionrec-state")
     )
     weights_logged: float = float("-inf")  # loop time the fusion weights were last logged
     paused: set[int] = field(default_factory=set)  # partitions paused because they ran ahead of the item side
+    mine: set[int] = field(default_factory=set)  # the events partitions assigned now
+    applied: dict[int, int] = field(default_factory=dict)  # partition -> offset after its last applied batch
+    unrestored: tuple[list[int], int] | None = None  # an assignment whose restore failed, and its generation
+    restore_retry: float = float("-inf")  # loop time of the next retry of ``unrestored``
 
     # --- helpers -------------------------------------------------------------------------------------------------
 
@@ -155,6 +180,33 @@ class Worker:
                 f"({learned['lists_learned']:,} lists learned)",
             )
 
+    def lag(self) -> dict[int, int]:
+        """Records not applied yet per assigned partition (:func:`lag_of`), from what the consumer knows already: no
+        broker request, nothing that waits on the consumer's thread; partitions not fetched yet are left out."""
+        out = {}
+        consumer = self.app.consumer
+        for partition in self.mine:
+            lag = lag_of(
+                self.applied.get(partition), self.highwater(partition), consumer.fetched(TP(self.topic, partition))
+            )
+            if lag is not None:
+                out[partition] = lag
+        return out
+
+    async def restore(self, partitions: list[int], generation: int) -> None:
+        """Restore the assigned partitions' state now (a partition without events is then known, and closed when
+        quiet, instead of holding the item side back); ready once done. A failure is retried by the ranker task."""
+        try:
+            await self.on_state_thread(self.partitions.hold, partitions)
+        except Exception as exc:  # noqa: BLE001 - Redis down: not ready, retried
+            log.warning("restoring partitions %s failed: %s: %s", partitions, type(exc).__name__, exc)
+            self.unrestored = (partitions, generation)
+            self.restore_retry = asyncio.get_running_loop().time() + RESTORE_RETRY_S
+            return
+        self.unrestored = None
+        if self.health is not None and self.health.restored(generation):
+            log.info("ready: partitions %s restored", partitions)
+
     def highwater(self, partition: int) -> int | None:
         """The events partition's high watermark as the consumer last fetched it (None: not fetched, or not ours)."""
         try:
@@ -166,7 +218,9 @@ class Worker:
 
     async def position_of(self, tp: TP) -> int:
         """Where an assigned partition resumes: just after its snapshot."""
-        return await self.on_state_thread(self.snapshotter.store.position, tp.partition)
+        position = await self.on_state_thread(self.snapshotter.store.position, tp.partition)
+        self.applied[tp.partition] = position
+        return position
 
     async def process_events(self, stream) -> None:
         """The agent: apply each partition batch; its dead letters are acknowledged by the broker before the batch
@@ -174,8 +228,24 @@ class Worker:
         batch: RecordBatch
         async for batch in stream:
             outcome = await self.apply_until_done(batch)
+            if batch.partition in self.mine:
+                self.applied[batch.partition] = batch.last_offset + 1
             if outcome.dead_letters:
                 await deliver(self.dead_letters.send, outcome.dead_letters, self.metrics)
+
+    def observe(self) -> None:
+        """On the event loop: beat the liveness probe, set the consumer lag (nothing here awaits or blocks)."""
+        if self.health is not None:
+            self.health.beat()
+        if self.metrics:
+            self.metrics.set_lag(self.lag())
+
+    async def observe_every_second(self) -> None:
+        """The observe task: :meth:`observe` every ``OBSERVE_INTERVAL_S`` (a task, not a Faust timer, which would
+        log every beat that a busy loop delays by 0.3 s)."""
+        while not self.app.should_stop:
+            self.observe()
+            await self.app.sleep(OBSERVE_INTERVAL_S)
 
     async def snapshot_partitions(self) -> None:
         """The snapshot timer: a background snapshot (commits follow the previous one), then the fusion weights."""
@@ -208,6 +278,8 @@ class Worker:
                 await self.hold_back()
             except Exception as exc:  # noqa: BLE001 - pausing is an optimisation; the next tick tries again
                 log.warning("pausing partitions ahead of the item side failed: %s: %s", type(exc).__name__, exc)
+            if self.unrestored is not None and loop.time() >= self.restore_retry:
+                await self.restore(*self.unrestored)
             await self.app.sleep(max(interval - (loop.time() - began), 0.0))
 
     async def hold_back(self) -> None:
@@ -233,8 +305,15 @@ class Worker:
     async def hand_over(self, app, revoked, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
         """Before revoked partitions move: snapshot them synchronously (the next owner resumes there), drop them."""
         partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
+        if self.health is not None:
+            self.health.revoked()
+        self.unrestored = None
+        self.mine -= set(partitions)
+        for partition in partitions:
+            self.applied.pop(partition, None)
         if self.metrics:
             self.metrics.assigned.set(0)
+            self.metrics.set_lag({}, gone=partitions)
         if partitions:
             self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot, partitions))
             await self.on_state_thread(self.partitions.drop, partitions)
@@ -250,12 +329,16 @@ class Worker:
             self.paused = set()
         if self.metrics:
             self.metrics.assigned.set(len(mine))
+            self.metrics.set_lag({}, gone=self.mine - set(mine))
+        self.mine = set(mine)
         log.info("assigned partitions %s", mine)
-        if self.partitions.item_side is not None:  # known now, so that a partition without events is closed
-            await self.best_effort(partial(self.partitions.hold, mine), "loading the assigned partitions")
+        generation = self.health.assigned(mine) if self.health is not None else 0
+        await self.restore(mine, generation)
 
     async def final_snapshot(self, app, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
         """On shutdown: a last refresh, the lists flushed, a synchronous snapshot, the final weights."""
+        if self.health is not None:
+            self.health.stopping()
         await self.best_effort(self.refresher.refresh, "the last ranker refresh")
         await self.best_effort(self.refresher.publisher.flush, "flushing the last lists")
         self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot))
@@ -272,14 +355,16 @@ def wire(worker: Worker, events: TopicT, snapshot_interval_s: float) -> None:
     app.fusionrec_position_of = worker.position_of  # read by BatchingConsumer on assignment
     app.agent(events, name="fusionrec-events")(worker.process_events)
     app.timer(snapshot_interval_s)(worker.snapshot_partitions)
+    app.task(worker.observe_every_second)
     app.task(worker.refresh_recommendations)
     app.on_partitions_revoked.connect(worker.hand_over)
     app.on_partitions_assigned.connect(worker.count_assigned)
     app.on_before_shutdown.connect(worker.final_snapshot)
 
 
-def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
-    """Build the Faust app, its topics and the worker's components from ``settings``, and wire them."""
+def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, health: Health | None = None) -> Worker:
+    """Build the Faust app, its topics and the worker's components from ``settings``, and wire them; with
+    ``health``, the worker reports its liveness and readiness there (:mod:`fusionrec.streams.health`)."""
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = BatchingApp(
         settings.worker.group,
@@ -299,6 +384,10 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
     ranker = build_ranker(settings.ranker)
     if ranker.device.type == "cpu" and settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
+    if metrics is not None:
+        metrics.set_build_info(str(ranker.device))
+        if health is not None:
+            health.on_ready = lambda ready: metrics.ready.set(int(ready))
     log.info(
         "ranker: top %d of %d candidates per source, category cap %d, device %s (%d threads), every %d ms",
         settings.ranker.k,
@@ -338,6 +427,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
         snapshotter=Snapshotter(partitions, snapshots, metrics),
         rank_interval_s=settings.ranker.interval_ms / 1000,
         metrics=metrics,
+        health=health,
     )
     wire(worker, events, settings.worker.snapshot_interval_s)
     return worker

@@ -19,6 +19,8 @@ How:
   (the worker answers from its state snapshots), instead of at the committed offset.
 * :meth:`BatchingConsumer.limit_commit` caps what is committed per partition (the worker commits only what its
   state snapshots cover); a batched partition with no limit set commits nothing.
+* :meth:`BatchingConsumer.fetched` is the offset after the last record handed on per batched partition (a lower
+  bound of the partition's end, for the consumer lag).
 * The aiokafka fetch wait is lowered from Faust's hard-coded 1500 ms (Tansu sleeps half of it per fetch).
 
 The agent's topic must use :class:`BatchSchema` so the ``RecordBatch`` passes through decoding untouched.
@@ -107,6 +109,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if active_partitions is not None and tp not in active_partitions and tp not in self._buffered_partitions:
                 continue
             if self._is_batched(tp.topic):
+                self.__dict__.setdefault("_fusionrec_fetched", {})[tp] = tp_records[-1].offset + 1
                 message = to_message(tp, tp_records[-1])
                 message.value = RecordBatch(
                     tp.topic,
@@ -136,6 +139,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         await self._seek(tp, position)
                         committed[tp] = position
         return committed
+
+    def fetched(self, tp: TP) -> int | None:
+        """The offset after the last record of ``tp`` handed on as a batch (None: none yet)."""
+        return self.__dict__.get("_fusionrec_fetched", {}).get(tp)
 
     def limit_commit(self, tp: TP, offset: int) -> None:
         """Allow committing ``tp`` up to (not including) ``offset``."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import platform
+from collections.abc import Iterable, Mapping
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics", "histogram_quantile", "serve_metrics"]
+__all__ = ["WorkerMetrics", "histogram_quantile"]
 
 #: Seconds; resolves single milliseconds at the low end, where a healthy worker lives.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -80,6 +82,24 @@ class WorkerMetrics:
         self.assigned = Gauge(
             "fusionrec_worker_assigned_partitions",
             "Events-topic partitions the consumer group assigned to this worker.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "fusionrec_worker_consumer_lag_records",
+            "Records of an assigned events partition not applied yet: the high watermark of the last fetch response "
+            "(at least the offset after the last record fetched) minus the position after the last applied batch.",
+            ["partition"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "fusionrec_worker_ready",
+            "1 while /readyz answers ready: partitions assigned and their state restored from the snapshots.",
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "fusionrec_build_info",
+            "Always 1; the labels say which fusionrec, Python and torch run, and the ranker's torch device.",
+            ["version", "python", "torch", "device"],
             registry=registry,
         )
         # --- the shared item side (streams/item_side.py) ---
@@ -164,11 +184,21 @@ class WorkerMetrics:
             registry=registry,
         )
 
+    def set_build_info(self, device: str) -> None:
+        """Set ``fusionrec_build_info`` for this process, the ranker running on torch ``device``."""
+        import torch
 
-def serve_metrics(port: int, bind: str, registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve ``/metrics`` on ``bind:port`` from a daemon thread (no-op for port 0)."""
-    if port:
-        start_http_server(port, addr=bind, registry=registry)
+        from fusionrec import __version__
+
+        self.build_info.labels(__version__, platform.python_version(), torch.__version__, device).set(1)
+
+    def set_lag(self, lag: Mapping[int, int], gone: Iterable[int] = ()) -> None:
+        """Set the consumer lag of the partitions in ``lag``; drop the series of the partitions in ``gone``."""
+        for partition in gone:
+            with contextlib.suppress(KeyError):  # never set: not fetched while it was ours
+                self.consumer_lag.remove(str(partition))
+        for partition, records in lag.items():
+            self.consumer_lag.labels(str(partition)).set(records)
 
 
 def histogram_quantile(samples: Mapping[str, float], histogram: str, q: float) -> float:

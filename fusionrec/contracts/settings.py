@@ -444,7 +444,12 @@ class BrokerSettings(_Section):
 class MetricsSettings(_Section):
     """The Prometheus endpoint of the worker and the online evaluation."""
 
-    port: int = Field(9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off).")
+    port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint, and of the worker's /livez and /readyz probes (0: off).",
+    )
     bind: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
 
 

@@ -14,7 +14,9 @@ from fusionrec.apps.cli._app import app, fail, log, settings
 @app.command()
 def worker(
     metrics_port: int | None = typer.Option(
-        None, help="Serve Prometheus metrics on this port (0: off) [env FUSIONREC_METRICS_PORT]."
+        None,
+        help="Serve Prometheus metrics (/metrics) and the probes (/livez, /readyz) on this port (0: off) "
+        "[env FUSIONREC_METRICS_PORT].",
     ),
 ) -> None:
     """Run the stream worker: consume events, keep profiles and online models current (Faust).
@@ -26,15 +28,17 @@ def worker(
 
     from fusionrec.contracts import logs
     from fusionrec.streams.app import create_worker, tune_gc
-    from fusionrec.streams.metrics import WorkerMetrics, serve_metrics
+    from fusionrec.streams.health import Health, serve_health
+    from fusionrec.streams.metrics import WorkerMetrics
 
     conf = settings(metrics_port=metrics_port)
     tune_gc()
-    serve_metrics(conf.metrics.port, conf.metrics.bind)
-    built = create_worker(conf, WorkerMetrics())
+    health = Health()
+    serve_health(conf.metrics.port, conf.metrics.bind, health)  # up first: /livez answers while the app builds
+    built = create_worker(conf, WorkerMetrics(), health)
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[conf.log_level]
     log.info(
-        "worker %s: events %s, group %s, metrics on %s:%s",
+        "worker %s: events %s, group %s, metrics and probes on %s:%s",
         __version__,
         conf.topic.events,
         conf.worker.group,
