@@ -33,11 +33,12 @@ from collections.abc import Iterable
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from fusionrec.contracts.settings import Settings
 from fusionrec.contracts.topics import topic_specs
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.resilient import ResilientProducer
 from fusionrec.models import Recommender
 from fusionrec.models.item_side import ItemSide
 from fusionrec.streams.metrics import WorkerMetrics
@@ -78,9 +79,14 @@ class ItemSideLink:
         self.metrics = metrics
         self.topic = settings.item_side_topic
         self.key = settings.redis.keys.item_side(self.topic)
-        self.producer = Producer(
-            {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"}
+        # Recreated after a fatal error (a broker restart), re-sending what was not acknowledged, in order.
+        self.producer = ResilientProducer(
+            {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"},
+            name="item-side link",
+            on_reset=self._reset,
         )
+        if metrics is not None:
+            metrics.producer_stall.labels("item_side").set_function(lambda: self.producer.stall_s)
         self.positions: dict[int, int] = {}  # item-side topic partition -> next offset to read
         self._sent_closed: dict[int, int | None] = {}  # events partition -> the closed tick last published
         #: This link's id in message keys, and the partitions whose last message sent through the topic alone it
@@ -156,13 +162,12 @@ class ItemSideLink:
             self._sent_closed.pop(partition, None)
 
     def _produce(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
         self.producer.poll(0)
+
+    def _reset(self, reason: str) -> None:  # noqa: ARG002 - logged by the producer
+        if self.metrics:
+            self.metrics.producer_resets.labels("item_side").inc()
 
     def _delivered(self, err, msg) -> None:  # noqa: ARG002 - confluent-kafka's callback signature
         if err is not None:
@@ -227,6 +232,13 @@ class ItemSideLink:
 
     # --- consuming (a daemon thread, then the state thread) ----------------------------------------------------
 
+    def ensure_topic(self) -> None:
+        """Create the item-side topic if it is missing (at start, and after the broker lost its topics)."""
+        item_specs = [spec for spec in topic_specs(self.settings) if spec.role == "item_side"]
+        for topic_state in ensure_topics(self.settings, item_specs):
+            for problem in topic_state.problems:
+                log.warning("%s: %s", self.topic, problem)
+
     def start(self) -> None:
         """Start reading the item-side topic in full from the restored positions (the start without any)."""
         if self._poller is not None:
@@ -236,10 +248,7 @@ class ItemSideLink:
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         }
-        item_specs = [spec for spec in topic_specs(self.settings) if spec.role == "item_side"]
-        for topic_state in ensure_topics(self.settings, item_specs):
-            for problem in topic_state.problems:
-                log.warning("%s: %s", self.topic, problem)
+        self.ensure_topic()
         consumer = Consumer(config)
         events = self.settings.topic.events
         for topic in (self.topic, events):
