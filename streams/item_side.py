@@ -97,6 +97,7 @@ class ItemSideLink:
         self._echoed: set[int] = set()
         self._awaiting_echo: dict[int, bytes] = {}  # partition -> key of its last message sent through the topic
         self.delivery_errors = 0
+        self._guard_seen = (0, 0, 0)  # the guard's counters last turned into metrics (capped, unvoted, jumps)
         self._failed: list[str] = []
         self._inbox: queue.Queue = queue.Queue()
         self._consumer: Consumer | None = None
@@ -115,6 +116,9 @@ class ItemSideLink:
             if name.startswith("model:") and name[6:] in self.replica.models:
                 self.replica.models[name[6:]] = Recommender.restore(blob)
         self.replica.load_meta(orjson.loads(data[b"meta"]))
+        guard = self.replica.guard
+        if guard is not None:  # the counters restored are not new
+            self._guard_seen = (guard.capped, guard.unvoted, guard.jumps)
         self.positions = {int(p): int(o) for p, o in orjson.loads(data[b"positions"]).items()}
         log.info(
             "restored the item side at tick %s (%d records applied), resuming %s at %s",
@@ -324,7 +328,32 @@ class ItemSideLink:
         if self.metrics:
             self.metrics.item_side_records.inc(applied)
             self.metrics.item_side_waiting_ticks.set(replica.lag_ticks())
+        if replica.guard is not None:
+            self._observe_guard(replica.guard)
         return applied
+
+    def _observe_guard(self, guard) -> None:
+        """The abuse limits' counters as metrics, and a warning for each new rate jump."""
+        capped, unvoted, jumps = self._guard_seen
+        if guard.jumps > jumps:
+            for item, count, previous in guard.flagged[-min(guard.jumps - jumps, len(guard.flagged)) :]:
+                log.warning(
+                    "item %r jumped to %d events in one guard window (previous window: %d); popular and trending "
+                    "count it only with enough returning users",
+                    item,
+                    count,
+                    previous,
+                )
+        if self.metrics:
+            m = self.metrics
+            if guard.capped > capped:
+                m.guard_capped.inc(guard.capped - capped)
+            if guard.jumps > jumps:
+                m.guard_rate_jumps.inc(guard.jumps - jumps)
+            if guard.unvoted > unvoted:
+                m.guard_unvoted_records.inc(guard.unvoted - unvoted)
+            m.guard_unvoted.set(guard.pending_items)
+        self._guard_seen = (guard.capped, guard.unvoted, guard.jumps)
 
     def stop(self) -> None:
         """Stop reading; wait for what was published (best effort: the snapshot path flushed already)."""

@@ -143,12 +143,18 @@ class WorkerMetrics:
         # --- abuse limits on the item side (models/guard.py) ---
         self.guard_capped = Counter(
             "fusionrec_guard_capped_total",
-            "Item-side weight a user could not add because they reached their per-window cap (events cut to zero).",
+            "Item-side records that taught nothing because their user reached the per-window cap.",
             registry=registry,
         )
         self.guard_unvoted = Gauge(
             "fusionrec_guard_unvoted_items",
-            "Items kept out of popular/trending because fewer distinct users than the minimum acted on them.",
+            "Items this worker's item side keeps out of popular/trending until enough distinct returning users act on "
+            "them.",
+            registry=registry,
+        )
+        self.guard_unvoted_records = Counter(
+            "fusionrec_guard_unvoted_records_total",
+            "Item-side records popular and trending did not learn: their item had too few distinct returning users.",
             registry=registry,
         )
         self.guard_rate_jumps = Counter(
