@@ -107,6 +107,7 @@ class TopicWatch:
         self.recovering: set[int] = set()  # rebased partitions that have not processed a batch of the new topic
         self.rewound: set[int] = set()  # same topic, but its end is behind the state (reported only)
         self.detections = 0
+        self._counted: str | None = None  # the incarnation (topic id, or MISSING) last counted as a loss
         self._current: str | None = None
         self._checked_at = float("-inf")
         self.load()
@@ -177,18 +178,16 @@ class TopicWatch:
             return set()
         if current == MISSING:
             if not self.lost:
-                self.detections += 1
                 log.error(
                     "the events topic %s is gone (a broker restarted without its data, or the topic was deleted); "
                     "not ready until it is back",
                     self.topic,
                 )
-                if self.metrics:
-                    self.metrics.topic_lost_total.inc()
+            self._count(MISSING)
             self.lost = True
             self._publish()
             return set()
-        was_lost, self.lost = self.lost, False
+        self.lost = False
         rebased: dict[int, int] = {}
         fresh: list[int] = []
         for partition, next_offset in partitions.items():
@@ -205,10 +204,7 @@ class TopicWatch:
             self.client.hset(self.key, mapping=mapping)
             self.bases.update(rebased)
             self.recovering.update(rebased)
-            if not was_lost:
-                self.detections += 1
-                if self.metrics:
-                    self.metrics.topic_lost_total.inc()
+            self._count(current)
             log.error(
                 "the events topic %s was recreated (topic id %s; a broker restarted without its data?): the state "
                 "continues at its own offsets, the new topic read from its start (partition: base %s). Events the "
@@ -223,6 +219,14 @@ class TopicWatch:
             self.client.hset(self.key, mapping={f"id:{p}": current for p in fresh})
         self._publish()
         return set(rebased)
+
+    def _count(self, incarnation: str) -> None:
+        """Count one loss per lost topic, however many partitions find it (a topic gone, then recreated, is one)."""
+        if self._counted is None or (incarnation != self._counted and self._counted != MISSING):
+            self.detections += 1
+            if self.metrics:
+                self.metrics.topic_lost_total.inc()
+        self._counted = incarnation
 
     def check_end(self, partition: int, end: int | None, state_next: int) -> None:
         """Report (not rebase) a partition whose topic end (``end``, a topic offset) is behind the state."""
