@@ -17,9 +17,9 @@ record may teach:
 
 Deterministic: the guard's decisions are a function of the records in the order they are offered, which the item
 side makes a function of the events alone (sync ticks); its state rides in the item side's snapshot. Memory is
-bounded: users seen before and items that qualified are remembered in fixed bit sets (``bits`` bits each; a
-collision lets an unseen user count as returning, or an item skip the vote: rare, never the other way round), the
-rest lives one window, and the items still collecting voters are forgotten when more than ``max_pending`` wait.
+bounded: users seen before and items that qualified are remembered in fixed Bloom filters (``bits`` bits each; a
+false positive lets an unseen user count as returning, or an item skip the vote: rare, never the other way round),
+the rest lives one window, and the items still collecting voters are forgotten when more than ``max_pending`` wait.
 
 >>> guard = ItemSideGuard(window_ms=1000, user_cap=2, min_users=2, jump_min=3, jump_factor=2.0)
 >>> [guard.admit(user, "mug", 100) for user in (1, 2)]  # new users in the first window: no votes
@@ -53,35 +53,39 @@ def user_digest(user_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=6).digest(), "big")
 
 
-def _slot(value: int | str, bits: int) -> int:
+def _slots(value: int | str, bits: int, hashes: int) -> list[int]:
+    """``hashes`` bit positions by double hashing (Kirsch and Mitzenmacher) of a 48-bit or longer digest."""
     if isinstance(value, str):
         value = int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
-    return value % bits
+    first, step = value & 0xFFFFFFFF, (value >> 24) | 1
+    return [(first + i * step) % bits for i in range(hashes)]
 
 
 class _Bits:
-    """A fixed set of bits (set membership with false positives only)."""
+    """A Bloom filter: set membership with false positives only (``hashes`` bits per member)."""
 
-    __slots__ = ("bits", "data")
+    __slots__ = ("bits", "data", "hashes")
 
-    def __init__(self, bits: int, data: bytes | None = None):
+    def __init__(self, bits: int, hashes: int = 4, data: bytes | None = None):
         self.bits = bits
+        self.hashes = hashes
         self.data = bytearray(data) if data is not None else bytearray((bits + 7) // 8)
 
     def __contains__(self, value: int | str) -> bool:
-        slot = _slot(value, self.bits)
-        return bool(self.data[slot >> 3] & (1 << (slot & 7)))
+        data = self.data
+        return all(data[slot >> 3] & (1 << (slot & 7)) for slot in _slots(value, self.bits, self.hashes))
 
     def add(self, value: int | str) -> None:
-        slot = _slot(value, self.bits)
-        self.data[slot >> 3] |= 1 << (slot & 7)
+        data = self.data
+        for slot in _slots(value, self.bits, self.hashes):
+            data[slot >> 3] |= 1 << (slot & 7)
 
     def dump(self) -> str:
-        return base64.b64encode(zlib.compress(bytes(self.data), 6)).decode()
+        return base64.b64encode(zlib.compress(bytes(self.data), 1)).decode()
 
     @classmethod
-    def load(cls, bits: int, text: str) -> _Bits:
-        return cls(bits, zlib.decompress(base64.b64decode(text)))
+    def load(cls, bits: int, hashes: int, text: str) -> _Bits:
+        return cls(bits, hashes, zlib.decompress(base64.b64decode(text)))
 
 
 class ItemSideGuard:
@@ -99,7 +103,9 @@ class ItemSideGuard:
         An item is flagged when its records in a window reach ``jump_min`` and ``jump_factor`` × (previous window's
         + 1).
     bits
-        Size of each of the two bit sets (users seen before, items qualified).
+        Size of each of the two Bloom filters (users seen before, items qualified; 4 bits per member): with the
+        default 2^25 (4 MiB each), one in about 10^5 unseen users counts as returning once a million users were
+        seen, one in 10^11 after 10,000.
     max_pending
         Items collecting voters beyond this are all forgotten (they start collecting again).
     """
@@ -112,7 +118,7 @@ class ItemSideGuard:
         min_users: int = 3,
         jump_min: int = 200,
         jump_factor: float = 10.0,
-        bits: int = 1 << 22,
+        bits: int = 1 << 25,
         max_pending: int = 200_000,
     ):
         if window_ms <= 0:
@@ -177,7 +183,8 @@ class ItemSideGuard:
                 self.flagged = [*self.flagged[-19:], (item, count, previous)]
         if user is None:
             return True, True
-        if user not in self._known:
+        known = user in self._known
+        if not known:
             self._new_users.add(user)
         if self.user_cap:
             used = self._user_counts.get(user, 0) + 1
@@ -187,7 +194,7 @@ class ItemSideGuard:
                 return False, False
         if self.min_users <= 1 or item in self._qualified:
             return True, True
-        if user in self._known:
+        if known:
             voters = self._voters.get(item)
             if voters is None:
                 if len(self._voters) >= self.max_pending:
@@ -224,8 +231,8 @@ class ItemSideGuard:
         if state["bits"] != self.bits:
             raise ValueError(f"the guard's snapshot has {state['bits']} bits, not {self.bits}")
         self._window = state["window"]
-        self._known = _Bits.load(self.bits, state["known"])
-        self._qualified = _Bits.load(self.bits, state["qualified"])
+        self._known = _Bits.load(self.bits, 4, state["known"])
+        self._qualified = _Bits.load(self.bits, 4, state["qualified"])
         self._new_users = set(state["new_users"])
         self._user_counts = {u: n for u, n in state["user_counts"]}
         self._voters = {item: set(users) for item, users in state["voters"]}
