@@ -7,10 +7,11 @@ record may teach:
 
 - **A cap per user and window.** A user's records count for the item side (every source) at most ``user_cap``
   times per ``window_ms`` of event time; beyond that they teach nothing until the next window (``capped``).
-- **Voters before popularity.** An item enters popular and trending only once ``min_users`` distinct *returning*
-  users acted on it: users seen in an earlier window than the one they act in. Until then its records teach
-  popular and trending nothing (``unvoted``); co-visitation and category still learn them. A flood of brand-new
-  accounts therefore cannot make an item popular on its own; returning users can, as before.
+- **Voters before popularity.** An item enters popular, trending and its category's list (``sources``) only once
+  ``min_users`` distinct *returning* users acted on it: users seen in an earlier window than the one they act in.
+  Until then its records teach those sources nothing (``unvoted``); co-visitation still learns them (it links an
+  item to what the same user saw, which one-event accounts do not have). A flood of brand-new accounts therefore
+  cannot make an item popular on its own; returning users can, as before.
 - **Rate jumps are flagged.** An item whose records in the current window reach ``jump_min`` and ``jump_factor``
   times its previous window's (plus one) is reported once per window (``jumps``, :attr:`flagged`), for a person to
   look at. Flagging changes nothing.
@@ -44,8 +45,8 @@ __all__ = ["GUARDED_SOURCES", "USER", "ItemSideGuard", "user_digest"]
 
 #: The key, among an item-side record's contexts, of the acting user's digest (:func:`user_digest`).
 USER = "u"
-#: The sources an item enters only with enough voters.
-GUARDED_SOURCES = frozenset({"popular", "trending"})
+#: The sources an item enters only with enough voters (by default): the item-wide lists a new user is shown.
+GUARDED_SOURCES = frozenset({"popular", "trending", "category"})
 
 
 def user_digest(user_id: str) -> int:
@@ -108,6 +109,8 @@ class ItemSideGuard:
         seen, one in 10^11 after 10,000.
     max_pending
         Items collecting voters beyond this are all forgotten (they start collecting again).
+    sources
+        The sources an item enters only with ``min_users`` voters.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class ItemSideGuard:
         jump_factor: float = 10.0,
         bits: int = 1 << 25,
         max_pending: int = 200_000,
+        sources: frozenset[str] | set[str] = GUARDED_SOURCES,
     ):
         if window_ms <= 0:
             raise ValueError(f"window_ms must be > 0, got {window_ms}")
@@ -130,6 +134,7 @@ class ItemSideGuard:
         self.jump_factor = jump_factor
         self.bits = bits
         self.max_pending = max_pending
+        self.sources = frozenset(sources)
         self.capped = 0  # records whose item-side effect the per-user cap removed
         self.unvoted = 0  # records popular and trending did not learn: their item lacked voters
         self.jumps = 0  # (item, window) rate jumps flagged
@@ -166,10 +171,11 @@ class ItemSideGuard:
         self._window = window
 
     def admit(self, user: int | None, item: str, ts: int) -> tuple[bool, bool]:
-        """Offer one record: ``(teaches_item_side, teaches_popularity)``.
+        """Offer one record: ``(teaches_item_side, teaches_sources)``.
 
         The first is False when the user reached their cap this window (then the second is False too); the
-        second is False while the item lacks ``min_users`` returning voters. A record without a user (an older
+        second, whether the guarded ``sources`` may learn it, is False while the item lacks ``min_users``
+        returning voters. A record without a user (an older
         snapshot's) is admitted.
         """
         self._advance(ts)

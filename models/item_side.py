@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import Recommender
-from .guard import GUARDED_SOURCES, USER, ItemSideGuard
+from .guard import USER, ItemSideGuard
 from .learned import LearnedRanker
 
 __all__ = ["LABELS", "ItemSide", "Record", "TickClock", "records_by_tick", "split_models"]
@@ -206,6 +206,7 @@ class ItemSide:
         guard = self.guard
         learned = 0
         teaches, popular = True, True
+        guarded = frozenset() if guard is None else guard.sources
         while self._ticks and self._ticks[0] <= ready:
             tick = self._ticks.pop(0)
             self._evict_due()
@@ -220,7 +221,7 @@ class ItemSide:
                                 for labelled in context:
                                     ranker.add_labelled(labelled)
                             continue
-                        if not teaches or (not popular and source in GUARDED_SOURCES):
+                        if not teaches or (not popular and source in guarded):
                             continue
                         model = models.get(source)
                         if model is not None:

@@ -100,6 +100,7 @@ def build_guard(settings: Settings) -> ItemSideGuard | None:
         min_users=model.guard_min_users,
         jump_min=model.guard_jump_min,
         jump_factor=model.guard_jump_factor,
+        sources={name for name in model.guard_sources.split(",") if name},
     )
 
 

@@ -327,8 +327,13 @@ class ModelSettings(_Section):
         3,
         ge=0,
         description="Distinct returning users (seen in an earlier guard window) an item needs before it can enter "
-        "the popular and trending lists: a crowd of brand-new accounts cannot push an item to everyone. 0 or 1: "
-        "no minimum.",
+        "the popular, trending and category lists (guard_sources): a crowd of brand-new accounts cannot push an "
+        "item to everyone. 0 or 1: no minimum.",
+    )
+    guard_sources: str = Field(
+        "popular,trending,category",
+        pattern=r"^[a-z_]*(,[a-z_]+)*$",
+        description="Comma-separated sources an item enters only with guard_min_users distinct returning users.",
     )
     guard_jump_min: int = Field(
         200,
