@@ -7,11 +7,12 @@ record may teach:
 
 - **A cap per user and window.** A user's records count for the item side (every source) at most ``user_cap``
   times per ``window_ms`` of event time; beyond that they teach nothing until the next window (``capped``).
-- **Voters before popularity.** An item enters popular, trending and its category's list (``sources``) only once
-  ``min_users`` distinct *returning* users acted on it: users seen in an earlier window than the one they act in.
-  Until then its records teach those sources nothing (``unvoted``); co-visitation still learns them (it links an
-  item to what the same user saw, which one-event accounts do not have). A flood of brand-new accounts therefore
-  cannot make an item popular on its own; returning users can, as before.
+- **Voters before popularity.** Until ``min_users`` distinct *returning* users (seen in an earlier window than
+  the one they act in) acted on an item, its records teach popular, trending and its category's list
+  (``sources``) only ``unvoted_cap`` times; the rest teach those sources nothing (``unvoted``). Co-visitation
+  still learns them (it links an item to what the same user saw, which one-event accounts do not have). The long
+  tail of items a few users touched is learned as before; a flood of brand-new accounts adds ``unvoted_cap``
+  records to its item, not thousands; once returning users vote it in, everything counts.
 - **Rate jumps are flagged.** An item whose records in the current window reach ``jump_min`` and ``jump_factor``
   times its previous window's (plus one) is reported once per window (``jumps``, :attr:`flagged`), for a person to
   look at. Flagging changes nothing.
@@ -22,15 +23,15 @@ bounded: users seen before and items that qualified are remembered in fixed Bloo
 false positive lets an unseen user count as returning, or an item skip the vote: rare, never the other way round),
 the rest lives one window, and the items still collecting voters are forgotten when more than ``max_pending`` wait.
 
->>> guard = ItemSideGuard(window_ms=1000, user_cap=2, min_users=2, jump_min=3, jump_factor=2.0)
->>> [guard.admit(user, "mug", 100) for user in (1, 2)]  # new users in the first window: no votes
-[(True, False), (True, False)]
+>>> guard = ItemSideGuard(window_ms=1000, user_cap=2, min_users=2, unvoted_cap=1, jump_min=3, jump_factor=2.0)
+>>> [guard.admit(user, "mug", 100) for user in (1, 2)]  # new users, no votes: one record counts, then none
+[(True, True), (True, False)]
 >>> [guard.admit(user, "mug", 1100) for user in (1, 2)]  # returning in the next window: the second vote counts
 [(True, False), (True, True)]
 >>> [guard.admit(1, "pen", 1200)[0] for _ in range(3)]  # user 1's 3rd and 4th records this window: capped
 [True, False, False]
 >>> guard.capped, guard.unvoted
-(2, 4)
+(2, 2)
 
 """
 
@@ -99,7 +100,9 @@ class ItemSideGuard:
     user_cap
         Records per user and window that may teach the item side (0: no cap).
     min_users
-        Distinct returning users an item needs before popular and trending learn it (0 or 1: no vote).
+        Distinct returning users an item needs before ``sources`` learn all its records (0 or 1: no vote).
+    unvoted_cap
+        Records of an item without enough voters that ``sources`` learn all the same.
     jump_min, jump_factor
         An item is flagged when its records in a window reach ``jump_min`` and ``jump_factor`` × (previous window's
         + 1).
@@ -119,6 +122,7 @@ class ItemSideGuard:
         window_ms: int = 60_000,
         user_cap: int = 60,
         min_users: int = 3,
+        unvoted_cap: int = 5,
         jump_min: int = 200,
         jump_factor: float = 10.0,
         bits: int = 1 << 25,
@@ -130,6 +134,7 @@ class ItemSideGuard:
         self.window_ms = window_ms
         self.user_cap = user_cap
         self.min_users = min_users
+        self.unvoted_cap = unvoted_cap
         self.jump_min = jump_min
         self.jump_factor = jump_factor
         self.bits = bits
@@ -144,14 +149,14 @@ class ItemSideGuard:
         self._qualified = _Bits(bits)  # items with enough voters
         self._new_users: set[int] = set()  # first seen in this window: known from the next one
         self._user_counts: dict[int, int] = {}
-        self._voters: dict[str, set[int]] = {}
+        self._voters: dict[str, list] = {}  # item without enough voters -> [records let through, voters]
         self._item_counts: dict[str, int] = {}
         self._previous_counts: dict[str, int] = {}
         self._flagged_now: set[str] = set()
 
     @property
     def pending_items(self) -> int:
-        """Items collecting voters (kept out of popular and trending)."""
+        """Items collecting voters (their records beyond ``unvoted_cap`` are kept out of ``sources``)."""
         return len(self._voters)
 
     def _advance(self, ts: int) -> None:
@@ -200,17 +205,21 @@ class ItemSideGuard:
                 return False, False
         if self.min_users <= 1 or item in self._qualified:
             return True, True
+        entry = self._voters.get(item)
+        if entry is None:
+            if len(self._voters) >= self.max_pending:
+                self._voters = {}
+            entry = self._voters[item] = [0, set()]
         if known:
-            voters = self._voters.get(item)
-            if voters is None:
-                if len(self._voters) >= self.max_pending:
-                    self._voters = {}
-                voters = self._voters[item] = set()
+            voters = entry[1]
             voters.add(user)
             if len(voters) >= self.min_users:
                 self._qualified.add(item)
                 del self._voters[item]
                 return True, True
+        if entry[0] < self.unvoted_cap:
+            entry[0] += 1
+            return True, True
         self.unvoted += 1
         return True, False
 
@@ -225,7 +234,7 @@ class ItemSideGuard:
             "qualified": self._qualified.dump(),
             "new_users": sorted(self._new_users),
             "user_counts": [[u, n] for u, n in self._user_counts.items()],
-            "voters": [[item, sorted(users)] for item, users in self._voters.items()],
+            "voters": [[item, n, sorted(users)] for item, (n, users) in self._voters.items()],
             "item_counts": list(self._item_counts.items()),
             "previous_counts": list(self._previous_counts.items()),
             "flagged_now": sorted(self._flagged_now),
@@ -241,7 +250,7 @@ class ItemSideGuard:
         self._qualified = _Bits.load(self.bits, 4, state["qualified"])
         self._new_users = set(state["new_users"])
         self._user_counts = {u: n for u, n in state["user_counts"]}
-        self._voters = {item: set(users) for item, users in state["voters"]}
+        self._voters = {item: [n, set(users)] for item, n, users in state["voters"]}
         self._item_counts = dict(state["item_counts"])
         self._previous_counts = dict(state["previous_counts"])
         self._flagged_now = set(state["flagged_now"])

@@ -98,6 +98,7 @@ def build_guard(settings: Settings) -> ItemSideGuard | None:
         window_ms=model.guard_window_s * 1000,
         user_cap=model.guard_user_cap,
         min_users=model.guard_min_users,
+        unvoted_cap=model.guard_unvoted_cap,
         jump_min=model.guard_jump_min,
         jump_factor=model.guard_jump_factor,
         sources={name for name in model.guard_sources.split(",") if name},

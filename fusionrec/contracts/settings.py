@@ -326,9 +326,15 @@ class ModelSettings(_Section):
     guard_min_users: int = Field(
         3,
         ge=0,
-        description="Distinct returning users (seen in an earlier guard window) an item needs before it can enter "
-        "the popular, trending and category lists (guard_sources): a crowd of brand-new accounts cannot push an "
-        "item to everyone. 0 or 1: no minimum.",
+        description="Distinct returning users (seen in an earlier guard window) an item needs before the popular, "
+        "trending and category sources (guard_sources) learn more than guard_unvoted_cap of its events: a crowd of "
+        "brand-new accounts cannot push an item to everyone. 0 or 1: no minimum.",
+    )
+    guard_unvoted_cap: int = Field(
+        5,
+        ge=0,
+        description="Records of an item without guard_min_users returning users that the guarded sources learn all "
+        "the same (the long tail of items few users touched); the rest wait for the item's voters.",
     )
     guard_sources: str = Field(
         "popular,trending,category",
