@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import Recommender
+from .guard import USER, ItemSideGuard
 from .learned import LearnedRanker
 
 __all__ = ["LABELS", "ItemSide", "Record", "TickClock", "records_by_tick", "split_models"]
@@ -109,10 +110,19 @@ class ItemSide:
 
     """
 
-    def __init__(self, models: Mapping[str, Recommender], partitions: int, learned: LearnedRanker | None = None):
+    def __init__(
+        self,
+        models: Mapping[str, Recommender],
+        partitions: int,
+        learned: LearnedRanker | None = None,
+        guard: ItemSideGuard | None = None,
+    ):
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.models = dict(models)
+        #: Abuse limits (per-user caps, voters before popularity, rate jumps), asked about every record as it is
+        #: applied, so they too are a function of the events.
+        self.guard = guard
         #: The learned ranker every partition ranks with, trained on every partition's labels (records' ``LABELS``)
         #: in the replica's order, a mini-batch whenever enough have arrived, at tick boundaries.
         self.learned = learned
@@ -193,18 +203,25 @@ class ItemSide:
         if ready is None:
             return 0
         models = self.models
+        guard = self.guard
         learned = 0
+        teaches, popular = True, True
+        guarded = frozenset() if guard is None else guard.sources
         while self._ticks and self._ticks[0] <= ready:
             tick = self._ticks.pop(0)
             self._evict_due()
             ranker = self.learned
             for records in self._pending.pop(tick):
                 for _offset, item, ts, contexts in records:
+                    if guard is not None:
+                        teaches, popular = guard.admit(contexts.get(USER), item, ts)
                     for source, context in contexts.items():
                         if source == LABELS:
                             if ranker is not None:
                                 for labelled in context:
                                     ranker.add_labelled(labelled)
+                            continue
+                        if not teaches or (not popular and source in guarded):
                             continue
                         model = models.get(source)
                         if model is not None:
@@ -253,6 +270,7 @@ class ItemSide:
             "next_evict": self._next_evict,
             "pending": [[tick, self._pending[tick]] for tick in self._ticks],
             "learned": None if self.learned is None else self.learned.to_state(),
+            "guard": None if self.guard is None else self.guard.to_state(),
         }
 
     def load_meta(self, meta: Mapping[str, Any]) -> None:
@@ -270,6 +288,8 @@ class ItemSide:
         self._ticks = sorted(self._pending)
         if self.learned is not None and meta.get("learned"):
             self.learned.load_state(meta["learned"])
+        if self.guard is not None and meta.get("guard"):
+            self.guard.load_state(meta["guard"])
 
 
 def records_by_tick(stamped: Sequence[tuple[int, Record]]) -> list[tuple[int, list[Record]]]:

@@ -4,6 +4,11 @@ Built on librdkafka (confluent-kafka): batched and compressed, ``acks=all`` and 
 asynchronous; call :meth:`EventProducer.flush` (or use the producer as a context manager) before exiting, and
 read :attr:`EventProducer.stats` or pass ``on_delivery`` to learn what the brokers acknowledged.
 
+It survives a broker restart (:class:`~fusionrec.infra.resilient.ResilientProducer`): on a fatal error (an
+idempotent producer whose broker forgot it: "Unknown Producer Id") or a delivery timeout it recreates the
+librdkafka producer and re-sends every event not yet acknowledged, in the order they were first sent;
+:attr:`EventProducer.stall_s` tells how long acknowledgements have been waited for.
+
 >>> with EventProducer() as producer:                                    # doctest: +SKIP
 ...     producer.send(Event("e-1", "user-7", "sku-42", "view", ts_ms))
 """
@@ -12,15 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from fusionrec.contracts.events import Event, ensure_valid
-from fusionrec.contracts.logs import kafka_logger
 from fusionrec.contracts.settings import Settings, get_settings
+from fusionrec.infra.resilient import ResilientProducer
 
 __all__ = ["BrokerUnreachable", "EventProducer", "DeliveryStats", "DeliveryFailed"]
 
@@ -44,6 +48,8 @@ class DeliveryStats:
     sent: int = 0
     delivered: int = 0
     failed: int = 0
+    resets: int = 0  # times the librdkafka producer was recreated (a fatal error, a broker restart)
+    resent: int = 0  # events sent again after a reset because they had not been acknowledged
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +73,11 @@ class EventProducer:
         Called from :meth:`poll`/:meth:`flush` with ``(error, message)`` for every acknowledged or failed event.
     overrides
         Extra librdkafka keys, e.g. ``{"linger.ms": 20}``.
+    on_reset
+        Called with the reason each time the librdkafka producer is recreated (a fatal error, a broker restart).
+    stall_reset_s
+        Recreate it also when events wait this long without any acknowledgement (a broker that came back empty
+        can leave librdkafka retrying for ever).
     """
 
     def __init__(
@@ -77,6 +88,8 @@ class EventProducer:
         validate: bool = True,
         on_delivery: DeliveryCallback | None = None,
         overrides: dict | None = None,
+        on_reset: Callable[[str], None] | None = None,
+        stall_reset_s: float = 10.0,
     ):
         self.settings = settings or get_settings()
         self.topic = topic or self.settings.topic.events
@@ -84,14 +97,25 @@ class EventProducer:
         self.stats = DeliveryStats()
         self._lock = threading.Lock()
         self._user_callback = on_delivery
-        self._producer = Producer(self.settings.producer_config(**(overrides or {}), error_cb=self._on_error))
+        self._on_reset_cb = on_reset
+        self._producer = ResilientProducer(
+            self.settings.producer_config(**(overrides or {})),
+            name="event producer",
+            on_reset=self._on_reset,
+            stall_reset_s=stall_reset_s,
+        )
         self._closed = False
 
-    def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            log.error("fatal producer error: %s", err)
-        else:  # connection trouble: librdkafka reports it per broker and retry, the Kafka logger rate-limits it
-            kafka_logger().warning("producer: %s", err.str())
+    def _on_reset(self, reason: str) -> None:
+        self.stats.resets = self._producer.resets
+        self.stats.resent = self._producer.resent
+        if self._on_reset_cb is not None:
+            self._on_reset_cb(reason)
+
+    @property
+    def stall_s(self) -> float:
+        """Seconds since the brokers last acknowledged an event while some wait for it (0 when none waits)."""
+        return self._producer.stall_s
 
     def check_broker(self, timeout_s: float = 5.0) -> None:
         """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request within ``timeout_s`` (a
@@ -128,17 +152,7 @@ class EventProducer:
 
     def send_raw(self, key: bytes | None, value: bytes, *, timestamp_ms: int | None = None) -> None:
         """Queue pre-encoded bytes; waits (serving delivery reports) while librdkafka's queue is full."""
-        while True:
-            try:
-                if timestamp_ms is None:
-                    self._producer.produce(self.topic, value, key, on_delivery=self._on_delivery)
-                else:
-                    self._producer.produce(
-                        self.topic, value, key, on_delivery=self._on_delivery, timestamp=timestamp_ms
-                    )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        self._producer.produce(self.topic, value, key, timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
         self.stats.sent += 1
         if self.stats.sent % 1000 == 0:
             self._producer.poll(0)
@@ -149,10 +163,7 @@ class EventProducer:
 
     def flush(self, timeout: float = 30.0, *, raise_on_failure: bool = False) -> int:
         """Wait until every queued event is acknowledged or ``timeout`` passes; return how many are still queued."""
-        deadline = time.monotonic() + timeout
         remaining = self._producer.flush(timeout)
-        while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if raise_on_failure and (remaining or self.stats.failed):
             raise DeliveryFailed(
                 f"{remaining} events still queued and {self.stats.failed} failed; first errors: {self.stats.errors[:3]}"

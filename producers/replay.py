@@ -4,6 +4,9 @@ Pacing: ``rate`` (events per second), ``speed`` (time compression: 60 plays an h
 neither (as fast as the producer goes). Timestamps: ``wallclock`` stamps each event with the time it is sent
 (what a live shop would do, so latency and freshness metrics mean something), ``original`` keeps the file's.
 Event ids do not depend on either, so replaying a file twice is idempotent downstream.
+
+A broker restart does not stop a replay: the producer recreates itself and re-sends what was not acknowledged
+(:class:`~fusionrec.infra.resilient.ResilientProducer`); the result says how often, and the longest stall.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class ReplayResult:
     failed: int
     undelivered: int
     seconds: float
+    resets: int = 0  # the producer was recreated this many times (fatal errors, a broker restart)
+    resent: int = 0  # events sent again after a reset
+    max_stall_s: float = 0.0  # the longest wait for an acknowledgement seen while sending
 
     @property
     def rate(self) -> float:
@@ -86,6 +92,7 @@ def replay_events(
     paced = rate is not None or speed is not None
     started = time.perf_counter()
     step = 0
+    max_stall = 0.0
     for index, event in enumerate(events):
         if paced:
             pacer.wait(index, event.ts)
@@ -93,8 +100,10 @@ def replay_events(
             event = event._replace(ts=int(time.time() * 1000))
         producer.send(event)
         step += 1
-        if progress is not None and step == 1000:
-            progress(step)
+        if step == 1000:
+            max_stall = max(max_stall, producer.stall_s)
+            if progress is not None:
+                progress(step)
             step = 0
     if progress is not None and step:
         progress(step)
@@ -103,4 +112,8 @@ def replay_events(
     stats = producer.stats
     if stats.failed or undelivered:
         log.error("replay: %d failed, %d undelivered; first errors: %s", stats.failed, undelivered, stats.errors[:3])
-    return ReplayResult(stats.sent, stats.delivered, stats.failed, undelivered, seconds)
+    if stats.resets:
+        log.warning("replay: the producer was recreated %d times; %d events re-sent", stats.resets, stats.resent)
+    return ReplayResult(
+        stats.sent, stats.delivered, stats.failed, undelivered, seconds, stats.resets, stats.resent, max_stall
+    )

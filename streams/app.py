@@ -41,6 +41,7 @@ from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.publisher import RecommendationPublisher
 from fusionrec.streams.refresh import MAX_USERS_PER_REFRESH, RANK_BATCH, Refresher
+from fusionrec.streams.rewind import RECHECK_S, TopicWatch, admin_identify
 from fusionrec.streams.snapshots import Snapshotter
 from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_item_side, build_ranker
 
@@ -111,6 +112,9 @@ class Worker:
     executor: ThreadPoolExecutor = field(
         default_factory=partial(ThreadPoolExecutor, max_workers=1, thread_name_prefix="fusionrec-state")
     )
+    #: The events topic's identity and offset bases (streams/rewind.py): a lost or recreated topic is detected and
+    #: never a reason to skip its events. None: offsets are taken as they are (unit tests).
+    watch: TopicWatch | None = None
     weights_logged: float = float("-inf")  # loop time the fusion weights were last logged
     paused: set[int] = field(default_factory=set)  # partitions paused because they ran ahead of the item side
     mine: set[int] = field(default_factory=set)  # the events partitions assigned now
@@ -123,8 +127,15 @@ class Worker:
     async def on_state_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    @property
+    def ready(self) -> bool:
+        """False while the events topic is gone, recreated and not yet read, or behind the state (rewind.py)."""
+        return self.watch is None or self.watch.ready
+
     def allow_commits(self, snapshotted: dict[int, int]) -> None:
         for partition, offset in snapshotted.items():
+            if self.watch is not None:
+                offset = self.watch.to_topic(partition, offset)
             if offset >= 0:
                 self.app.consumer.limit_commit(TP(self.topic, partition), offset + 1)
 
@@ -210,26 +221,78 @@ class Worker:
     def highwater(self, partition: int) -> int | None:
         """The events partition's high watermark as the consumer last fetched it (None: not fetched, or not ours)."""
         try:
-            return self.app.consumer.highwater(TP(self.topic, partition))
+            end = self.app.consumer.highwater(TP(self.topic, partition))
         except Exception:  # noqa: BLE001 - not assigned (a rebalance), or no consumer yet
             return None
+        return end if end is None or self.watch is None else self.watch.to_state(partition, end)
+
+    def next_offset(self, partition: int) -> int:
+        """The state offset the partition's state continues at (state thread): in memory, or its snapshot."""
+        state = self.partitions.states.get(partition)
+        stored = self.snapshotter.store.position(partition)
+        return stored if state is None else max(stored, state.offset + 1)
+
+    def position(self, partition: int) -> int:
+        """Where an assigned partition resumes on the topic (state thread): after its snapshot, once the topic's
+        identity is checked (a recreated topic is read from its start)."""
+        stored = self.snapshotter.store.position(partition)
+        if self.watch is None:
+            return stored
+        self.watch.check({partition: self.next_offset(partition)})
+        return max(self.watch.to_topic(partition, stored), 0)
+
+    def verify(self, batch: RecordBatch) -> RecordBatch:
+        """A batch that looks like a redelivery (state thread): check the topic is still the one the state was
+        built from (rebasing it if it was recreated), then give the batch state offsets."""
+        assert self.watch is not None
+        self.watch.check({batch.partition: self.next_offset(batch.partition)}, max_age_s=RECHECK_S)
+        return self.watch.translate(batch)
+
+    def watch_topic(self) -> None:
+        """The snapshot tick's check (state thread): the topic's identity, and whether any held partition's end
+        went behind its state."""
+        watch = self.watch
+        if watch is None:
+            return
+        held = {partition: state.offset + 1 for partition, state in self.partitions.states.items()}
+        if held or not watch.ready:
+            watch.check(held)
+        for partition, next_offset in held.items():
+            try:
+                end = self.app.consumer.highwater(TP(self.topic, partition))
+            except Exception:  # noqa: BLE001 - not assigned any more
+                continue
+            if end is not None and end > 0:
+                watch.check_end(partition, end, next_offset)
 
     # --- the hooks (see wire) ------------------------------------------------------------------------------------
 
     async def position_of(self, tp: TP) -> int:
-        """Where an assigned partition resumes: just after its snapshot."""
-        position = await self.on_state_thread(self.snapshotter.store.position, tp.partition)
+        """Where an assigned partition resumes: just after its snapshot (the topic's identity checked first)."""
+        position = await self.on_state_thread(self.position, tp.partition)
         self.applied[tp.partition] = position
         return position
+
+    def suspicious(self, batch: RecordBatch) -> bool:
+        """Whether a batch starts at or before what its partition's state has processed (a redelivery, or a topic
+        that went back): read on the event loop, checked on the state thread."""
+        state = self.partitions.states.get(batch.partition)
+        return state is None or self.watch.to_state(batch.partition, batch.first_offset) <= state.offset  # type: ignore[union-attr]
 
     async def process_events(self, stream) -> None:
         """The agent: apply each partition batch; its dead letters are acknowledged by the broker before the batch
         can be."""
         batch: RecordBatch
         async for batch in stream:
+            last_on_topic = batch.last_offset  # before any rebase: the lag is in the topic's offsets
+            if self.watch is not None:
+                if self.suspicious(batch):
+                    batch = await self.on_state_thread(self.verify, batch)
+                else:
+                    batch = self.watch.translate(batch)
             outcome = await self.apply_until_done(batch)
             if batch.partition in self.mine:
-                self.applied[batch.partition] = batch.last_offset + 1
+                self.applied[batch.partition] = last_on_topic + 1
             if outcome.dead_letters:
                 await deliver(self.dead_letters.send, outcome.dead_letters, self.metrics)
 
@@ -250,6 +313,7 @@ class Worker:
     async def snapshot_partitions(self) -> None:
         """The snapshot timer: a background snapshot (commits follow the previous one), then the fusion weights."""
         self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot_in_background))
+        await self.best_effort(self.watch_topic, "checking the events topic")
         report = await self.best_effort(self.refresher.publish_weights, "writing the fusion weights to Redis")
         self.log_weights(report)
 
@@ -274,6 +338,8 @@ class Worker:
                         break
             except Exception:
                 log.exception("ranker refresh failed")
+                if self.metrics:
+                    self.metrics.refresh_failures.inc()
             try:  # a coroutine itself (it hops to the state thread for the decision): awaited, not handed over
                 await self.hold_back()
             except Exception as exc:  # noqa: BLE001 - pausing is an optimisation; the next tick tries again
@@ -317,6 +383,8 @@ class Worker:
         if partitions:
             self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot, partitions))
             await self.on_state_thread(self.partitions.drop, partitions)
+            if self.watch is not None:
+                self.watch.forget(partitions)
             log.info("handed over partitions %s", partitions)
 
     async def count_assigned(self, app, assigned, **kwargs) -> None:  # noqa: ARG002 - faust signal signature
@@ -411,6 +479,20 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
         )
     partitions = PartitionRegistry(snapshots, metrics, item_side)
     publisher = RecommendationPublisher.from_settings(settings, client, metrics)
+    events_topic = settings.topic.events
+    watch = TopicWatch(
+        client,
+        settings.redis.keys.topic_identity(events_topic),
+        events_topic,
+        admin_identify(settings.admin_config(), events_topic),
+        metrics,
+        on_rebase=None if item_side is None else item_side.ensure_topic,
+        on_ready=None
+        if health is None
+        else lambda ok: health.problem(
+            "events topic", None if ok else "the events topic was lost, recreated or went back (see the log)"
+        ),
+    )
     worker = Worker(
         app,
         topic=settings.topic.events,
@@ -428,6 +510,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
         rank_interval_s=settings.ranker.interval_ms / 1000,
         metrics=metrics,
         health=health,
+        watch=watch,
     )
     wire(worker, events, settings.worker.snapshot_interval_s)
     return worker

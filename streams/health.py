@@ -53,6 +53,8 @@ class Health:
         self.generation = 0  # one per assignment; a restore of an older one does not make the worker ready
         #: (ready, reason, partitions) as one value, so a reader never sees a mix of two states.
         self.state: tuple[bool, str, tuple[int, ...]] = (False, "starting: no partitions assigned yet", ())
+        #: Problems that keep the worker not ready whatever its assignment (name -> reason): a lost events topic.
+        self.problems: dict[str, str] = {}
 
     # --- written from the event loop -----------------------------------------------------------------------------
 
@@ -83,16 +85,27 @@ class Health:
         self.generation += 1
         self._set(False, "stopping", ())
 
+    def problem(self, name: str, reason: str | None) -> None:
+        """Report (``reason``) or clear (``None``) a problem that keeps the worker not ready."""
+        if reason is None:
+            self.problems.pop(name, None)
+        else:
+            self.problems[name] = reason
+        self._publish()
+
     def _set(self, ready: bool, reason: str, partitions: tuple[int, ...]) -> None:
         self.state = (ready, reason, partitions)
+        self._publish()
+
+    def _publish(self) -> None:
         if self.on_ready is not None:
-            self.on_ready(ready)
+            self.on_ready(self.is_ready)
 
     # --- read from the server's threads ------------------------------------------------------------------------
 
     @property
     def is_ready(self) -> bool:
-        return self.state[0]
+        return self.state[0] and not self.problems
 
     def live(self) -> tuple[bool, dict]:
         now = self.clock()
@@ -108,6 +121,9 @@ class Health:
 
     def ready(self) -> tuple[bool, dict]:
         ready, reason, partitions = self.state
+        problems = dict(self.problems)
+        if problems:
+            ready, reason = False, "; ".join(problems.values())
         return ready, {"ready": ready, "reason": reason, "partitions": list(partitions)}
 
 

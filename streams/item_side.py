@@ -33,11 +33,12 @@ from collections.abc import Iterable
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from fusionrec.contracts.settings import Settings
 from fusionrec.contracts.topics import topic_specs
 from fusionrec.infra.admin import ensure_topics
+from fusionrec.infra.resilient import ResilientProducer
 from fusionrec.models import Recommender
 from fusionrec.models.item_side import ItemSide
 from fusionrec.streams.metrics import WorkerMetrics
@@ -78,9 +79,14 @@ class ItemSideLink:
         self.metrics = metrics
         self.topic = settings.item_side_topic
         self.key = settings.redis.keys.item_side(self.topic)
-        self.producer = Producer(
-            {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"}
+        # Recreated after a fatal error (a broker restart), re-sending what was not acknowledged, in order.
+        self.producer = ResilientProducer(
+            {**settings.producer_config(), "client.id": "fusionrec-item-side", "compression.type": "lz4"},
+            name="item-side link",
+            on_reset=self._reset,
         )
+        if metrics is not None:
+            metrics.producer_stall.labels("item_side").set_function(lambda: self.producer.stall_s)
         self.positions: dict[int, int] = {}  # item-side topic partition -> next offset to read
         self._sent_closed: dict[int, int | None] = {}  # events partition -> the closed tick last published
         #: This link's id in message keys, and the partitions whose last message sent through the topic alone it
@@ -91,6 +97,7 @@ class ItemSideLink:
         self._echoed: set[int] = set()
         self._awaiting_echo: dict[int, bytes] = {}  # partition -> key of its last message sent through the topic
         self.delivery_errors = 0
+        self._guard_seen = (0, 0, 0)  # the guard's counters last turned into metrics (capped, unvoted, jumps)
         self._failed: list[str] = []
         self._inbox: queue.Queue = queue.Queue()
         self._consumer: Consumer | None = None
@@ -109,6 +116,9 @@ class ItemSideLink:
             if name.startswith("model:") and name[6:] in self.replica.models:
                 self.replica.models[name[6:]] = Recommender.restore(blob)
         self.replica.load_meta(orjson.loads(data[b"meta"]))
+        guard = self.replica.guard
+        if guard is not None:  # the counters restored are not new
+            self._guard_seen = (guard.capped, guard.unvoted, guard.jumps)
         self.positions = {int(p): int(o) for p, o in orjson.loads(data[b"positions"]).items()}
         log.info(
             "restored the item side at tick %s (%d records applied), resuming %s at %s",
@@ -156,13 +166,12 @@ class ItemSideLink:
             self._sent_closed.pop(partition, None)
 
     def _produce(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
         self.producer.poll(0)
+
+    def _reset(self, reason: str) -> None:  # noqa: ARG002 - logged by the producer
+        if self.metrics:
+            self.metrics.producer_resets.labels("item_side").inc()
 
     def _delivered(self, err, msg) -> None:  # noqa: ARG002 - confluent-kafka's callback signature
         if err is not None:
@@ -227,6 +236,13 @@ class ItemSideLink:
 
     # --- consuming (a daemon thread, then the state thread) ----------------------------------------------------
 
+    def ensure_topic(self) -> None:
+        """Create the item-side topic if it is missing (at start, and after the broker lost its topics)."""
+        item_specs = [spec for spec in topic_specs(self.settings) if spec.role == "item_side"]
+        for topic_state in ensure_topics(self.settings, item_specs):
+            for problem in topic_state.problems:
+                log.warning("%s: %s", self.topic, problem)
+
     def start(self) -> None:
         """Start reading the item-side topic in full from the restored positions (the start without any)."""
         if self._poller is not None:
@@ -236,10 +252,7 @@ class ItemSideLink:
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         }
-        item_specs = [spec for spec in topic_specs(self.settings) if spec.role == "item_side"]
-        for topic_state in ensure_topics(self.settings, item_specs):
-            for problem in topic_state.problems:
-                log.warning("%s: %s", self.topic, problem)
+        self.ensure_topic()
         consumer = Consumer(config)
         events = self.settings.topic.events
         for topic in (self.topic, events):
@@ -315,7 +328,32 @@ class ItemSideLink:
         if self.metrics:
             self.metrics.item_side_records.inc(applied)
             self.metrics.item_side_waiting_ticks.set(replica.lag_ticks())
+        if replica.guard is not None:
+            self._observe_guard(replica.guard)
         return applied
+
+    def _observe_guard(self, guard) -> None:
+        """The abuse limits' counters as metrics, and a warning for each new rate jump."""
+        capped, unvoted, jumps = self._guard_seen
+        if guard.jumps > jumps:
+            for item, count, previous in guard.flagged[-min(guard.jumps - jumps, len(guard.flagged)) :]:
+                log.warning(
+                    "item %r jumped to %d events in one guard window (previous window: %d); popular and trending "
+                    "count it only with enough returning users",
+                    item,
+                    count,
+                    previous,
+                )
+        if self.metrics:
+            m = self.metrics
+            if guard.capped > capped:
+                m.guard_capped.inc(guard.capped - capped)
+            if guard.jumps > jumps:
+                m.guard_rate_jumps.inc(guard.jumps - jumps)
+            if guard.unvoted > unvoted:
+                m.guard_unvoted_records.inc(guard.unvoted - unvoted)
+            m.guard_unvoted.set(guard.pending_items)
+        self._guard_seen = (guard.capped, guard.unvoted, guard.jumps)
 
     def stop(self) -> None:
         """Stop reading; wait for what was published (best effort: the snapshot path flushed already)."""

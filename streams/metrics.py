@@ -93,7 +93,8 @@ class WorkerMetrics:
         )
         self.ready = Gauge(
             "fusionrec_worker_ready",
-            "1 while /readyz answers ready: partitions assigned and their state restored from the snapshots.",
+            "1 while /readyz answers ready: partitions assigned and their state restored from the snapshots, and no "
+            "problem reported (a lost or rewound events topic).",
             registry=registry,
         )
         self.build_info = Gauge(
@@ -123,6 +124,63 @@ class WorkerMetrics:
         self.item_side_lag = Gauge(
             "fusionrec_item_side_lag_seconds",
             "Event time between the newest event this worker learned and the last tick its item side applied.",
+            registry=registry,
+        )
+        # --- broker restarts: producers that recreate themselves, a topic lost or rewound (streams/rewind.py) ---
+        self.producer_stall = Gauge(
+            "fusionrec_kafka_producer_stall_seconds",
+            "Seconds the producer has waited for any acknowledgement while records wait (0: none waits), by producer.",
+            ["producer"],
+            registry=registry,
+        )
+        self.producer_resets = Counter(
+            "fusionrec_kafka_producer_resets_total",
+            "Times a producer was recreated after a fatal error or a stall (a broker restart), by producer.",
+            ["producer"],
+            registry=registry,
+        )
+        self.topic_lost = Gauge(
+            "fusionrec_events_topic_lost",
+            "1 while the events topic this worker's state was built from is gone or was recreated (a new topic id, "
+            "or every partition behind the state); the worker is not ready.",
+            registry=registry,
+        )
+        self.topic_lost_total = Counter(
+            "fusionrec_events_topic_losses_total",
+            "Times the worker found the events topic gone or recreated (each is logged as an error).",
+            registry=registry,
+        )
+        self.rewound = Gauge(
+            "fusionrec_events_rewound",
+            "Events partitions whose end is behind the offset the worker's state already covers (the topic went "
+            "back: a broker restarted without its data).",
+            registry=registry,
+        )
+        # --- abuse limits on the item side (models/guard.py) ---
+        self.guard_capped = Counter(
+            "fusionrec_guard_capped_total",
+            "Item-side records that taught nothing because their user reached the per-window cap.",
+            registry=registry,
+        )
+        self.guard_unvoted = Gauge(
+            "fusionrec_guard_unvoted_items",
+            "Items this worker's item side keeps out of popular/trending until enough distinct returning users act on "
+            "them.",
+            registry=registry,
+        )
+        self.guard_unvoted_records = Counter(
+            "fusionrec_guard_unvoted_records_total",
+            "Item-side records popular and trending did not learn: their item had too few distinct returning users.",
+            registry=registry,
+        )
+        self.guard_rate_jumps = Counter(
+            "fusionrec_guard_item_rate_jumps_total",
+            "Windows in which one item's event rate jumped beyond the configured factor over its previous rate.",
+            registry=registry,
+        )
+        self.refresh_failures = Counter(
+            "fusionrec_ranker_refresh_failures_total",
+            "Ranker refresh ticks that raised (the next tick tries again).",
             registry=registry,
         )
         # --- the ranker and the fusion bandit ---

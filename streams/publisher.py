@@ -3,6 +3,11 @@
 The lists are derived data: a list lost in a crash is replaced by the user's next change, so the topic is written
 without waiting for each acknowledgement (failures are logged and counted), while the Redis copy is written in one
 pipeline per refresh. Both carry the same JSON (:mod:`fusionrec.contracts.recommendations`).
+
+The producer recreates itself after a fatal error (a broker restart that forgot its producer id), instead of
+failing every later list: what it had queued then is lost and counted in ``publish_errors_total``, as is every
+list the broker did not acknowledge (:class:`~fusionrec.infra.resilient.ResilientProducer` without re-sends:
+the user's next change publishes a newer list anyway).
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from fusionrec import __version__
 from fusionrec.contracts.keys import RedisKeys
 from fusionrec.contracts.recommendations import payload
 from fusionrec.contracts.settings import Settings
+from fusionrec.infra.resilient import ResilientProducer
 from fusionrec.models.fused import FusedList
 from fusionrec.streams.metrics import WorkerMetrics
 
@@ -66,8 +72,16 @@ class RecommendationPublisher:
         self.topic = topic
         self.list_ttl_s = list_ttl_s
         self.metrics = metrics
-        self.producer = Producer(producer_config)
+        self.producer = ResilientProducer(
+            producer_config, name="list publisher", keep_unacked=False, on_reset=self._reset
+        )
         self.errors = 0
+        if metrics is not None:
+            metrics.producer_stall.labels("ranker").set_function(lambda: self.producer.stall_s)
+
+    def _reset(self, reason: str) -> None:  # noqa: ARG002 - logged by the producer
+        if self.metrics:
+            self.metrics.producer_resets.labels("ranker").inc()
 
     @classmethod
     def from_settings(
@@ -114,13 +128,7 @@ class RecommendationPublisher:
                     partition=partition,
                 )
             )
-            key = fused.user_id.encode()
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=self._delivered)
-                    break
-                except BufferError:  # the local queue is full: let librdkafka drain it
-                    self.producer.poll(0.1)
+            produce(topic, value, fused.user_id.encode(), on_delivery=self._delivered)
             pipe.set(keys.recommendation(fused.user_id), value, ex=ttl)
         pipe.execute()
         self.producer.poll(0)

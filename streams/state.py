@@ -41,6 +41,7 @@ from fusionrec.contracts.settings import RankerSettings, Settings
 from fusionrec.models import SOURCES, Recommender
 from fusionrec.models.fused import FusedRecommender
 from fusionrec.models.fusion import FusionBandit
+from fusionrec.models.guard import USER, ItemSideGuard, user_digest
 from fusionrec.models.item_side import LABELS, ItemSide, Record, TickClock, records_by_tick, split_models
 from fusionrec.models.learned import LearnedRanker
 from fusionrec.models.ranker import FusionRanker
@@ -83,7 +84,25 @@ def build_item_side(settings: Settings, partitions: int) -> ItemSide | None:
     partition)."""
     if not settings.model.item_sync_ms:
         return None
-    return ItemSide(split_models(build_models(settings, 0)), partitions, build_learned(settings, 3000 - 1))
+    return ItemSide(
+        split_models(build_models(settings, 0)), partitions, build_learned(settings, 3000 - 1), build_guard(settings)
+    )
+
+
+def build_guard(settings: Settings) -> ItemSideGuard | None:
+    """The item side's abuse limits (models/guard.py), or None when every limit is off."""
+    model = settings.model
+    if not model.guard_user_cap and model.guard_min_users <= 1 and not model.guard_jump_min:
+        return None
+    return ItemSideGuard(
+        window_ms=model.guard_window_s * 1000,
+        user_cap=model.guard_user_cap,
+        min_users=model.guard_min_users,
+        unvoted_cap=model.guard_unvoted_cap,
+        jump_min=model.guard_jump_min,
+        jump_factor=model.guard_jump_factor,
+        sources={name for name in model.guard_sources.split(",") if name},
+    )
 
 
 def build_learned(settings: Settings, seed: int, device: str | None = None) -> LearnedRanker | None:
@@ -250,6 +269,7 @@ class PartitionState:
                 # and the item side's offsets and counts must not
                 contexts[LABELS] = labels[n]
             if contexts:
+                contexts[USER] = user_digest(event.user_id)  # for the item side's abuse limits (models/guard.py)
                 out((tick, [offset, event.item_id, event.ts, contexts]))
 
     def _evict(self) -> None:

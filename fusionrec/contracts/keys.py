@@ -14,6 +14,8 @@ key                                       type     what (who writes it)
 ``P items:{topic}``                        hash     the item-side replica: ``model:{name}``, ``meta`` (clocks,
                                                    queued records), ``positions`` (:mod:`fusionrec.streams.item_side`)
 ``P weights:{topic}:{partition}``         string   the partition's bandit weights, JSON (the worker)
+``P topic-id:{topic}``                    hash     the events topic's identity the state was built from: ``id``,
+                                                   ``base:{partition}`` offset bases (:mod:`fusionrec.streams.rewind`)
 ``P rec:{user_id}``                       string   the serving copy of the user's latest list, JSON, with a TTL
 ``P unavailable``                         set      item ids the shop marked unavailable (the shop writes it)
 ``P similar:{item_id}``                   string   the item's co-visitation neighbours, JSON ``[[item, score], ...]``
@@ -59,6 +61,10 @@ class RedisKeys:
     def item_side(self, topic: str) -> str:
         """The item-side replica's snapshot, by the item-side topic it was read from."""
         return f"{self.prefix}items:{topic}"
+
+    def topic_identity(self, topic: str) -> str:
+        """The identity (topic id, offset bases) of the topic the worker state was built from."""
+        return f"{self.prefix}topic-id:{topic}"
 
     def weights(self, topic: str, partition: int) -> str:
         return f"{self.prefix}weights:{topic}:{partition}"

@@ -317,6 +317,47 @@ class ModelSettings(_Section):
         "other partitions' events at most about one tick late (docs/worker.md). 0: every partition keeps its own "
         "item side, learned from its users only (the layout before 0.2).",
     )
+    # --- abuse limits on the shared item side (models/guard.py; only with item_sync_ms > 0) ---
+    guard_window_s: int = Field(
+        60,
+        ge=1,
+        le=86_400,
+        description="The event-time window of the item side's abuse limits (the per-user cap and the item rates).",
+    )
+    guard_user_cap: int = Field(
+        60,
+        ge=0,
+        description="Events per user and guard window that may move item-side statistics (popularity, trending, "
+        "co-visitation, category); a user's later events in the window still shape their own profile and lists. "
+        "0: no cap.",
+    )
+    guard_min_users: int = Field(
+        3,
+        ge=0,
+        description="Distinct returning users (seen in an earlier guard window) an item needs before the popular, "
+        "trending and category sources (guard_sources) learn more than guard_unvoted_cap of its events: a crowd of "
+        "brand-new accounts cannot push an item to everyone. 0 or 1: no minimum.",
+    )
+    guard_unvoted_cap: int = Field(
+        5,
+        ge=0,
+        description="Records of an item without guard_min_users returning users that the guarded sources learn all "
+        "the same (the long tail of items few users touched); the rest wait for the item's voters.",
+    )
+    guard_sources: str = Field(
+        "popular,trending,category",
+        pattern=r"^[a-z_]*(,[a-z_]+)*$",
+        description="Comma-separated sources an item enters only with guard_min_users distinct returning users.",
+    )
+    guard_jump_min: int = Field(
+        200,
+        ge=1,
+        description="An item with at least this many events in a guard window, and guard_jump_factor times its "
+        "previous window's (plus one), is flagged as a rate jump (metric and log; nothing is changed).",
+    )
+    guard_jump_factor: float = Field(
+        10.0, ge=1.0, description="See guard_jump_min: how many times its previous rate an item must reach."
+    )
 
 
 class RankerSettings(_Section):

@@ -222,14 +222,16 @@ def test_users_of_one_partition_only_touch_that_partition():
 
 def test_every_partition_ranks_against_the_shared_item_side():
     """u_b (partition 1) is offered i1, which only u_a (partition 0) has touched: with the item side shared, once
-    the tick of u_a's event is applied; kept per partition, never."""
+    the tick of u_a's event is applied; kept per partition, never. (Without the abuse limits: with them, one new
+    user's view does not make an item popular; tests/unit/test_guard.py.)"""
     a, b = user_on(0, 2), user_on(1, 2)
     events = [
         Event("e0", a, "i1", "view", T0),
         Event("e1", b, "i2", "view", T0 + 5000),
         Event("e2", b, "i1", "view", T0 + 10_000),
     ]
-    shared = evaluate(events, EvalConfig(partitions=2, item_sync_ms=1000, settings=SETTINGS))
+    unguarded = SETTINGS.replace(model_guard_min_users=0)
+    shared = evaluate(events, EvalConfig(partitions=2, item_sync_ms=1000, settings=unguarded))
     assert shared["variants"]["popular"]["all"]["hits@20"] == 1
     apart = evaluate(events, EvalConfig(partitions=2, item_sync_ms=0, settings=SETTINGS))
     assert apart["variants"]["popular"]["all"]["hits@20"] == 0

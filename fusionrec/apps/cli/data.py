@@ -81,7 +81,13 @@ def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, 
     colour = typer.colors.GREEN if not (result.failed or result.undelivered) else typer.colors.RED
     typer.secho(
         f"sent {result.sent:,} events to {producer.topic} in {result.seconds:.2f} s ({result.rate:,.0f} ev/s): "
-        f"{result.delivered:,} acknowledged, {result.failed:,} failed, {result.undelivered:,} undelivered",
+        f"{result.delivered:,} acknowledged, {result.failed:,} failed, {result.undelivered:,} undelivered"
+        + (
+            f"; producer recreated {result.resets}x, {result.resent:,} re-sent, "
+            f"longest stall {result.max_stall_s:.1f} s"
+            if result.resets
+            else ""
+        ),
         fg=colour,
     )
     return result

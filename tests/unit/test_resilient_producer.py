@@ -1,0 +1,73 @@
+"""ResilientProducer's recovery logic, without a broker: librdkafka queues locally and never connects."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError
+
+from fusionrec.infra.resilient import ResilientProducer
+from fusionrec.infra.stack import free_port
+
+
+def _producer(**kwargs) -> ResilientProducer:
+    config = {"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0, "enable.idempotence": True}
+    return ResilientProducer(config, stall_reset_s=None, **kwargs)
+
+
+class _Msg:
+    def __init__(self, value):
+        self._value = value
+
+    def value(self):
+        return self._value
+
+    def topic(self):
+        return "t"
+
+    def key(self):
+        return None
+
+
+def test_a_fatal_error_recreates_the_producer_and_resends_in_order():
+    resets = []
+    producer = _producer(on_reset=resets.append)
+    for i in range(5):
+        producer.produce("t", f"v{i}".encode())
+    old = producer._producer
+    producer._on_error(KafkaError(KafkaError.UNKNOWN_PRODUCER_ID, "Unknown Producer Id", fatal=True))
+    producer.poll(0)
+    assert producer.resets == 1 and producer.resent == 5 and len(producer) == 5
+    assert producer._producer is not old and resets and resets[0].startswith("fatal")
+    assert [e.value for e in producer._pending.values()] == [f"v{i}".encode() for i in range(5)]
+
+
+def test_acknowledged_records_are_not_resent_and_old_reports_are_ignored():
+    producer = _producer()
+    for i in range(3):
+        producer.produce("t", f"v{i}".encode())
+    generation = producer._generation
+    producer._delivered(generation, 0, None, None, _Msg(b"v0"))  # acknowledged
+    producer._on_error(KafkaError(KafkaError._FATAL, "fatal", fatal=True))
+    producer.poll(0)
+    assert producer.resent == 2 and len(producer) == 2
+    producer._delivered(generation, 1, None, None, _Msg(b"v1"))  # the old producer's report: not ours any more
+    assert len(producer) == 2
+
+
+def test_permanent_failures_are_reported_not_resent():
+    failed = []
+    producer = _producer()
+    producer.produce("t", b"big", on_delivery=lambda err, msg: failed.append(err.code()))
+    producer._delivered(producer._generation, 0, None, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), _Msg(b"big"))
+    producer.poll(0)
+    assert failed == [KafkaError.MSG_SIZE_TOO_LARGE] and len(producer) == 0 and producer.resets == 0
+
+
+def test_without_keeping_records_a_reset_reports_what_it_dropped():
+    failed = []
+    producer = _producer(keep_unacked=False)
+    for i in range(3):
+        producer.produce("t", f"v{i}".encode(), on_delivery=lambda err, msg: failed.append(err.code()))
+    producer._on_error(KafkaError(KafkaError._FATAL, "fatal", fatal=True))
+    producer.poll(0)
+    assert producer.resets == 1 and producer.resent == 0
+    assert len(failed) == 3  # purged from the old producer, each reported to its callback
