@@ -51,7 +51,7 @@ def answers(model: Recommender, users: int = 60) -> list:
 
 
 def test_the_splittable_sources_are_the_item_side_ones():
-    assert SPLIT == ["category", "covisit", "popular", "trending"]
+    assert SPLIT == ["category", "covisit", "itemcf", "popular", "sknn", "successor", "trending"]
 
 
 @pytest.mark.parametrize("name", SPLIT)
