@@ -135,7 +135,10 @@ class Successors(UserItemActivity, Recommender):
             recent = self._recent[user] = []
         elif recent:
             last = recent[-1]
-            same = session == last[2] if session is not None and last[2] is not None else ts - last[1] <= self.session_gap_ms
+            if session is not None and last[2] is not None:
+                same = session == last[2]
+            else:
+                same = ts - last[1] <= self.session_gap_ms
             if not same:
                 recent.clear()
             elif last[0] == item:  # a reload of the same page: no step
