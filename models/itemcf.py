@@ -49,7 +49,7 @@ class ItemCF(UserItemActivity, Recommender):
     half_life_ms
         After this long, a co-occurrence counts half as much.
     max_neighbours
-        Neighbours kept per item, the most similar; a list is pruned back to this size when it has grown by half.
+        Neighbours kept per item, the most similar; a list is pruned back to this size when it has doubled.
     event_weights, max_users, max_items, max_idle_ms
         As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored (the others all
         count as 1).
@@ -108,7 +108,7 @@ class ItemCF(UserItemActivity, Recommender):
         self.max_users = max_users
         self.max_items = max_items
 
-        self._prune_at = max_neighbours + max(1, max_neighbours // 2)
+        self._prune_at = 2 * max_neighbours  # pruning sorts the list: amortised over as many new neighbours
         self._t0 = None
         self._history: dict[str, list[str]] = {}  # user -> their latest distinct items, oldest first
         self._user_last: dict[str, int] = {}
@@ -188,21 +188,20 @@ class ItemCF(UserItemActivity, Recommender):
         history = self._history.get(user_id)
         if not history:
             return {}
-        scores: dict[str, float] = {}
-        get = scores.get
+        sums: dict[str, float] = {}  # item -> sum over seeds of c_hj / sqrt(n_h); the cosine divides by sqrt(n_j)
+        get = sums.get
         count, pairs = self._count, self._pairs
         for seed in history[-self.recent_items :]:
             neighbours = pairs.get(seed)
             if not neighbours:
                 continue
-            seed_norm = math.sqrt(count[seed])
+            inverse = 1.0 / math.sqrt(count[seed])
             for other, together in neighbours.items():
-                n = count.get(other)
-                if n:
-                    scores[other] = get(other, 0.0) + together / (seed_norm * math.sqrt(n))
+                sums[other] = get(other, 0.0) + together * inverse
         for seen in history:
-            scores.pop(seen, None)
-        return scores
+            sums.pop(seen, None)
+        sqrt = math.sqrt
+        return {item: value / sqrt(count[item]) for item, value in sums.items() if item in count}
 
     def score(self, user_id: str, items: Sequence[str], now_ms: int | None = None) -> np.ndarray:  # noqa: ARG002
         """Summed cosine similarity to the user's latest items (the decay cancels out of a cosine: no ``now_ms``)."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import decay_factor, evict_idle, top_k, touch
+from ._state import evict_idle, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["SessionKNN"]
@@ -219,31 +219,31 @@ class SessionKNN(Recommender):
         if not dots:
             return {}
         now = self._clock if now_ms is None else now_ms
-        half_life = self.neighbour_half_life_ms
-        norm = math.sqrt(sum((rank / n_query) ** 2 for rank in range(1, n_query + 1)))
+        scale = 1.0 / self.neighbour_half_life_ms
+        norm = math.sqrt(sum(rank * rank for rank in range(1, n_query + 1))) / n_query
+        sqrt = math.sqrt
         weighted = [
-            (
-                key,
-                dot
-                / (norm * math.sqrt(len(sessions[key])))
-                * decay_factor(-max(now - session_last[key], 0) / half_life),
-            )
+            (key, dot * 2.0 ** (max(min(session_last[key] - now, 0) * scale, -1000.0)) / sqrt(len(sessions[key])))
             for key, dot in dots.items()
         ]
         best = heapq.nlargest(self.neighbours, weighted, key=itemgetter(1, 0))
         held = max(len(sessions), 1)
         df = self._df
-        in_query = set(query)
+        boosts: dict[str, float] = dict.fromkeys(query, 0.0)  # item -> IDF boost; the query's items score nothing
         scores: dict[str, float] = {}
         get = scores.get
+        log1p = math.log1p
         for key, weight in best:
             if weight <= 0.0:
                 continue
+            weight /= norm
             anchor = match[key]
             for item, position in sessions[key].items():
-                if item in in_query:
+                boost = boosts.get(item)
+                if boost is None:
+                    boost = boosts[item] = log1p(held / df.get(item, 1))
+                elif boost == 0.0:
                     continue
-                boost = math.log1p(held / df.get(item, 1))
                 scores[item] = get(item, 0.0) + weight * boost / (1 + abs(position - anchor))
         return scores
 

@@ -163,7 +163,7 @@ def test_neighbour_lists_stay_bounded(name):
     model.learn_many(busy_stream(5))
     links = model._links if name == "successor" else getattr(model, "_pairs", None)
     if links is not None:
-        assert max(len(v) for v in links.values()) <= 4 + 2
+        assert max(len(v) for v in links.values()) <= 2 * 4
 
 
 @pytest.mark.parametrize("name", sorted(NEW))
