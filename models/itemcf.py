@@ -51,8 +51,9 @@ class ItemCF(UserItemActivity, Recommender):
     max_neighbours
         Neighbours kept per item, the most similar; a list is pruned back to this size when it has doubled.
     event_weights, max_users, max_items, max_idle_ms
-        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored (the others all
-        count as 1).
+        As for every model (:mod:`fusionrec.models.base`); events whose type weighs 0 are ignored, and a
+        ``rate`` event counts whatever its rating (consumption, ``Recommender._interaction``); the
+        others all count as 1.
 
     Examples
     --------
@@ -125,7 +126,7 @@ class ItemCF(UserItemActivity, Recommender):
 
     def learn_user_side(self, event: Event) -> list[str] | None:
         """Add the item to the user's history; return the items it now co-occurs with (None if it was there)."""
-        if self._weigh(event) <= 0.0:
+        if self._interaction(event) <= 0.0:
             return None
         user, item = event.user_id, event.item_id
         touch(self._user_last, user, event.ts, self.max_users, self._drop_user)

@@ -62,7 +62,8 @@ class SessionKNN(Recommender):
     max_sessions
         Sessions remembered for the whole shop (the least recently active go first).
     event_weights, max_users, max_items, max_idle_ms
-        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored. Idle sessions are
+        As for every model (:mod:`fusionrec.models.base`); events whose type weighs 0 are ignored, and a
+        ``rate`` event counts whatever its rating (consumption, ``Recommender._interaction``). Idle sessions are
         evicted like idle items.
 
     Examples
@@ -146,7 +147,7 @@ class SessionKNN(Recommender):
     def learn_user_side(self, event: Event) -> str | None:
         """Add the item to the user's current session (starting a new one after a gap or a new ``session_id``);
         return the session's key, which the item side files the item under."""
-        if self._weigh(event) <= 0.0:
+        if self._interaction(event) <= 0.0:
             return None
         ts, user, item, session = event.ts, event.user_id, event.item_id, event.session_id
         touch(self._user_last, user, ts, self.max_users, self._drop_user)

@@ -47,7 +47,8 @@ class Successors(UserItemActivity, Recommender):
     max_successors
         Successors kept per item, the strongest; a list is pruned back to this size when it has grown by half.
     event_weights, max_users, max_items, max_idle_ms
-        As for every model (:mod:`fusionrec.models.base`); events weighing 0 or less are ignored.
+        As for every model (:mod:`fusionrec.models.base`); events whose type weighs 0 are ignored, and a
+        ``rate`` event counts whatever its rating (consumption, ``Recommender._interaction``).
 
     Examples
     --------
@@ -125,7 +126,7 @@ class Successors(UserItemActivity, Recommender):
     def learn_user_side(self, event: Event) -> tuple[float, list[tuple[str, int]]] | None:
         """Append the event to the user's recent ones (a new session starts afresh); return its weight and the
         earlier items of the session it follows, ``(item, gap)``."""
-        w = self._weigh(event)
+        w = self._interaction(event)
         if w <= 0.0:
             return None
         ts, user, item, session = event.ts, event.user_id, event.item_id, event.session_id
