@@ -104,6 +104,7 @@ def source_params(settings: Settings, name: str, partition: int) -> dict[str, ob
         params |= {
             "recent_items": model.itemcf_recent_items,
             "max_history": model.itemcf_history,
+            "max_seen": model.itemcf_seen,
             "half_life_ms": model.itemcf_half_life_s * 1000,
             "max_neighbours": model.itemcf_neighbours,
         }

@@ -355,10 +355,17 @@ class ModelSettings(_Section):
         10, ge=1, le=1000, description="itemcf: the user's latest distinct items that seed candidates."
     )
     itemcf_history: int = Field(
-        30,
+        10,
         ge=1,
         le=10_000,
-        description="itemcf: distinct items remembered per user: a new item co-occurs with each, none is proposed.",
+        description="itemcf: the user's latest distinct items a new item co-occurs with (and the most that seed "
+        "candidates).",
+    )
+    itemcf_seen: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="itemcf: distinct items remembered per user to keep out of their candidates.",
     )
     itemcf_neighbours: int = Field(50, ge=1, le=10_000, description="itemcf: most similar items kept per item.")
     itemcf_half_life_s: int = Field(
