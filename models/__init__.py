@@ -8,7 +8,7 @@ and the optional ``candidates_many``/``excluded``/``category_of``), so that the 
 torch only, no Kafka, Redis, Faust or Prometheus.
 
 >>> sorted(SOURCES)
-['category', 'cf', 'covisit', 'popular', 'recent', 'trending']
+['category', 'cf', 'covisit', 'itemcf', 'popular', 'recent', 'sknn', 'successor', 'trending']
 
 """
 
@@ -18,24 +18,40 @@ from .base import DEFAULT_EVENT_WEIGHTS, Recommender, SnapshotError
 from .category import CategoryAffinity
 from .cf import MatrixFactorization
 from .covisit import CoVisitation
+from .itemcf import ItemCF
 from .popularity import Popularity, Trending
 from .recent import RecentItems
+from .sknn import SessionKNN
+from .successors import Successors
 
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
     "SOURCES",
     "CategoryAffinity",
     "CoVisitation",
+    "ItemCF",
     "MatrixFactorization",
     "Popularity",
     "Recommender",
     "RecentItems",
+    "SessionKNN",
     "SnapshotError",
+    "Successors",
     "Trending",
 ]
 
 #: Every recommender class by the source name it reports (its ``source`` attribute).
 SOURCES: dict[str, type[Recommender]] = {
     model.source: model
-    for model in (MatrixFactorization, CoVisitation, Popularity, Trending, CategoryAffinity, RecentItems)
+    for model in (
+        MatrixFactorization,
+        CoVisitation,
+        Popularity,
+        Trending,
+        CategoryAffinity,
+        RecentItems,
+        SessionKNN,
+        Successors,
+        ItemCF,
+    )
 }

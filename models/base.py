@@ -206,6 +206,14 @@ class Recommender(abc.ABC):
             self._clock = ts
         return event_weight(self._weights, event)
 
+    def _interaction(self, event: Event) -> float:
+        """:meth:`_weigh` for models of consumption (what users touched, not how they liked it): a ``rate`` event
+        counts its type's weight whatever the rating, since a one-star rating still says the user watched it."""
+        ts = event.ts
+        if ts > self._clock:
+            self._clock = ts
+        return self._weights.get(event.type, 0.0)
+
     # --- the two halves (see the module docstring and fusionrec.models.item_side) ------------------------------
 
     #: The learned state (private attributes ``_<name>``) that belongs to the item side. Empty: the model does not

@@ -40,11 +40,11 @@ from fusionrec.contracts.topics import topic_specs
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.resilient import ResilientProducer
 from fusionrec.models import Recommender
-from fusionrec.models.item_side import ItemSide
+from fusionrec.models.item_side import ItemSide, Record, records_by_tick
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState
 
-__all__ = ["MAX_AHEAD_TICKS", "QUIET_S", "ItemSideLink", "load_replica"]
+__all__ = ["MAX_AHEAD_TICKS", "MAX_MESSAGE_BYTES", "QUIET_S", "ItemSideLink", "load_replica", "split_message"]
 
 log = logging.getLogger("fusionrec.item_side")
 
@@ -56,6 +56,9 @@ QUIET_S = 1.0
 MAX_AHEAD_TICKS = 120
 #: Most messages taken from the consumer in one poll.
 POLL_BATCH = 500
+#: Largest item-side message published: a publish over it is split (:func:`split_message`), under Kafka's default
+#: 1 MB ``message.max.bytes`` with room for the key and the record headers.
+MAX_MESSAGE_BYTES = 900_000
 
 
 class ItemSideLink:
@@ -149,13 +152,13 @@ class ItemSideLink:
         if not groups and closed == self._sent_closed.get(partition):
             return 0
         self._sent_closed[partition] = closed
-        last = groups[-1][1][-1][0] if groups else -1
-        key = message_key(partition, last, closed, self.instance)
+        parts = split_message(partition, groups, closed, self.instance)
         if partition in self._echoed:  # this worker's own records need no round trip through the topic
             self.replica.receive(partition, groups, closed)
-        else:  # until this message comes back, the replica learns the partition from the topic
-            self._awaiting_echo[partition] = key
-        self._produce(key, orjson.dumps({"p": partition, "t": groups, "c": closed}))
+        else:  # until the last part comes back, the replica learns the partition from the topic
+            self._awaiting_echo[partition] = parts[-1][0]
+        for key, value in parts:
+            self._produce(key, value)
         return sum(len(records) for _, records in groups)
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -364,6 +367,45 @@ class ItemSideLink:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def split_message(
+    partition: int,
+    groups: list[tuple[int, list[Record]]],
+    closed: int | None,
+    instance: str,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> list[tuple[bytes, bytes]]:
+    """One publish as ``(key, value)`` messages of at most ``max_bytes`` each (a lone record larger than that goes
+    alone): the records in offset order, cut in halves until each part fits, and the closed tick in the last part
+    only, so that a reader that has applied the last part has applied them all (the topic is one ordered partition).
+
+    A batch of sources with long contexts (itemcf's history, successor's predecessors) easily passes Kafka's default
+    1 MB message limit; the parts are ordinary messages, read and deduplicated by offset like any other.
+    """
+    whole = orjson.dumps({"p": partition, "t": groups, "c": closed})
+    last = groups[-1][1][-1][0] if groups else -1
+    if len(whole) <= max_bytes:
+        return [(message_key(partition, last, closed, instance), whole)]
+    flat = [(tick, record) for tick, records in groups for record in records]
+    pieces: list[bytes] = []
+    ends: list[int] = []
+
+    def cut(chunk: list[tuple[int, Record]], final: bool) -> None:
+        value = orjson.dumps({"p": partition, "t": records_by_tick(chunk), "c": closed if final else None})
+        if len(value) <= max_bytes or len(chunk) == 1:
+            pieces.append(value)
+            ends.append(chunk[-1][1][0])
+            return
+        half = len(chunk) // 2
+        cut(chunk[:half], False)
+        cut(chunk[half:], final)
+
+    cut(flat, True)
+    return [
+        (message_key(partition, end, closed if n == len(pieces) - 1 else None, instance), value)
+        for n, (end, value) in enumerate(zip(ends, pieces, strict=True))
+    ]
 
 
 def message_key(partition: int, last_offset: int, closed: int | None, instance: str) -> bytes:

@@ -58,6 +58,7 @@ __all__ = [
     "build_item_side",
     "build_models",
     "build_ranker",
+    "enabled_sources",
     "partition_clock",
 ]
 
@@ -67,16 +68,54 @@ log = logging.getLogger("fusionrec.state")
 EVICT_EVERY = 50_000
 
 
+def enabled_sources(settings: Settings) -> dict[str, type[Recommender]]:
+    """The registered sources ``model.sources`` names, in its order (``ValueError`` for a name not registered)."""
+    names = settings.model.sources.split(",")
+    unknown = [name for name in names if name not in SOURCES]
+    if unknown:
+        raise ValueError(f"FUSIONREC_MODEL_SOURCES names unknown sources {unknown}; known: {sorted(SOURCES)}")
+    return {name: SOURCES[name] for name in names}
+
+
+def source_params(settings: Settings, name: str, partition: int) -> dict[str, object]:
+    """The constructor arguments the settings give source ``name`` (seeded by partition where it draws)."""
+    model = settings.model
+    params: dict[str, object] = {"max_idle_ms": model.max_idle_s * 1000}
+    if name == "cf":
+        params["seed"] = 1000 + partition
+    elif name == "sknn":
+        params |= {
+            "session_gap_ms": model.session_gap_ms,
+            "query_items": model.sknn_query_items,
+            "sample_size": model.sknn_sample_size,
+            "neighbours": model.sknn_neighbours,
+            "neighbour_half_life_ms": model.sknn_half_life_s * 1000,
+            "max_session_items": model.sknn_session_items,
+            "max_sessions": model.sknn_max_sessions,
+        }
+    elif name == "successor":
+        params |= {
+            "steps": model.successor_steps,
+            "seed_items": model.successor_seed_items,
+            "session_gap_ms": model.session_gap_ms,
+            "half_life_ms": model.successor_half_life_s * 1000,
+            "max_successors": model.successor_max,
+        }
+    elif name == "itemcf":
+        params |= {
+            "recent_items": model.itemcf_recent_items,
+            "max_history": model.itemcf_history,
+            "max_seen": model.itemcf_seen,
+            "half_life_ms": model.itemcf_half_life_s * 1000,
+            "max_neighbours": model.itemcf_neighbours,
+        }
+    return params
+
+
 def build_models(settings: Settings, partition: int) -> dict[str, Recommender]:
-    """A fresh set of every registered recommender, seeded by partition so runs are reproducible."""
-    idle_ms = settings.model.max_idle_s * 1000
-    out: dict[str, Recommender] = {}
-    for name, cls in SOURCES.items():
-        params = {"max_idle_ms": idle_ms}
-        if name == "cf":
-            params["seed"] = 1000 + partition
-        out[name] = cls(**params)
-    return out
+    """A fresh set of the enabled recommenders (:func:`enabled_sources`), seeded by partition so runs are
+    reproducible."""
+    return {name: cls(**source_params(settings, name, partition)) for name, cls in enabled_sources(settings).items()}
 
 
 def build_item_side(settings: Settings, partitions: int) -> ItemSide | None:
@@ -110,14 +149,15 @@ def build_learned(settings: Settings, seed: int, device: str | None = None) -> L
     ranker = settings.ranker
     if not ranker.learned:
         return None
+    sources = enabled_sources(settings)
     return LearnedRanker(
-        list(SOURCES),
+        list(sources),
         hidden=ranker.learned_hidden,
         lr=ranker.learned_lr,
         pool=ranker.learned_pool,
         max_pending=ranker.learned_max_users,
         min_lists=ranker.learned_min_lists,
-        item_signals=[name for name, cls in SOURCES.items() if not cls.personal],
+        item_signals=[name for name, cls in sources.items() if not cls.personal],
         seed=seed,
         device=device or pick_device(ranker.device),
     )
@@ -140,9 +180,10 @@ def build_ranker(ranker: RankerSettings) -> FusionRanker:
 
 
 def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None = None) -> FusedRecommender:
-    """A fresh fused recommender over every registered source, its bandit seeded by partition."""
+    """A fresh fused recommender over the enabled sources, its bandit seeded by partition."""
+    sources = list(enabled_sources(settings))
     bandit = FusionBandit(
-        list(SOURCES),
+        sources,
         epsilon=settings.fusion.epsilon,
         half_life_ms=settings.fusion.half_life_s * 1000,
         seed=2000 + partition,
@@ -150,7 +191,7 @@ def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None
     ranker = ranker or build_ranker(settings.ranker)
     learned = build_learned(settings, 3000 + partition, str(ranker.device))
     return FusedRecommender(
-        list(SOURCES),
+        sources,
         ranker,
         bandit,
         holdout=settings.fusion.holdout,

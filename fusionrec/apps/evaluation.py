@@ -438,12 +438,13 @@ def evaluate(
     Lists are made only for the users whose list a later event will judge: the others cannot change a metric
     (the bandit then sees the exposure of judged lists only, which shifts every source's exposure alike).
     """
-    from fusionrec.models import SOURCES
+    from fusionrec.streams.state import enabled_sources
 
     config = config or EvalConfig()
+    sources = list(enabled_sources(config.settings))
     if config.session_gap_ms is not None:
         events = list(sessionize(events, config.session_gap_ms))
-    run = _Run(config, list(SOURCES))
+    run = _Run(config, sources)
     started, cpu_started = time.perf_counter(), time.process_time()
     classifier = TargetFilter()
     kinds = [classifier.classify(event) for event in events]
@@ -482,7 +483,7 @@ def evaluate(
         run.close_window(int(next_window))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     report = run.report()
-    singles = {name: report["variants"][name]["all"][f"hr@{config.k}"] for name in SOURCES}
+    singles = {name: report["variants"][name]["all"][f"hr@{config.k}"] for name in sources}
     best = max(singles, key=singles.get)
     report["best_single"] = best
     bandit_hr = report["variants"]["fused:bandit"]["all"][f"hr@{config.k}"]

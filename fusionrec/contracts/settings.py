@@ -358,6 +358,78 @@ class ModelSettings(_Section):
     guard_jump_factor: float = Field(
         10.0, ge=1.0, description="See guard_jump_min: how many times its previous rate an item must reach."
     )
+    sources: str = Field(
+        "cf,covisit,popular,trending,category,recent,sknn,successor,itemcf",
+        description="The sources a worker (and `fusionrec evaluate`) runs, comma-separated, in this order "
+        "(docs/sources.md). Changing the list changes the bandit's and the learned ranker's shape: their state is "
+        "then not restored from older snapshots.",
+    )
+    session_gap_ms: int = Field(
+        1_800_000,
+        ge=1,
+        description="Events of a user without a shared session_id belong to one session when at most this far "
+        "apart (the session sources: sknn, successor).",
+    )
+    sknn_query_items: int = Field(
+        10, ge=1, le=1000, description="sknn: the current session's latest distinct items that make its vector."
+    )
+    sknn_sample_size: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="sknn: newest sessions remembered per item, where neighbours are looked for (bounds the cost "
+        "of a list and the memory of the index).",
+    )
+    sknn_neighbours: int = Field(50, ge=1, le=10_000, description="sknn: neighbour sessions whose items are scored.")
+    sknn_half_life_s: int = Field(
+        3 * 86_400, ge=1, description="sknn: a neighbour session this much older than now weighs half as much."
+    )
+    sknn_session_items: int = Field(
+        20, ge=1, le=1000, description="sknn: items kept per remembered session (the first ones)."
+    )
+    sknn_max_sessions: int = Field(
+        200_000, ge=1, description="sknn: sessions of the whole shop remembered (least recently active go first)."
+    )
+    successor_steps: int = Field(
+        3, ge=1, le=100, description="successor: how many later events of a session an item links to (1/gap)."
+    )
+    successor_seed_items: int = Field(
+        3, ge=1, le=100, description="successor: the user's latest items whose successors are proposed."
+    )
+    successor_max: int = Field(30, ge=1, le=10_000, description="successor: successors kept per item.")
+    successor_half_life_s: int = Field(
+        7 * 86_400, ge=1, description="successor: after this long, a successor link counts half as much."
+    )
+    itemcf_recent_items: int = Field(
+        10, ge=1, le=1000, description="itemcf: the user's latest distinct items that seed candidates."
+    )
+    itemcf_history: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="itemcf: the user's latest distinct items a new item co-occurs with (and the most that seed "
+        "candidates).",
+    )
+    itemcf_seen: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="itemcf: distinct items remembered per user to keep out of their candidates.",
+    )
+    itemcf_neighbours: int = Field(50, ge=1, le=10_000, description="itemcf: most similar items kept per item.")
+    itemcf_half_life_s: int = Field(
+        30 * 86_400, ge=1, description="itemcf: after this long, a co-occurrence counts half as much."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise ValueError("must name at least one source")
+        if len(set(names)) != len(names):
+            raise ValueError("names a source twice")
+        return ",".join(names)
 
 
 class RankerSettings(_Section):

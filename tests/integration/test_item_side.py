@@ -88,7 +88,7 @@ def test_a_link_and_a_popularity_jump_from_one_partition_reach_a_user_on_another
         store = RecommendationStore.from_settings(conf)
         seen_at: dict[str, float] = {}
         n = 0
-        while time.monotonic() - taught < 15 and len(seen_at) < 2:
+        while time.monotonic() - taught < 15 and len(seen_at) < 5:
             n += 1
             producer.send(Event(f"u-{n}", user, "kettle", "view", int(time.time() * 1000)))
             producer.flush()
@@ -97,8 +97,9 @@ def test_a_link_and_a_popularity_jump_from_one_partition_reach_a_user_on_another
             if rec is None:
                 continue
             sources = {item.item_id: set(item.contributions) for item in rec.items}
-            if "covisit" in sources.get("mug", ()):
-                seen_at.setdefault("covisit", time.monotonic() - taught)
+            for name in ("covisit", "successor", "itemcf", "sknn"):  # item-side links, sessions, co-occurrences
+                if name in sources.get("mug", ()):
+                    seen_at.setdefault(name, time.monotonic() - taught)
             if {"popular", "trending"} & sources.get("hot-item", set()):
                 seen_at.setdefault("popular", time.monotonic() - taught)
         producer.close()
@@ -109,7 +110,7 @@ def test_a_link_and_a_popularity_jump_from_one_partition_reach_a_user_on_another
         a.stop()
         b.stop()
     print(f"seen on partition {learner} (other worker) after: {seen_at} (sync interval {sync_s:.1f} s)")
-    assert set(seen_at) == {"covisit", "popular"}, seen_at
+    assert set(seen_at) == {"covisit", "popular", "successor", "itemcf", "sknn"}, seen_at
     # one tick to close, one ranker interval and a fetch round on top of it; the user's list refreshes on their next
     # event (every 0.2 s here)
     bound = sync_s + 1.5

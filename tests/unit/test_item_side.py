@@ -51,7 +51,7 @@ def answers(model: Recommender, users: int = 60) -> list:
 
 
 def test_the_splittable_sources_are_the_item_side_ones():
-    assert SPLIT == ["category", "covisit", "popular", "trending"]
+    assert SPLIT == ["category", "covisit", "itemcf", "popular", "sknn", "successor", "trending"]
 
 
 @pytest.mark.parametrize("name", SPLIT)
@@ -189,3 +189,38 @@ def test_partitions_far_ahead_of_the_item_side_are_named_for_pausing():
     link.replica.close_all(9)
     link.replica.apply()
     assert link.ahead(registry) == {1}
+
+
+def test_a_large_publish_is_split_into_parts_under_the_limit():
+    """Item-side messages over Kafka's 1 MB limit (long itemcf/successor contexts) go as parts: each under the
+    limit, the records in offset order, the closed tick in the last part only; a replica fed the parts ends where
+    one fed the whole publish does."""
+    from fusionrec.streams.item_side import MAX_MESSAGE_BYTES, parse_key, split_message
+
+    settings = load_settings(model_item_sync_ms=1000)
+    state = PartitionState(0, build_models(settings, 0), clock=partition_clock(settings))
+    events = stream(1500, seed=9)
+    state.learn([(e, n) for n, e in enumerate(events)], len(events) - 1)
+    groups, closed = state.take_outbox()
+    whole = split_message(0, groups, closed, "me")
+    assert len(whole) == 1 and len(whole[0][1]) <= MAX_MESSAGE_BYTES
+    parts = split_message(0, groups, closed, "me", max_bytes=20_000)
+    assert len(parts) > 5
+    assert all(len(value) <= 20_000 for _, value in parts)
+    keys = [parse_key(key) for key, _ in parts]
+    assert [k[2] for k in keys] == [None] * (len(parts) - 1) + [closed]
+    offsets = [record[0] for _, value in parts for _, records in orjson.loads(value)["t"] for record in records]
+    assert offsets == [record[0] for _, records in groups for record in records]
+    assert [k[1] for k in keys] == sorted(k[1] for k in keys) and keys[-1][1] == offsets[-1]
+    one, split = build_item_side(settings, 1), build_item_side(settings, 1)
+    one.receive(0, orjson.loads(whole[0][1])["t"], closed)
+    for _, value in parts:
+        message = orjson.loads(value)
+        split.receive(message["p"], message["t"], message["c"])
+    one.apply(), split.apply()
+    assert one.records_applied == split.records_applied > len(offsets) - 50  # the open tick waits in both
+    for name in one.models:
+        assert one.models[name].snapshot() == split.models[name].snapshot(), name
+    big = [[0, "x", T0, {"itemcf": ["y" * 5000]}], [1, "x", T0, {"itemcf": ["z"]}]]
+    alone = split_message(0, [(5, big)], 4, "me", max_bytes=1000)
+    assert len(alone) == 2 and len(alone[0][1]) > 1000  # a record over the limit cannot be cut: it goes alone

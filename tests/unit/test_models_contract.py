@@ -21,11 +21,14 @@ from fusionrec.models import (
     SOURCES,
     CategoryAffinity,
     CoVisitation,
+    ItemCF,
     MatrixFactorization,
     Popularity,
     RecentItems,
     Recommender,
+    SessionKNN,
     SnapshotError,
+    Successors,
     Trending,
 )
 from fusionrec.models.base import _MAGIC
@@ -42,6 +45,9 @@ FACTORIES: dict[str, Callable[..., Recommender]] = {
     "trending": lambda **kw: Trending(**kw),
     "category": lambda **kw: CategoryAffinity(**kw),
     "recent": lambda **kw: RecentItems(**kw),
+    "sknn": lambda **kw: SessionKNN(**kw),
+    "successor": lambda **kw: Successors(**kw),
+    "itemcf": lambda **kw: ItemCF(**kw),
 }
 NAMES = sorted(FACTORIES)
 
@@ -74,7 +80,7 @@ def stream(
 
 
 def test_registry_names_every_source_once():
-    assert set(SOURCES) == {"cf", "covisit", "popular", "trending", "category", "recent"}
+    assert set(SOURCES) == {"cf", "covisit", "popular", "trending", "category", "recent", "sknn", "successor", "itemcf"}
     assert set(FACTORIES) == set(SOURCES)
     for name, cls in SOURCES.items():
         assert issubclass(cls, Recommender)
@@ -244,6 +250,9 @@ PROVIDES = {
     "trending": set(),
     "category": {"category_of"},
     "recent": {"excluded"},
+    "sknn": set(),
+    "successor": set(),
+    "itemcf": set(),
 }
 
 
@@ -389,6 +398,9 @@ CAPS = {
     "category": ({"max_users": 32, "max_items": 48}, (32, 48)),
     # n_items counts (user, item) entries: at most 32 users x (4 recent + 2 purchased)
     "recent": ({"max_users": 32, "max_items_per_user": 4, "max_purchased_per_user": 2}, (32, 32 * 6)),
+    "sknn": ({"max_users": 32, "max_items": 48}, (32, 48)),
+    "successor": ({"max_users": 32, "max_items": 48}, (32, 48)),
+    "itemcf": ({"max_users": 32, "max_items": 48}, (32, 48)),
 }
 
 
@@ -406,7 +418,17 @@ def test_caps_bound_memory_at_all_times(name):
 
 #: What evicting either half of ``_idle_stream`` drops: one user and two items, as each model counts them
 #: (popularity tracks no users; for recent items the "items" are the user's entries).
-DROPPED = {"cf": 3, "covisit": 3, "popular": 2, "trending": 2, "category": 3, "recent": 3}
+DROPPED = {
+    "cf": 3,
+    "covisit": 3,
+    "popular": 2,
+    "trending": 2,
+    "category": 3,
+    "recent": 3,
+    "sknn": 3,
+    "successor": 3,
+    "itemcf": 3,
+}
 
 
 def _idle_stream() -> list[Event]:
@@ -431,7 +453,7 @@ def test_evict_drops_idle_state_only(name):
     everything = ["old-1", "old-2", "new-1", "new-2"]
     for user in ("old-user", "new-user"):
         assert not {"old-1", "old-2"} & {item for item, _ in model.candidates(user, k=10)}
-    if name not in ("covisit",):  # co-visitation proposes neighbours, not the items just seen
+    if name not in ("covisit", "sknn", "successor", "itemcf"):  # these propose neighbours, not the items just seen
         assert model.candidates("new-user", k=10)
     assert model.evict(T0 + 3 * HOUR + 1000) == 0  # nothing idle is left
     assert model.evict(T0 + 100 * HOUR) == DROPPED[name]  # the new half mirrors the old one
