@@ -27,6 +27,7 @@ import redis
 import torch
 from faust.types import TP, TopicT
 
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
@@ -333,6 +334,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> W
             settings.event,
             metrics,
             dead_letter_max_bytes=app.conf.producer_max_request_size,
+            pseudonyms=Pseudonymiser.from_settings(settings),
         ),
         refresher=Refresher(partitions, publisher, client, settings.redis.keys, settings.topic.events, metrics),
         snapshotter=Snapshotter(partitions, snapshots, metrics),

@@ -12,6 +12,11 @@ The models dedupe by offset, the profiles by event id, and the one decides for t
 store calls a duplicate (or a redelivered duplicate) is never learned, and an event it applied now or before is
 learned once its offset is beyond what the partition's models have learned (a batch replayed after a crash is
 partly new to the models restored from their snapshot, and already in the profiles).
+
+With a :class:`~fusionrec.contracts.privacy.Pseudonymiser` that has a key, every valid event's user id (and session
+id) is replaced by its pseudonym right after validation, and a rejected record's dead letter keeps only the
+pseudonymised payload (:func:`~fusionrec.contracts.dead_letters.pseudonymise_rejected`): nothing after this step
+sees a raw user id (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -22,8 +27,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from fusionrec.contracts.dead_letters import dead_letter_key, dead_letter_record, was_truncated
+from fusionrec.contracts.dead_letters import (
+    dead_letter_key,
+    dead_letter_record,
+    pseudonymise_rejected,
+    was_truncated,
+)
 from fusionrec.contracts.events import validate
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import EventSettings
 from fusionrec.stores.profiles import NEW, REDELIVERED, REDELIVERED_DUPLICATE, ProfileStore
 from fusionrec.streams.batching import RecordBatch
@@ -62,12 +73,14 @@ class BatchApplier:
         limits: EventSettings,
         metrics: WorkerMetrics | None = None,
         dead_letter_max_bytes: int = 1_000_000,
+        pseudonyms: Pseudonymiser | None = None,
     ):
         self.partitions = partitions
         self.profiles = profiles
         self.limits = limits  # what a valid event may be: its size, how far ahead of now its time, its values
         self.metrics = metrics
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter producer's limit for key and value
+        self.pseudonyms = pseudonyms if pseudonyms is not None and pseudonyms.enabled else None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
 
     def apply(self, batch: RecordBatch) -> BatchOutcome:
@@ -76,6 +89,7 @@ class BatchApplier:
         limits = self.limits
         valid = []
         now_ms = int(time.time() * 1000)
+        hide = None if self.pseudonyms is None else self.pseudonyms.event
         for record in batch.records:
             result = validate(
                 record.value,
@@ -89,7 +103,7 @@ class BatchApplier:
             if result.event is None:
                 out.dead_letters.append(self._dead_letter(batch, record, result.reasons))
             else:
-                valid.append((result.event, batch.partition, record.offset))
+                valid.append((result.event if hide is None else hide(result.event), batch.partition, record.offset))
 
         statuses, write = self.profiles.prepare(valid)
         pending_write = self._writer.submit(write)  # Redis runs the atomic write while the models learn
@@ -133,15 +147,21 @@ class BatchApplier:
 
     def _dead_letter(self, batch: RecordBatch, record, reasons) -> DeadLetter:
         """The dead letter of a rejected record, cut to what the dead-letter producer accepts."""
-        key = dead_letter_key(record.key)
+        raw, raw_key, marks = record.value, record.key, None
+        if self.pseudonyms is not None:  # no raw user id in the letter
+            raw, raw_key, reasons, marks = pseudonymise_rejected(
+                raw, raw_key, reasons, self.pseudonyms.user, self.pseudonyms.session
+            )
+        key = dead_letter_key(raw_key)
         value = dead_letter_record(
-            record.value,
+            raw,
             reasons,
             topic=batch.topic,
             partition=batch.partition,
             offset=record.offset,
-            key=record.key,
+            key=raw_key,
             max_bytes=self.dead_letter_max_bytes - (len(key) if key else 0) - RECORD_OVERHEAD,
+            privacy=marks,
         )
         if self.metrics and was_truncated(value):
             self.metrics.dead_letter_truncated.inc()
