@@ -27,6 +27,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from fusionrec.contracts.control import MARKER as CONTROL_MARKER
+from fusionrec.contracts.control import Control, parse_control
 from fusionrec.contracts.dead_letters import (
     dead_letter_key,
     dead_letter_record,
@@ -39,6 +41,7 @@ from fusionrec.contracts.settings import EventSettings
 from fusionrec.stores.profiles import NEW, REDELIVERED, REDELIVERED_DUPLICATE, ProfileStore
 from fusionrec.streams.batching import RecordBatch
 from fusionrec.streams.dead_letters import DeadLetter
+from fusionrec.streams.forget import Forgetter
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState
 
@@ -59,6 +62,7 @@ class BatchOutcome:
     learned: int = 0
     duplicates: int = 0
     redelivered: int = 0
+    forgotten: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     by_type: Counter = field(default_factory=Counter)
 
@@ -74,12 +78,14 @@ class BatchApplier:
         metrics: WorkerMetrics | None = None,
         dead_letter_max_bytes: int = 1_000_000,
         pseudonyms: Pseudonymiser | None = None,
+        forgetter: Forgetter | None = None,
     ):
         self.partitions = partitions
         self.profiles = profiles
         self.limits = limits  # what a valid event may be: its size, how far ahead of now its time, its values
         self.metrics = metrics
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter producer's limit for key and value
+        self.forgetter = forgetter  # carries out forget_user control records (none: they are logged and skipped)
         self.pseudonyms = pseudonyms if pseudonyms is not None and pseudonyms.enabled else None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
 
@@ -88,11 +94,24 @@ class BatchApplier:
         out = BatchOutcome(records=len(batch.records))
         limits = self.limits
         valid = []
+        latencies: list[int] = []
         now_ms = int(time.time() * 1000)
         hide = None if self.pseudonyms is None else self.pseudonyms.event
+        state = self.partitions.state(batch.partition)
         for record in batch.records:
+            value = record.value
+            if value is not None and CONTROL_MARKER in value:  # rare: a cheap test first, then a parse
+                control = parse_control(value, record.key)
+                if isinstance(control, list):
+                    out.dead_letters.append(self._dead_letter(batch, record, control))
+                    continue
+                if control is not None:  # the events before it first, then the request, in the partition's order
+                    self._apply_events(state, valid, record.offset - 1, out, latencies)
+                    valid = []
+                    self._control(state, control, record.offset, out)
+                    continue
             result = validate(
-                record.value,
+                value,
                 now_ms=now_ms,
                 max_bytes=limits.max_bytes,
                 max_future_skew_ms=limits.max_future_skew_ms,
@@ -104,12 +123,27 @@ class BatchApplier:
                 out.dead_letters.append(self._dead_letter(batch, record, result.reasons))
             else:
                 valid.append((result.event if hide is None else hide(result.event), batch.partition, record.offset))
+        self._apply_events(state, valid, batch.last_offset, out, latencies)
+        self.partitions.learned(state)  # the item-side halves go to the shared item side
+        written_at_ms = time.time() * 1000
+        latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
+        if self.metrics:
+            self._observe(out, latencies, state)
+        took = time.perf_counter() - started
+        if took > 1.0:  # a full catch-up batch takes 0.1–0.5 s; longer means trouble (Redis, GC, a huge model)
+            log.warning(
+                "slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000
+            )
+        return out
 
+    def _apply_events(
+        self, state: PartitionState, valid: list, last_offset: int, out: BatchOutcome, latencies: list[int]
+    ) -> None:
+        """Profiles with dedup and the models, for consecutive valid events of the batch (all of them, unless a
+        control record cuts the batch); ``last_offset``: the last record they stand for."""
         statuses, write = self.profiles.prepare(valid)
         pending_write = self._writer.submit(write)  # Redis runs the atomic write while the models learn
-        state = self.partitions.state(batch.partition)
         learn = []
-        latencies = []
         for (event, _partition, offset), status in zip(valid, statuses, strict=True):
             if status == NEW:
                 out.applied += 1
@@ -127,23 +161,23 @@ class BatchApplier:
                 learn.append((event, offset))
         state.settled = False
         rewards_before = 0 if state.fusion is None else state.fusion.rewards
-        state.learn(learn, batch.last_offset)
-        self.partitions.learned(state)  # the item-side halves go to the shared item side
-        out.learned = len(learn)
-        if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
-            self.metrics.rewards.inc(state.fusion.rewards - rewards_before)
-        pending_write.result()  # the batch may be acknowledged only once its profiles are written
+        try:
+            state.learn(learn, last_offset)
+            out.learned += len(learn)
+            if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
+                self.metrics.rewards.inc(state.fusion.rewards - rewards_before)
+        finally:
+            pending_write.result()  # the batch may be acknowledged only once its profiles are written
         state.settled = True
-        written_at_ms = time.time() * 1000
-        latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
-        if self.metrics:
-            self._observe(out, latencies, state)
-        took = time.perf_counter() - started
-        if took > 1.0:  # a full catch-up batch takes 0.1–0.5 s; longer means trouble (Redis, GC, a huge model)
-            log.warning(
-                "slow batch: %d records of partition %d took %.0f ms", out.records, batch.partition, took * 1000
-            )
-        return out
+
+    def _control(self, state: PartitionState, control: Control, offset: int, out: BatchOutcome) -> None:
+        """Carry out a control record (so far only ``forget_user``) at ``offset``."""
+        user = control.user_id if self.pseudonyms is None else self.pseudonyms.user(control.user_id)
+        if self.forgetter is None:
+            log.warning("control record at offset %d of partition %d ignored: no forgetter", offset, state.partition)
+            return
+        if self.forgetter.forget(state, control, user, offset):
+            out.forgotten += 1
 
     def _dead_letter(self, batch: RecordBatch, record, reasons) -> DeadLetter:
         """The dead letter of a rejected record, cut to what the dead-letter producer accepts."""
