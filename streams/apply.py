@@ -100,15 +100,19 @@ class BatchApplier:
         state = self.partitions.state(batch.partition)
         for record in batch.records:
             value = record.value
+            # a re-driven dead letter whose ids are pseudonyms already (``fusionrec dlq redrive``): not hashed again
+            pseudonymous = (
+                record.headers is not None and hide is not None and self.pseudonyms.tagged(value, record.headers)
+            )  # type: ignore[union-attr]
             if value is not None and CONTROL_MARKER in value:  # rare: a cheap test first, then a parse
                 control = parse_control(value, record.key)
                 if isinstance(control, list):
-                    out.dead_letters.append(self._dead_letter(batch, record, control))
+                    out.dead_letters.append(self._dead_letter(batch, record, control, pseudonymous))
                     continue
                 if control is not None:  # the events before it first, then the request, in the partition's order
                     self._apply_events(state, valid, record.offset - 1, out, latencies)
                     valid = []
-                    self._control(state, control, record.offset, out)
+                    self._control(state, control, record.offset, out, pseudonymous)
                     continue
             result = validate(
                 value,
@@ -120,9 +124,11 @@ class BatchApplier:
                 key=record.key,
             )
             if result.event is None:
-                out.dead_letters.append(self._dead_letter(batch, record, result.reasons))
+                out.dead_letters.append(self._dead_letter(batch, record, result.reasons, pseudonymous))
+            elif hide is None or pseudonymous:
+                valid.append((result.event, batch.partition, record.offset))
             else:
-                valid.append((result.event if hide is None else hide(result.event), batch.partition, record.offset))
+                valid.append((hide(result.event), batch.partition, record.offset))
         self._apply_events(state, valid, batch.last_offset, out, latencies)
         self.partitions.learned(state)  # the item-side halves go to the shared item side
         written_at_ms = time.time() * 1000
@@ -170,19 +176,23 @@ class BatchApplier:
             pending_write.result()  # the batch may be acknowledged only once its profiles are written
         state.settled = True
 
-    def _control(self, state: PartitionState, control: Control, offset: int, out: BatchOutcome) -> None:
+    def _control(
+        self, state: PartitionState, control: Control, offset: int, out: BatchOutcome, pseudonymous: bool = False
+    ) -> None:
         """Carry out a control record (so far only ``forget_user``) at ``offset``."""
-        user = control.user_id if self.pseudonyms is None else self.pseudonyms.user(control.user_id)
+        user = control.user_id if self.pseudonyms is None or pseudonymous else self.pseudonyms.user(control.user_id)
         if self.forgetter is None:
             log.warning("control record at offset %d of partition %d ignored: no forgetter", offset, state.partition)
             return
         if self.forgetter.forget(state, control, user, offset):
             out.forgotten += 1
 
-    def _dead_letter(self, batch: RecordBatch, record, reasons) -> DeadLetter:
+    def _dead_letter(self, batch: RecordBatch, record, reasons, pseudonymous: bool = False) -> DeadLetter:
         """The dead letter of a rejected record, cut to what the dead-letter producer accepts."""
         raw, raw_key, marks = record.value, record.key, None
-        if self.pseudonyms is not None:  # no raw user id in the letter
+        if pseudonymous:  # re-driven, its ids pseudonyms already
+            marks = {"pseudonymised": ["re-driven"]}
+        elif self.pseudonyms is not None:  # no raw user id in the letter
             raw, raw_key, reasons, marks = pseudonymise_rejected(
                 raw, raw_key, reasons, self.pseudonyms.user, self.pseudonyms.session
             )

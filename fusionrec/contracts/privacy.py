@@ -23,13 +23,17 @@ set). Changing the key orphans every user's state: the new pseudonyms start empt
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 from fusionrec.contracts.events import Event
 
-__all__ = ["PSEUDONYM_PREFIX", "Pseudonymiser", "pseudonym", "redrive_tag"]
+__all__ = ["PSEUDONYM_PREFIX", "REDRIVEN_HEADER", "Pseudonymiser", "pseudonym", "redrive_tag"]
 
 #: Every pseudonym starts with this, so that people (and tests) can tell a pseudonym from a raw id at a glance.
 PSEUDONYM_PREFIX = "p."
+#: The header of a re-driven record whose ids are pseudonyms already (``fusionrec dlq redrive``); its value is
+#: :func:`redrive_tag` of the record's value.
+REDRIVEN_HEADER = "fusionrec-pseudonymised"
 #: Bytes of the HMAC kept (96 bits: 24 hex digits).
 PSEUDONYM_BYTES = 12
 _new = tuple.__new__
@@ -101,6 +105,16 @@ class Pseudonymiser:
     def tag(self, value: bytes) -> bytes | None:
         """:func:`redrive_tag` of ``value`` (None without a key)."""
         return None if self._key is None else redrive_tag(self._key, value)
+
+    def tagged(self, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None) -> bool:
+        """Whether ``headers`` carry a valid :data:`REDRIVEN_HEADER` for ``value``: the record's ids are pseudonyms
+        under this key already (a forged or stale tag is not: its ids are hashed as any record's)."""
+        if self._key is None or not headers or value is None:
+            return False
+        for name, tag in headers:
+            if name == REDRIVEN_HEADER and tag is not None and hmac.compare_digest(tag, redrive_tag(self._key, value)):
+                return True
+        return False
 
     def __repr__(self) -> str:  # never the key
         return f"Pseudonymiser(enabled={self.enabled})"

@@ -150,3 +150,15 @@ def test_doctests():
     import fusionrec.contracts.privacy
 
     assert doctest.testmod(fusionrec.contracts.privacy).failed == 0
+
+
+def test_only_a_holder_of_the_key_can_mark_a_record_as_pseudonymised():
+    from fusionrec.contracts.privacy import REDRIVEN_HEADER
+
+    value = b'{"user_id": "p.0123"}'
+    keyed = Pseudonymiser(KEY)
+    assert keyed.tagged(value, [(REDRIVEN_HEADER, redrive_tag(KEY, value))])
+    assert not keyed.tagged(value, [(REDRIVEN_HEADER, redrive_tag(OTHER, value))])  # another key's tag
+    assert not keyed.tagged(value + b" ", [(REDRIVEN_HEADER, redrive_tag(KEY, value))])  # another value
+    assert not keyed.tagged(value, [("other", redrive_tag(KEY, value))]) and not keyed.tagged(value, None)
+    assert not Pseudonymiser(None).tagged(value, [(REDRIVEN_HEADER, redrive_tag(KEY, value))])

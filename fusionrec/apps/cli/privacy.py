@@ -67,3 +67,171 @@ def forget(
             typer.echo(f"forget {user}: requested (partition {partition}, offset {offset})")
     if failed:
         raise fail(f"not acknowledged by the broker: {', '.join(failed)} ({producer.stats.errors[:3]})")
+
+
+# --- dlq ---------------------------------------------------------------------------------------------------------
+dlq = typer.Typer(
+    help="The dead-letter topic (FUSIONREC_TOPIC_DEAD_LETTER): list, show and re-drive rejected records.\n\n"
+    "A dead letter is named by its position on the topic, PARTITION:OFFSET (or just OFFSET with one partition). "
+    "Reads the topic from the start without a consumer group, until nothing arrives for --idle seconds.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq, name="dlq")
+
+_IDLE = typer.Option(2.0, "--idle", help="Stop reading once nothing has arrived for this many seconds.")
+
+
+def _when(ms: int | None) -> str:
+    from datetime import datetime
+
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _letters(conf, reason: str | None, idle: float) -> list:
+    from confluent_kafka import KafkaException
+
+    from fusionrec.consumers.dead_letters import read_dead_letters
+
+    try:
+        return list(read_dead_letters(conf, reason=reason, idle_timeout=idle))
+    except KafkaException as exc:
+        raise fail(str(exc)) from None
+
+
+@dlq.command("list")
+def dlq_list(
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (the newest)."),
+    reason: str | None = typer.Option(None, "--reason", help="Only letters whose first reason has this code."),
+    idle: float = _IDLE,
+) -> None:
+    """One line per dead letter: position, when it was rejected, its first reason (and how many more), the size of
+    the rejected record, and where it came from; then a count by reason."""
+    from collections import Counter
+
+    conf = settings()
+    entries = _letters(conf, reason, idle)
+    shown = entries[-limit:] if limit else entries
+    typer.echo(f"{'position':<10} {'rejected at':<19}  {'reason':<22} {'size':>8}  source")
+    for e in shown:
+        more = f" +{len(e.reasons) - 1}" if len(e.reasons) > 1 else ""
+        size = "-" if e.original_size is None else f"{e.original_size:,}"
+        source = e.source
+        where = f"{source.get('topic', '?')}[{source.get('partition', '?')}]@{source.get('offset', '?')}"
+        letter = e.letter or {}
+        marks = "".join(f"  {m}: {','.join(letter[m])}" for m in ("truncated", "withheld") if letter.get(m))
+        typer.echo(f"{e.position:<10} {_when(e.rejected_at):<19}  {e.reason + more:<22} {size:>8}  {where}{marks}")
+    counts = Counter(e.reason for e in entries)
+    typer.echo(
+        f"{len(entries):,} dead letters"
+        + (f" (showing {len(shown):,})" if len(shown) != len(entries) else "")
+        + (": " + ", ".join(f"{code} {n:,}" for code, n in counts.most_common()) if counts else "")
+    )
+
+
+@dlq.command("show")
+def dlq_show(
+    position: str = typer.Argument(..., help="PARTITION:OFFSET, or OFFSET, of the dead letter."),
+    idle: float = _IDLE,
+) -> None:
+    """One dead letter in full: every reason, where it came from, the size and sha256 of the rejected record, its
+    key, and its payload (pretty-printed when it is JSON)."""
+    import json
+
+    from fusionrec.consumers.dead_letters import select
+
+    conf = settings()
+    try:
+        found = select(_letters(conf, None, idle), [position])
+    except ValueError:
+        raise fail(f"{position!r} is not PARTITION:OFFSET or OFFSET") from None
+    if not found:
+        raise fail(f"no dead letter at {position} on {conf.topic.dead_letter}")
+    for entry in found:
+        letter = entry.letter
+        if letter is None:
+            typer.echo(f"{entry.position}: not a dead letter ({entry.size:,} bytes)")
+            continue
+        source = entry.source
+        typer.echo(f"dead letter {entry.position} of {conf.topic.dead_letter}, rejected {_when(entry.rejected_at)}")
+        typer.echo(
+            f"from {source.get('topic')} partition {source.get('partition')} offset {source.get('offset')}; "
+            f"{entry.original_size if entry.original_size is not None else '-'} bytes, "
+            f"sha256 {letter.get('original_sha256', '-')}"
+        )
+        for r in entry.reasons:
+            typer.echo(f"  {r.get('code')}{' (' + r['field'] + ')' if r.get('field') else ''}: {r.get('message')}")
+        for mark in ("pseudonymised", "truncated", "withheld"):
+            if letter.get(mark):
+                typer.echo(f"{mark}: {', '.join(letter[mark])}")
+        if letter.get("note"):
+            typer.echo(f"note: {letter['note']}")
+        key = entry.key()
+        typer.echo(f"key: {'(none)' if key is None else _text(key)}")
+        payload = entry.original()
+        if payload is None:
+            typer.echo("payload: (none)")
+            continue
+        try:
+            typer.echo("payload:\n" + json.dumps(json.loads(payload), indent=2, ensure_ascii=False))
+        except (ValueError, UnicodeDecodeError):
+            typer.echo(f"payload ({len(payload):,} bytes, not JSON): {_text(payload)}")
+
+
+def _text(data: bytes) -> str:
+    """Bytes as text when they are printable UTF-8, else base64."""
+    import base64
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(data).decode()
+    return text if text.isprintable() else repr(text)
+
+
+@dlq.command("redrive")
+def dlq_redrive(
+    positions: list[str] | None = typer.Argument(None, help="PARTITION:OFFSET or OFFSET of each letter to re-drive."),
+    reason: str | None = typer.Option(None, "--reason", help="Every letter whose first reason has this code."),
+    all_letters: bool = typer.Option(False, "--all", help="Every letter on the topic."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be re-driven; send nothing."),
+    yes: bool = typer.Option(False, "--yes", help="Do it without asking (scripts, CI)."),
+    idle: float = _IDLE,
+) -> None:
+    """Send the original records of the selected dead letters to the events topic again, for the worker to judge
+    anew (after a fix, or with raised limits): a record that is still invalid becomes a new dead letter with its
+    reasons. Letters that hold only part of the record (truncated, withheld) are skipped, with where to find it.
+    The letters themselves stay on the topic: re-driving one twice sends it twice (the worker's dedup by event_id
+    then skips the second)."""
+    from fusionrec.consumers.dead_letters import redrive, select
+
+    if not positions and reason is None and not all_letters:
+        raise fail("say which letters: positions, --reason CODE or --all", 2)
+    conf = settings()
+    entries = _letters(conf, reason, idle)
+    try:
+        chosen = select(entries, positions) if positions else entries
+    except ValueError:
+        raise fail(f"positions must be PARTITION:OFFSET or OFFSET, got {positions}") from None
+    if positions and len(chosen) < len(positions):
+        missing = sorted(set(positions) - {e.position for e in chosen} - {str(e.offset) for e in chosen})
+        typer.secho(f"no dead letter at {', '.join(missing)}", fg=typer.colors.YELLOW, err=True)
+    if not chosen:
+        typer.echo("nothing to re-drive")
+        return
+    if not dry_run and not yes:
+        typer.confirm(f"Re-drive {len(chosen)} dead letter(s) to {conf.topic.events}?", abort=True)
+    results = redrive(conf, chosen, dry_run=dry_run)
+    verb = "would re-drive" if dry_run else "re-drove"
+    for r in results:
+        where = f"partition {r.partition}" if r.partition is not None else "by its key"
+        if r.skipped is not None:
+            typer.echo(f"{r.entry.position}: not re-driven: {r.skipped}")
+        else:
+            typer.echo(
+                f"{r.entry.position}: {verb} ({r.entry.reason}, {len(r.entry.original() or b''):,} bytes, {where})"
+            )
+    sent = sum(r.sent for r in results)
+    planned = sum(r.skipped is None for r in results)
+    typer.echo(f"{verb} {planned if dry_run else sent:,} of {len(results):,} to {conf.topic.events}")
+    if not dry_run and sent < planned:
+        raise typer.Exit(1)
