@@ -117,9 +117,11 @@ def test_pseudonym_and_forget(conf, tmp_path):
         assert store.get(out[0]).counts == {"view": 5}
         asked = run(["forget", "RAWID-shopper"], env, timeout=60, check=False)
         assert asked.returncode == 1 and "Aborted" in asked.stdout + asked.stderr  # it asks first
-        done = run(["forget", "RAWID-shopper", "--yes"], env, timeout=60).stdout
-        assert done.startswith("forget RAWID-shopper: requested (partition ")
-        worker.wait_for(lambda m: m.get("fusionrec_worker_forgotten_users_total", 0) >= 1)
+        done = run(["forget", "RAWID-shopper", "--yes", "--wait", "30"], env, timeout=60).stdout.splitlines()
+        assert done[0].startswith("forget RAWID-shopper: requested (partition ")
+        assert done[1] == "forget RAWID-shopper: done"  # the worker carried it out before the command returned
+        assert store.get(out[0]).is_new
+        assert worker.metrics()["fusionrec_worker_forgotten_users_total"] == 1
     finally:
         worker.stop()
     assert store.get(out[0]).is_new

@@ -32,6 +32,9 @@ def pseudonym(
 def forget(
     users: list[str] = typer.Argument(..., help="Raw user ids, as the shop sends them."),
     yes: bool = typer.Option(False, "--yes", help="Do it without asking (scripts, CI)."),
+    wait: float = typer.Option(
+        0.0, "--wait", min=0.0, help="Then wait up to this many seconds for the workers to have done it (0: don't)."
+    ),
 ) -> None:
     """Forget users: send a forget_user control record per user to the events topic, keyed by the user, so the
     worker that owns their partition removes their profile, dedup entry, stored list and per-user model state
@@ -67,6 +70,36 @@ def forget(
             typer.echo(f"forget {user}: requested (partition {partition}, offset {offset})")
     if failed:
         raise fail(f"not acknowledged by the broker: {', '.join(failed)} ({producer.stats.errors[:3]})")
+    if wait:
+        waiting = _wait_forgotten(conf, {user: where[user.encode()] for user in requests}, wait)
+        if waiting:
+            raise fail(f"not carried out within {wait:g} s (is a worker running?): {', '.join(waiting)}")
+
+
+def _wait_forgotten(conf, requested: dict[str, tuple[int, int]], timeout: float) -> list[str]:
+    """Wait until the worker has carried out each request: the user's dedup window (which the request resets)
+    stands at or beyond the request's offset. The users still waiting at ``timeout``."""
+    import time
+
+    import redis
+
+    from fusionrec.contracts.privacy import Pseudonymiser
+    from fusionrec.stores.profiles import ProfileStore
+
+    store = ProfileStore.from_settings(conf, redis.Redis.from_url(conf.redis.url, **conf.redis.client_kwargs()))
+    hidden = Pseudonymiser.from_settings(conf).user
+    deadline = time.monotonic() + timeout
+    waiting = dict(requested)
+    while waiting:
+        for user, (partition, offset) in list(waiting.items()):
+            window = store.seen(hidden(user))
+            if window.partition == partition and window.offset >= offset:
+                typer.echo(f"forget {user}: done")
+                del waiting[user]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return list(waiting)
 
 
 # --- dlq ---------------------------------------------------------------------------------------------------------
