@@ -90,9 +90,15 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     conf = settings.replace(redis_prefix="bench-refresh:")
     registry = PartitionRegistry(SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)))
     applier = BatchApplier(registry, ProfileStore.from_settings(conf, client), conf.event)
-    refresher = Refresher(
-        registry, RecommendationPublisher.from_settings(conf, client), client, conf.redis.keys, "bench"
+    # The broker is not running here: lists wait in the producer's queue, its connection errors are not shown.
+    publisher = RecommendationPublisher(
+        client,
+        conf.redis.keys,
+        conf.producer_config(log_level=0),
+        topic=conf.topic.recommendations,
+        list_ttl_s=conf.ranker.list_ttl_s,
     )
+    refresher = Refresher(registry, publisher, client, conf.redis.keys, "bench")
     partitions = settings.topic.events_partitions
     offsets = [0] * partitions
     now = int(time.time() * 1000)
@@ -116,7 +122,6 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         times.append(time.perf_counter() - began)
         users.append(n)
         now += 1  # keep event times moving
-    refresher.publisher.flush()
     stats = pstats.Stats(profiler)
     stages = {
         ("refresh", "refresh.py"): "refresh, all",
@@ -124,7 +129,11 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         ("candidates_many", "cf.py"): "    CF candidates (exhaustive top-k, torch)",
         ("gather", "ranker.py"): "    gather, all sources",
         ("prepare", "ranker.py"): "    prepare (gather + filter + normalise)",
-        ("fuse", "ranker.py"): "    fuse (tensor product, sort, category cap)",
+        ("order", "ranker.py"): "    bandit fusion: order (weights, product, sort)",
+        ("keep", "ranker.py"): "    bandit fusion: keep (cut to k, category cap)",
+        ("_remember_served", "fused.py"): "    bandit fusion: remember served, expose sources",
+        ("_learned_lists", "fused.py"): "    learned ranker: learn, features, score, select",
+        ("lists", "ranker.py"): "    lists (the served items, contributions)",
         ("publish", "publisher.py"): "  publish (encode, produce, Redis pipeline, metrics)",
         ("unavailable", "refresh.py"): "  unavailable items (Redis SMEMBERS, cached 1 s)",
     }
@@ -146,6 +155,26 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     return {"times": times, "users": users, "stages": ordered, "total": sum(times)}
 
 
+def print_profile(settings: Settings, events, rate: float) -> None:
+    """The in-process refresh after every tick's worth of events at ``rate``, timed and broken down by stage."""
+    interval = settings.ranker.interval_ms
+    tick = max(1, round(rate * interval / 1000))
+    prof = refresh_profile(settings, events, tick)
+    times, users = prof["times"], prof["users"]
+    ranked = sum(users)
+    per_user = prof["total"] / max(ranked, 1)
+    q99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
+    print(
+        f"\nin-process refresh, after each {tick} events (one {interval} ms tick at {rate:,.0f} ev/s), "
+        f"{len(times)} refreshes: {statistics.median(times) * 1000:,.0f} ms median, {q99 * 1000:,.0f} ms "
+        f"p99, {max(times) * 1000:,.0f} ms max; {statistics.median(users):,.0f} users median per refresh; "
+        f"{per_user * 1000:,.3f} ms per user ranked and published ({ranked / max(prof['total'], 1e-9):,.0f} users/s)"
+    )
+    print("where the refresh time goes (cProfile, cumulative, share of all refresh time):")
+    for label, seconds in prof["stages"]:
+        print(f"  {label:<60}{100 * seconds / max(prof['total'], 1e-9):>6.1f} %")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
@@ -160,12 +189,18 @@ def main() -> None:
     parser.add_argument("--fetch-wait-ms", type=int, default=50, help="the worker's fetch max wait")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the ranker's device")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process refresh profile")
+    parser.add_argument(
+        "--profile-only", action="store_true", help="only the in-process refresh profile (Redis, no broker or worker)"
+    )
     args = parser.parse_args()
 
     dataset = read_dataset(args.path, limit=args.limit)
     events = dataset.events
     n = len(events)
     tmp = Path(tempfile.mkdtemp(prefix="fusionrec-bench-"))
+    if args.profile_only:
+        print_profile(Settings().replace(topic_events_partitions=6), events, args.rate)
+        return
     overrides = {"ranker_interval_ms": args.interval_ms} if args.interval_ms else {}
     settings = private_settings(
         tmp / "stack",
@@ -203,6 +238,7 @@ def main() -> None:
         refresh = [histogram_quantile(delta, REFRESH, q) for q in (0.5, 0.99)]
         refreshes = int(delta[f"{REFRESH}_count"])
         published = int(delta["fusionrec_recommendations_published_total"])
+        producer.close()  # before the broker stops: it waits for open connections
         worker.stop()
         worker = None
 
@@ -234,21 +270,7 @@ def main() -> None:
         )
 
         if not args.no_profile:
-            tick = max(1, round(args.rate * interval / 1000))
-            prof = refresh_profile(settings, events, tick)
-            times, users = prof["times"], prof["users"]
-            ranked = sum(users)
-            per_user = prof["total"] / max(ranked, 1)
-            q99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
-            print(
-                f"\nin-process refresh, after each {tick} events (one {interval} ms tick at {args.rate:,.0f} ev/s), "
-                f"{len(times)} refreshes: {statistics.median(times) * 1000:,.0f} ms median, {q99 * 1000:,.0f} ms "
-                f"p99, {max(times) * 1000:,.0f} ms max; {statistics.median(users):,.0f} users median per refresh; "
-                f"{per_user * 1000:,.2f} ms per user ranked"
-            )
-            print("where the refresh time goes (cProfile, cumulative, share of all refresh time):")
-            for label, seconds in prof["stages"]:
-                print(f"  {label:<60}{100 * seconds / max(prof['total'], 1e-9):>6.1f} %")
+            print_profile(settings, events, args.rate)
     finally:
         if worker is not None:
             worker.stop()

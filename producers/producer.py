@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fusionrec.contracts.events import Event, ensure_valid
+from fusionrec.contracts.logs import kafka_logger
 from fusionrec.contracts.settings import Settings, get_settings
 
-__all__ = ["EventProducer", "DeliveryStats", "DeliveryFailed"]
+__all__ = ["BrokerUnreachable", "EventProducer", "DeliveryStats", "DeliveryFailed"]
 
 log = logging.getLogger("fusionrec.producer")
 
@@ -30,6 +31,10 @@ DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 class DeliveryFailed(RuntimeError):
     """Some events were not acknowledged by the brokers before the flush deadline."""
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered within the check's timeout."""
 
 
 @dataclass
@@ -80,12 +85,26 @@ class EventProducer:
         self._lock = threading.Lock()
         self._user_callback = on_delivery
         self._producer = Producer(self.settings.producer_config(**(overrides or {}), error_cb=self._on_error))
+        self._closed = False
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             log.error("fatal producer error: %s", err)
-        else:
-            log.warning("producer: %s", err)
+        else:  # connection trouble: librdkafka reports it per broker and retry, the Kafka logger rate-limits it
+            kafka_logger().warning("producer: %s", err.str())
+
+    def check_broker(self, timeout_s: float = 5.0) -> None:
+        """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request within ``timeout_s`` (a
+        replay to a wrong address then fails in seconds, not after the flush deadline)."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            servers = self.settings.kafka.bootstrap_servers
+            raise BrokerUnreachable(
+                f"no Kafka broker answered at {servers} within {timeout_s:g} s ({exc.args[0].str()}); "
+                "is it running? `fusionrec up` starts the embedded one, FUSIONREC_KAFKA_BOOTSTRAP_SERVERS or "
+                "--bootstrap-servers points elsewhere"
+            ) from None
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         with self._lock:
@@ -141,9 +160,15 @@ class EventProducer:
         return remaining
 
     def close(self, timeout: float = 30.0) -> None:
+        """Flush, then close the connections (a broker shutting down gracefully waits for open ones). Once only:
+        the producer is unusable afterwards."""
+        if self._closed:
+            return
         remaining = self.flush(timeout)
         if remaining:
             log.error("%d events were not delivered before close", remaining)
+        self._producer.close()
+        self._closed = True
 
     def __enter__(self) -> EventProducer:
         return self

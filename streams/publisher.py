@@ -9,41 +9,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
+import orjson
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 
 from fusionrec import __version__
 from fusionrec.contracts.keys import RedisKeys
-from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
+from fusionrec.contracts.recommendations import payload
 from fusionrec.contracts.settings import Settings
 from fusionrec.models.fused import FusedList
 from fusionrec.streams.metrics import WorkerMetrics
 
-__all__ = ["RecommendationPublisher", "to_recommendation"]
+__all__ = ["RecommendationPublisher", "list_payload"]
 
 log = logging.getLogger("fusionrec.ranker")
 
 
-def to_recommendation(
+def list_payload(
     fused: FusedList, *, model_version: str, generated_at: int, newest_event_ts: int, partition: int | None = None
-) -> Recommendation:
-    """The topic message for one fused list."""
+) -> dict:
+    """The topic message for one fused list (the JSON object of :func:`fusionrec.contracts.recommendations.payload`)."""
     ranked, pull = fused.ranked, fused.pull
-    return Recommendation(
+    return payload(
         user_id=ranked.user_id,
-        items=tuple(
-            RecommendedItem(
-                i.item_id, round(i.score, 6), {s: round(c, 6) for s, c in i.contributions.items()}, i.category_id
-            )
-            for i in ranked.items
-        ),
-        sources={name: tuple(ids) for name, ids in ranked.source_lists.items()},
+        items=[(i.item_id, i.score, i.contributions, i.category_id) for i in ranked.items],
+        sources=ranked.source_lists,
         segment=fused.segment,
-        policy=Policy(
-            pull.arm, pull.action, round(pull.propensity, 6), {s: round(w, 6) for s, w in pull.weights.items()}
-        ),
+        policy=(pull.arm, pull.action, pull.propensity, pull.weights),
         weights_version=pull.version,
         model_version=model_version,
         generated_at=generated_at,
@@ -107,10 +102,11 @@ class RecommendationPublisher:
         keys = self.keys
         topic = self.topic
         produce = self.producer.produce
+        dumps = orjson.dumps
         for fused in lists:
             stamps = changed.get(fused.user_id) or [generated_at]
-            value = encode(
-                to_recommendation(
+            value = dumps(
+                list_payload(
                     fused,
                     model_version=model_version,
                     generated_at=generated_at,
@@ -133,10 +129,13 @@ class RecommendationPublisher:
             m = self.metrics
             m.published.inc(len(lists))
             observe = m.freshness.observe
+            by_policy: Counter[tuple[str, str]] = Counter()
             for fused in lists:
                 for ts in changed.get(fused.user_id, ()):
                     observe(max(published_at - ts, 0.0) / 1000.0)
-                m.lists.labels(fused.pull.arm, fused.pull.action.split(":")[0]).inc()
+                by_policy[fused.pull.arm, fused.pull.action.split(":")[0]] += 1
+            for (arm, action), count in by_policy.items():
+                m.lists.labels(arm, action).inc(count)
         return len(lists)
 
     def flush(self, timeout: float = 10.0) -> int:

@@ -95,7 +95,7 @@ def run_demo(
         bar.close()
         for raw in MALFORMED:
             producer.send_raw(b"demo", raw)
-        producer.flush()
+        producer.close()
         say(
             f"  sent {result.sent:,} events in {result.seconds:.1f} s ({result.rate:,.0f} ev/s), "
             f"{result.delivered:,} acknowledged"

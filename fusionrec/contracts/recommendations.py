@@ -32,7 +32,7 @@ The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -45,6 +45,7 @@ __all__ = [
     "RecommendationFormatError",
     "decode",
     "encode",
+    "payload",
 ]
 
 FORMAT_VERSION = 1
@@ -102,33 +103,68 @@ class Recommendation:
         return [item.item_id for item in self.items]
 
     def to_dict(self) -> dict:
-        return {
-            "v": FORMAT_VERSION,
-            "user_id": self.user_id,
-            "items": [
-                {
-                    "item_id": i.item_id,
-                    "score": i.score,
-                    "category_id": i.category_id,
-                    "contributions": dict(i.contributions),
-                }
-                for i in self.items
-            ],
-            "sources": {name: list(ids) for name, ids in self.sources.items()},
-            "segment": self.segment,
-            "policy": {
-                "arm": self.policy.arm,
-                "action": self.policy.action,
-                "propensity": self.policy.propensity,
-                "weights": dict(self.policy.weights),
-            },
-            "weights_version": self.weights_version,
-            "model_version": self.model_version,
-            "generated_at": self.generated_at,
-            "newest_event_ts": self.newest_event_ts,
-            "partition": self.partition,
-            "ranker": self.ranker,
-        }
+        policy = self.policy
+        return payload(
+            user_id=self.user_id,
+            items=[(i.item_id, i.score, i.contributions, i.category_id) for i in self.items],
+            sources=self.sources,
+            segment=self.segment,
+            policy=(policy.arm, policy.action, policy.propensity, policy.weights),
+            weights_version=self.weights_version,
+            model_version=self.model_version,
+            generated_at=self.generated_at,
+            newest_event_ts=self.newest_event_ts,
+            partition=self.partition,
+            ranker=self.ranker,
+        )
+
+
+def payload(
+    *,
+    user_id: str,
+    items: Iterable[tuple[str, float, Mapping[str, float], str | None]],
+    sources: Mapping[str, Sequence[str]],
+    segment: str,
+    policy: tuple[str, str, float, Mapping[str, float]],
+    weights_version: int,
+    model_version: str,
+    generated_at: int,
+    newest_event_ts: int,
+    partition: int | None = None,
+    ranker: str = "bandit",
+) -> dict:
+    """The version-1 JSON object, the one place its layout is written; scores, contributions, the propensity and
+    the weights rounded to 6 decimals. The worker builds it straight from its lists (``items`` as ``(item_id,
+    score, contributions, category_id)``, ``policy`` as ``(arm, action, propensity, weights)``), without the
+    typed objects in between: publishing is a fifth of what a list costs."""
+    arm, action, propensity, weights = policy
+    return {
+        "v": FORMAT_VERSION,
+        "user_id": user_id,
+        "items": [
+            {
+                "item_id": item_id,
+                "score": round(score, 6),
+                "category_id": category_id,
+                "contributions": {s: round(c, 6) for s, c in contributions.items()},
+            }
+            for item_id, score, contributions, category_id in items
+        ],
+        "sources": {name: list(ids) for name, ids in sources.items()},
+        "segment": segment,
+        "policy": {
+            "arm": arm,
+            "action": action,
+            "propensity": round(propensity, 6),
+            "weights": {s: round(w, 6) for s, w in weights.items()},
+        },
+        "weights_version": weights_version,
+        "model_version": model_version,
+        "generated_at": generated_at,
+        "newest_event_ts": newest_event_ts,
+        "partition": partition,
+        "ranker": ranker,
+    }
 
 
 def encode(rec: Recommendation) -> bytes:

@@ -123,3 +123,28 @@ def test_up_warns_when_redis_holds_state_from_an_earlier_broker(stack, tmp_path)
         run(["down"], env)
         client.delete(f"{prefix}snap:fusionrec-events:0")
         client.close()
+
+
+def test_replay_to_an_unreachable_broker_fails_in_seconds_with_one_clear_message(tmp_path):
+    import time
+
+    env = isolated_env(tmp_path)  # nothing listens on its broker port
+    data = tmp_path / "u.data"
+    data.write_text("".join(f"{u}\t{i}\t4\t{881250949 + i}\n" for u in range(3) for i in range(5)))
+    began = time.monotonic()
+    proc = run(["replay", str(data)], env, check=False, timeout=60)
+    assert time.monotonic() - began < 20
+    assert proc.returncode == 1
+    assert "no Kafka broker answered at 127.0.0.1:" in proc.stderr
+    assert "%3|" not in proc.stderr + proc.stdout  # librdkafka's own lines do not reach the terminal raw
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_json_logs_and_a_misspelled_variable(tmp_path):
+    env = isolated_env(tmp_path)
+    assert run(["-V"], env).stdout.strip().startswith("fusionrec ")
+    proc = run(["--log-format", "json", "config"], env | {"FUSIONREC_RANKERR_K": "5"})
+    warning = json.loads(proc.stderr.strip().splitlines()[0])
+    assert warning["level"] == "WARNING" and "did you mean FUSIONREC_RANKER_K?" in warning["message"]
+    bad_flag = run(["replay", "x", "--rate", "fast"], env, check=False)
+    assert bad_flag.returncode == 2 and "Traceback" not in bad_flag.stderr and "--rate" in bad_flag.stderr

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from fusionrec import __version__
-from fusionrec.contracts.settings import Settings, SettingsError, load_settings
+from fusionrec.contracts import logs
+from fusionrec.contracts.settings import Settings, SettingsError, load_settings, unknown_env
 
 app = typer.Typer(
     help="fusionrec: streaming, real-time fused recommendations for shops, on Kafka.\n\n"
@@ -26,6 +26,7 @@ app = typer.Typer(
 log = logging.getLogger("fusionrec")
 
 _overrides: dict[str, Any] = {}
+_warned: list[bool] = []  # unknown FUSIONREC_* variables are warned about once per process
 
 
 def _version(value: bool) -> None:
@@ -43,8 +44,15 @@ def root(
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="PID files, logs, embedded data [env FUSIONREC_STATE_DIR]."
     ),
-    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),  # noqa: ARG001 - read by the eager callback
+    log_level: str | None = typer.Option(
+        None, "--log-level", help="DEBUG, INFO, WARNING or ERROR [env FUSIONREC_LOG_LEVEL]."
+    ),
+    log_format: str | None = typer.Option(
+        None, "--log-format", help="text or json (one object per line) [env FUSIONREC_LOG_FORMAT]."
+    ),
+    version: bool = typer.Option(  # noqa: ARG001 - read by the eager callback
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """fusionrec command line."""
     for key, value in (
@@ -52,6 +60,7 @@ def root(
         ("redis_url", redis_url),
         ("state_dir", state_dir),
         ("log_level", log_level.upper() if log_level else None),
+        ("log_format", log_format.lower() if log_format else None),
     ):
         if value is not None:
             _overrides[key] = value
@@ -65,13 +74,11 @@ def settings(**overrides: Any) -> Settings:
     except SettingsError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=loaded.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger().setLevel(loaded.log_level)
+    logs.configure(loaded.log_level, loaded.log_format)
+    if not _warned:
+        _warned.append(True)
+        for warning in unknown_env():
+            log.warning(warning)
     return loaded
 
 

@@ -48,7 +48,7 @@ def replay(
 def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, timestamps, topic, progress):
 
     from fusionrec.producers.datasets import CsvMapping, read_dataset
-    from fusionrec.producers.producer import EventProducer
+    from fusionrec.producers.producer import BrokerUnreachable, EventProducer
     from fusionrec.producers.replay import replay_events
 
     try:
@@ -67,6 +67,10 @@ def _replay(conf, path, fmt, column_map, type_map, ts_unit, rate, speed, limit, 
     if not dataset.events:
         raise fail("nothing to send", 1)
     producer = EventProducer(conf, topic=topic, validate=False)
+    try:
+        producer.check_broker()
+    except BrokerUnreachable as exc:
+        raise fail(str(exc), 1) from None
     bar = _progress_bar(len(dataset.events), "replay", progress, smoothing=0.1)
     try:
         result = replay_events(

@@ -24,6 +24,7 @@ def worker(
     """
     import faust
 
+    from fusionrec.contracts import logs
     from fusionrec.streams.app import create_worker, tune_gc
     from fusionrec.streams.metrics import WorkerMetrics, serve_metrics
 
@@ -40,7 +41,9 @@ def worker(
         conf.metrics.bind,
         conf.metrics.port,
     )
-    faust.Worker(built.app, loglevel=level, quiet=True).execute_from_commandline()
+    faust.Worker(
+        built.app, loglevel=level, quiet=True, logging_config=logs.config(conf.log_level, conf.log_format)
+    ).execute_from_commandline()
 
 
 @app.command()
