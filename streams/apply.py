@@ -96,14 +96,15 @@ class BatchApplier:
         valid = []
         latencies: list[int] = []
         now_ms = int(time.time() * 1000)
-        hide = None if self.pseudonyms is None else self.pseudonyms.event
+        pseudonyms = self.pseudonyms
+        hide = None if pseudonyms is None else pseudonyms.event
         state = self.partitions.state(batch.partition)
         for record in batch.records:
             value = record.value
             # a re-driven dead letter whose ids are pseudonyms already (``fusionrec dlq redrive``): not hashed again
             pseudonymous = (
-                record.headers is not None and hide is not None and self.pseudonyms.tagged(value, record.headers)
-            )  # type: ignore[union-attr]
+                record.headers is not None and pseudonyms is not None and pseudonyms.tagged(value, record.headers)
+            )
             if value is not None and CONTROL_MARKER in value:  # rare: a cheap test first, then a parse
                 control = parse_control(value, record.key)
                 if isinstance(control, list):
@@ -130,7 +131,6 @@ class BatchApplier:
             else:
                 valid.append((hide(result.event), batch.partition, record.offset))
         self._apply_events(state, valid, batch.last_offset, out, latencies)
-        self.partitions.learned(state)  # the item-side halves go to the shared item side
         written_at_ms = time.time() * 1000
         latencies = [(written_at_ms - ts) / 1000.0 for ts in latencies]
         if self.metrics:
@@ -169,6 +169,7 @@ class BatchApplier:
         rewards_before = 0 if state.fusion is None else state.fusion.rewards
         try:
             state.learn(learn, last_offset)
+            self.partitions.learned(state)  # the item-side halves go to the shared item side
             out.learned += len(learn)
             if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
                 self.metrics.rewards.inc(state.fusion.rewards - rewards_before)
