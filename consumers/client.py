@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 
 from fusionrec.contracts.keys import RedisKeys
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.recommendations import Recommendation, RecommendationFormatError, decode
 from fusionrec.contracts.settings import Settings
 
@@ -191,38 +192,48 @@ class RecommendationStore:
     ['i7', 'i9', 'i2']
     """
 
-    def __init__(self, redis_client: _RedisReader, keys: RedisKeys):
+    def __init__(self, redis_client: _RedisReader, keys: RedisKeys, pseudonyms: Pseudonymiser | None = None):
         self._redis = redis_client
         self.keys = keys
+        #: With a key, users are looked up by their pseudonym: callers keep passing the shop's raw ids.
+        self.pseudonyms = pseudonyms or Pseudonymiser(None)
         self.invalid = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecommendationStore:
-        """A store on a new Redis client built from ``settings`` (URL, password, TLS, prefix)."""
+        """A store on a new Redis client built from ``settings`` (URL, password, TLS, prefix, the pseudonym key)."""
         import redis
 
-        return cls(redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs()), settings.redis.keys)
+        return cls(
+            redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs()),
+            settings.redis.keys,
+            Pseudonymiser.from_settings(settings),
+        )
 
     def get(self, user_id: str) -> Recommendation | None:
-        """``user_id``'s latest list, or ``None`` when there is none (never made, expired, or invalid)."""
-        return self._decode(user_id, self._redis.get(self.keys.recommendation(user_id)))
+        """``user_id``'s latest list, or ``None`` when there is none (never made, expired, or invalid).
+
+        With the pseudonym key set, ``user_id`` is the shop's raw id and the list's ``user_id`` its pseudonym."""
+        key = self.keys.recommendation(self.pseudonyms.user(user_id))
+        return self._decode(key, self._redis.get(key))
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, Recommendation | None]:
         """The lists of several users with one ``MGET``, in the order given (``None`` where there is none)."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        values = self._redis.mget([self.keys.recommendation(user) for user in users])
-        return {user: self._decode(user, value) for user, value in zip(users, values, strict=True)}
+        keys = [self.keys.recommendation(self.pseudonyms.user(user)) for user in users]
+        values = self._redis.mget(keys)
+        return {user: self._decode(key, value) for user, key, value in zip(users, keys, values, strict=True)}
 
-    def _decode(self, user_id: str, value: bytes | str | None) -> Recommendation | None:
+    def _decode(self, key: str, value: bytes | str | None) -> Recommendation | None:
         if value is None:
             return None
         try:
             return decode(value)
         except RecommendationFormatError as exc:
             self.invalid += 1
-            log.warning("invalid list in Redis at %s: %s", self.keys.recommendation(user_id), exc)
+            log.warning("invalid list in Redis at %s: %s", key, exc)
             return None
 
 

@@ -23,6 +23,7 @@ from fusionrec.consumers.online_eval import (
     TimeOrderedJoin,
 )
 from fusionrec.contracts.events import validate
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.recommendations import RecommendationFormatError, decode
 from fusionrec.contracts.settings import Settings
 
@@ -144,6 +145,7 @@ def run_online_eval(
     conf = settings.consumer_config(f"{settings.kafka.client_id}-online-eval-{uuid.uuid4().hex[:8]}")
     consumer = Consumer(conf | {"enable.auto.commit": False})
     rec_topic, event_topic = settings.topic.recommendations, settings.topic.events
+    hide = Pseudonymiser.from_settings(settings).event  # lists are by pseudonym when the key is set
     consumed = {"events": 0, "invalid_events": 0, "invalid_lists": 0}
     try:
         event_partitions = [TopicPartition(event_topic, p) for p in _partitions(consumer, event_topic)]
@@ -198,7 +200,7 @@ def run_online_eval(
                         if event is None:
                             consumed["invalid_events"] += 1
                             continue
-                        join.add_event(msg.partition(), event, now)
+                        join.add_event(msg.partition(), hide(event), now)
                         consumed["events"] += 1
                         if max_events is not None and consumed["events"] >= max_events:
                             events_done = True

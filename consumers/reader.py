@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from fusionrec.contracts.control import MARKER as CONTROL_MARKER
+from fusionrec.contracts.control import Control, parse_control
 from fusionrec.contracts.events import validate
 from fusionrec.contracts.settings import Settings
 
@@ -64,6 +66,7 @@ class EventSummary:
     records: int = 0
     valid: int = 0
     invalid: int = 0
+    controls: int = 0  # control records (fusionrec forget's requests): neither events nor invalid
     by_type: Counter = field(default_factory=Counter)
     by_partition: Counter = field(default_factory=Counter)
     users: set = field(default_factory=set)
@@ -94,7 +97,10 @@ def summarize_events(
             on_record()
         event = result.event
         if event is None:
-            summary.invalid += 1
+            if value is not None and CONTROL_MARKER in value and type(parse_control(value, key)) is Control:
+                summary.controls += 1
+            else:
+                summary.invalid += 1
             continue
         summary.valid += 1
         summary.by_type[event.type] += 1

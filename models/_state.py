@@ -160,6 +160,13 @@ class UserItemActivity(abc.ABC):
         touch(self._user_last, user, ts, self.max_users, self._drop_user)
         touch(self._item_last, item, ts, self.max_items, self._drop_item)
 
+    def forget_user(self, user_id: str) -> bool:
+        """Drop ``user_id``'s state (:meth:`fusionrec.models.base.Recommender.forget_user`); item state stays."""
+        if user_id not in self._user_last:
+            return False
+        self._drop_user(user_id)
+        return True
+
     @property
     def n_users(self) -> int:
         return len(self._user_last)

@@ -315,6 +315,16 @@ class Recommender(abc.ABC):
 
     # --- memory ------------------------------------------------------------------------------------------------
 
+    def forget_user(self, user_id: str) -> bool:  # noqa: ARG002 - the default holds nothing of anyone
+        """Drop every trace of ``user_id`` this model holds (the user asked to be forgotten); whether it held any.
+
+        What the user taught the *items* (counts, links, the items' factors) is not per user and stays. The
+        default is for sources that hold no per-user state (not :attr:`personal`); a personal source overrides it.
+        """
+        if self.personal:
+            raise NotImplementedError(f"{type(self).__name__} holds per-user state and must implement forget_user")
+        return False
+
     @abc.abstractmethod
     def evict(self, now_ms: int) -> int:
         """Drop users and items idle for longer than ``max_idle_ms`` at ``now_ms``; return how many were dropped."""

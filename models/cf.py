@@ -431,6 +431,14 @@ class MatrixFactorization(Recommender):
     def n_items(self) -> int:
         return self._items.n
 
+    def forget_user(self, user_id: str) -> bool:
+        """Drop the user's latent vector and bias; the item factors the user's events moved stay (shared state)."""
+        row = self._users.index.get(user_id)
+        if row is None:
+            return False
+        self._users.remove_rows(np.array([row]))
+        return True
+
     def evict(self, now_ms: int) -> int:
         """Drop users and items without events since ``now_ms - max_idle_ms``; return how many were dropped."""
         if self.max_idle_ms is None:

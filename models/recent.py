@@ -203,6 +203,13 @@ class RecentItems(Recommender):
             return 0
         return sum(self._drop_user(user) for user in idle_keys(self._last, now_ms - self.max_idle_ms))
 
+    def forget_user(self, user_id: str) -> bool:
+        """Drop the user's recent items and remembered purchases."""
+        if user_id not in self._last:
+            return False
+        self._drop_user(user_id)
+        return True
+
     def _drop_user(self, user: str) -> int:
         del self._last[user]
         return 1 + len(self._items.pop(user, ())) + len(self._bought.pop(user, ()))

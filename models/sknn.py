@@ -26,6 +26,7 @@ the index and the document frequencies.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -158,7 +159,9 @@ class SessionKNN(Recommender):
             if not same:
                 current = None
         if current is None:
-            current = self._current[user] = [f"{user}#{ts}", session, ts, []]
+            # The key names no user (the shared item side keeps sessions after their user is forgotten)
+            key = hashlib.blake2b(f"{user}#{ts}".encode(), digest_size=8).hexdigest()
+            current = self._current[user] = [key, session, ts, []]
         current[2] = max(current[2], ts)
         items = current[3]
         if item in items:
@@ -278,6 +281,14 @@ class SessionKNN(Recommender):
         return evict_idle(
             now_ms, self.max_idle_ms, (self._user_last, self._drop_user), (self._item_last, self._drop_item)
         )
+
+    def forget_user(self, user_id: str) -> bool:
+        """Drop the user's current session (the sessions filed on the item side are keyed by a digest, not the
+        user, and stay as the items' anonymous co-occurrences)."""
+        if user_id not in self._user_last:
+            return False
+        self._drop_user(user_id)
+        return True
 
     def _drop_user(self, user: str) -> None:
         del self._user_last[user]

@@ -219,6 +219,13 @@ class Successors(UserItemActivity, Recommender):
 
     # --- memory (n_users, n_items and evict come with UserItemActivity) ----------------------------------------
 
+    def forget_user(self, user_id: str) -> bool:
+        """Drop the user's latest items (the links they taught the items stay)."""
+        if user_id not in self._user_last:
+            return False
+        self._drop_user(user_id)
+        return True
+
     def _drop_user(self, user: str) -> None:
         del self._user_last[user]
         self._recent.pop(user, None)

@@ -31,11 +31,13 @@ import redis
 import torch
 from faust.types import TP, TopicT
 
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
 from fusionrec.streams.dead_letters import deliver
+from fusionrec.streams.forget import Forgetter
 from fusionrec.streams.health import Health
 from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
 from fusionrec.streams.metrics import WorkerMetrics
@@ -504,6 +506,8 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
             settings.event,
             metrics,
             dead_letter_max_bytes=app.conf.producer_max_request_size,
+            pseudonyms=Pseudonymiser.from_settings(settings),
+            forgetter=Forgetter(client, settings.redis.keys, settings.dedup, publisher, metrics),
         ),
         refresher=Refresher(partitions, publisher, client, settings.redis.keys, settings.topic.events, metrics),
         snapshotter=Snapshotter(partitions, snapshots, metrics),

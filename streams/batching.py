@@ -45,6 +45,8 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+    #: The record's headers, ``(name, value)`` pairs; None when it has none (nearly every record).
+    headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 class RecordBatch(NamedTuple):
@@ -114,7 +116,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 message.value = RecordBatch(
                     tp.topic,
                     tp.partition,
-                    [Record(r.offset, r.key, r.value, r.timestamp) for r in tp_records],
+                    [
+                        Record(r.offset, r.key, r.value, r.timestamp, tuple(r.headers) if r.headers else None)
+                        for r in tp_records
+                    ],
                 )
                 yield tp, message
             else:

@@ -76,6 +76,12 @@ class WorkerMetrics:
             "Batches whose processing raised (Redis down, a bug); each is retried, never skipped.",
             registry=registry,
         )
+        self.forgotten = Counter(
+            "fusionrec_worker_forgotten_users_total",
+            "Users forgotten on request (fusionrec forget): profile, dedup entry, stored list and per-user model "
+            "state removed.",
+            registry=registry,
+        )
         self.partitions = Gauge(
             "fusionrec_worker_partitions", "Partitions this worker holds model state for.", registry=registry
         )

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from fusionrec.apps.demo_report import Monitor, freshness_buckets, live_table, write_report
 from fusionrec.apps.serve.child import ServerChild
 from fusionrec.consumers.client import RecommendationStore, format_recommendation
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.stack import Stack
@@ -409,8 +410,12 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         busiest[event.user_id] = busiest.get(event.user_id, 0) + 1
     # The busiest users whose list is published (an unpaced replay may not have every list yet).
     candidates = sorted(busiest, key=lambda u: (-busiest[u], u))[:200]
+    pseudonyms = Pseudonymiser.from_settings(settings)
+    hidden = pseudonyms.user  # the name the worker stores a user under (the id itself without a key)
     lists = {
-        user: rec for user, rec in RecommendationStore(client, keys).get_many(candidates).items() if rec is not None
+        user: rec
+        for user, rec in RecommendationStore(client, keys, pseudonyms).get_many(candidates).items()
+        if rec is not None
     }
     users = [user for user in candidates if user in lists][:2] or candidates[:2]
     shared = (
@@ -422,7 +427,7 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
     say(f"\nwhat the worker built: {len(partitions)} partition snapshots in Redis{shared}")
     states: dict[int, object] = {}
     for user in users:
-        profile = profiles.get(user)
+        profile = profiles.get(hidden(user))
         say(
             f"\n  user {user}: {sum(profile.counts.values())} events "
             f"({', '.join(f'{k}={v}' for k, v in sorted(profile.counts.items()))}); recent "
@@ -434,7 +439,7 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         for partition in [named] if named is not None else partitions:
             if partition not in states:
                 states[partition] = snapshots.load(partition)
-            if states[partition].models["recent"].candidates(user, 1):
+            if states[partition].models["recent"].candidates(hidden(user), 1):
                 home = states[partition]
                 break
         else:
@@ -442,13 +447,13 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
         say("    each source's own top 3 (its score):")
         models = {} if home is None else home.models if item_side is None else item_side.views(home.models)
         for name, model in models.items():
-            top = model.candidates(user, 3)
+            top = model.candidates(hidden(user), 3)
             shown = ", ".join(f"{item} ({score:.2f})" for item, score in top) or "—"
             say(f"      {name:<9} {shown}")
         if rec is None:
             say("    no published list yet")
             continue
-        say(f"    published fused list ({keys.recommendation(user)}), each item's score split by source:")
+        say(f"    published fused list ({keys.recommendation(hidden(user))}), each item's score split by source:")
         lines = format_recommendation(rec).splitlines()
         more = len(lines) - 1 - SHOWN_ITEMS
         for line in lines[: 1 + SHOWN_ITEMS]:

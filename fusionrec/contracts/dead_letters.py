@@ -6,7 +6,14 @@ broker accepts (~1 MB), far beyond the events the contract allows, and base64 ad
 would not fit the dead-letter producer's request limit, and failing to send it would lose it. So a record longer
 than ``max_bytes`` keeps the *first* bytes of the original that fit, names what was cut in ``truncated``, and
 carries the size and sha256 digest of the whole (which every dead letter carries), so the original can still be
-recognised. Pure: no Kafka here; the worker's sender (:mod:`fusionrec.streams.dead_letters`) picks ``max_bytes``
+recognised.
+
+With user pseudonyms on (``FUSIONREC_PRIVACY_USER_KEY``), :func:`pseudonymise_rejected` first replaces the raw user
+id in what the letter keeps: in a payload that parses as a JSON object, the ``user_id`` and ``session_id`` fields
+and any other top-level string equal to the record key become pseudonyms, the key too, and the letter lists them in
+``pseudonymised``; a payload that does not parse cannot be cleaned, so it is withheld (``original_b64`` null,
+``withheld: ["original"]``; the source offset still finds it on the events topic). Sizes and digests are then those
+of the bytes kept. Pure: no Kafka here; the worker's sender (:mod:`fusionrec.streams.dead_letters`) picks ``max_bytes``
 and shrinks a letter again if a broker refuses it as too large.
 """
 
@@ -16,6 +23,7 @@ import base64
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,6 +35,7 @@ __all__ = [
     "TRUNCATED_NOTE",
     "dead_letter_key",
     "dead_letter_record",
+    "pseudonymise_rejected",
     "shrink_dead_letter",
     "was_truncated",
 ]
@@ -51,12 +60,14 @@ def dead_letter_record(
     key: bytes | None = None,
     now_ms: int | None = None,
     max_bytes: int | None = None,
+    privacy: dict[str, list[str]] | None = None,
 ) -> bytes:
     """The dead-letter value for a rejected message: the reasons, where it came from, and the original bytes.
 
     The original value and key are kept byte for byte (base64) when the record fits ``max_bytes`` (None: no
     limit); otherwise their first bytes are (see the module's docstring). ``original_text`` repeats a value of at
-    most 4 KiB as text when it is valid UTF-8, for people reading the topic.
+    most 4 KiB as text when it is valid UTF-8, for people reading the topic. ``privacy``: the marks
+    :func:`pseudonymise_rejected` returned (``pseudonymised``, ``withheld``), recorded in the letter.
     """
     record: dict[str, Any] = {
         "v": CONTRACT_VERSION,
@@ -66,6 +77,8 @@ def dead_letter_record(
         **_payload("original", raw),
         **_payload("key", key),
     }
+    if privacy:
+        record.update(privacy)
     if raw is not None and len(raw) <= TEXT_BYTES:
         with contextlib.suppress(UnicodeDecodeError):
             record["original_text"] = bytes(raw).decode("utf-8")
@@ -73,6 +86,61 @@ def dead_letter_record(
     if max_bytes is None or len(value) <= max_bytes:
         return value
     return _fit(record, max_bytes)
+
+
+_KEY_MISMATCH_PSEUDONYMOUS = (
+    "the record key is not the user_id (both pseudonymised in this letter): the key decides the partition, which "
+    "holds the user's state"
+)
+
+
+def pseudonymise_rejected(
+    raw: bytes | None,
+    key: bytes | None,
+    reasons: list[Reason],
+    user: Callable[[str], str],
+    session: Callable[[str], str],
+) -> tuple[bytes | None, bytes | None, list[Reason], dict[str, list[str]]]:
+    """What a dead letter may keep of a rejected record when user ids are pseudonymised: ``(value, key, reasons,
+    marks)`` with the raw ids replaced by ``user(id)`` (``session(id)`` for a session id), or withheld when they
+    cannot be found (see the module's docstring)."""
+    marks: dict[str, list[str]] = {}
+    done: list[str] = []
+    withheld: list[str] = []
+    key_text = None
+    if key is not None:
+        try:
+            key_text = bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            key, withheld = None, ["key"]
+        else:
+            key, done = user(key_text).encode(), ["key"]
+    if raw is not None:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict:
+            for name, value in obj.items():
+                if type(value) is not str:
+                    continue
+                if name == "session_id":
+                    obj[name] = session(value)
+                elif name == "user_id" or value == key_text:
+                    obj[name] = user(value)
+                else:
+                    continue
+                done.append(name)
+            raw = orjson.dumps(obj)
+        else:
+            raw = None
+            withheld.append("original")
+    if done:
+        marks["pseudonymised"] = done
+    if withheld:
+        marks["withheld"] = withheld
+    reasons = [r._replace(message=_KEY_MISMATCH_PSEUDONYMOUS) if r.code == "key_mismatch" else r for r in reasons]
+    return raw, key, reasons, marks
 
 
 def shrink_dead_letter(value: bytes, max_bytes: int) -> bytes:

@@ -57,6 +57,7 @@ __all__ = [
     "KafkaSettings",
     "MetricsSettings",
     "ModelSettings",
+    "PrivacySettings",
     "ProfileSettings",
     "RankerSettings",
     "RedisSettings",
@@ -612,6 +613,25 @@ class ApiSettings(_Section):
         return tuple(bytes.fromhex(h) for h in self.key_hashes.get_secret_value().split(","))
 
 
+class PrivacySettings(_Section):
+    """Pseudonymisation of user ids (docs/privacy.md)."""
+
+    user_key: SecretStr | None = Field(
+        None,
+        description="Secret key (at least 16 characters; never printed) of the user pseudonyms: when set, the "
+        "worker replaces every user id by HMAC-SHA256(key, id) cut to 96 bits (`p.` + 24 hex digits) as it reads "
+        "the events, so Redis, snapshots, the item-side, recommendations and dead-letter topics hold no raw id; "
+        "read a user's list with `fusionrec pseudonym USER`. Changing it orphans every user's state.",
+    )
+
+    @field_validator("user_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 characters (a random secret, e.g. `openssl rand -hex 32`)")
+        return value
+
+
 class Settings(BaseSettings):
     """fusionrec configuration. Field descriptions are the documentation; see ``docs/configuration.md``."""
 
@@ -638,6 +658,8 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     metrics: MetricsSettings = MetricsSettings()
     api: ApiSettings = ApiSettings()
+
+    privacy: PrivacySettings = PrivacySettings()
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="Where `fusionrec up` keeps PID files, logs and embedded-service data "
@@ -869,7 +891,7 @@ def load_settings(**overrides: Any) -> Settings:
             var = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
             msg = err["msg"].removeprefix("Value error, ")
             given = err.get("input")
-            secret = "password" in field or field == "redis_url" or isinstance(given, dict)
+            secret = "password" in field or field in {"redis_url", "privacy_user_key"} or isinstance(given, dict)
             shown = "" if not field or secret else f" (got {given!r})"
             lines.append(f"  {var}: {msg}{shown}")
         raise SettingsError("invalid fusionrec settings:\n" + "\n".join(lines)) from None

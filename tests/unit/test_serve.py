@@ -77,3 +77,17 @@ def test_a_batch_is_validated_with_every_reason_of_every_event():
     assert {r["code"] for r in invalid[0]["reasons"]} >= {"missing_field", "unknown_type"}
     assert [r["code"] for r in invalid[1]["reasons"]] == ["oversize"]
     assert [r["code"] for r in invalid[2]["reasons"]] == ["not_an_object"]
+
+
+def test_lists_are_read_under_the_pseudonym_when_the_privacy_key_is_set():
+    from fusionrec.apps.serve.app import Serving
+    from fusionrec.contracts.privacy import Pseudonymiser, pseudonym
+    from fusionrec.contracts.settings import load_settings
+
+    key = "a-long-enough-secret"
+    settings = load_settings(privacy_user_key=key)
+    serving = Serving(settings, None, None, None, pseudonyms=Pseudonymiser.from_settings(settings))
+    assert serving.list_key("u1") == settings.redis.keys.recommendation(pseudonym(key.encode(), "u1"))
+    assert "u1" not in serving.list_key("u1")
+    plain = Serving(load_settings(), None, None, None)
+    assert plain.list_key("u1") == load_settings().redis.keys.recommendation("u1")

@@ -12,7 +12,7 @@ from importlib import import_module
 from fusionrec.apps.cli._app import app
 
 #: Imported in this order, so that ``--help`` lists the commands from starting the stack to evaluating.
-COMMAND_MODULES = ("stack", "data", "worker", "lists", "serve")
+COMMAND_MODULES = ("stack", "data", "worker", "lists", "serve", "privacy")
 for _name in COMMAND_MODULES:
     import_module(f"{__name__}.{_name}")
 

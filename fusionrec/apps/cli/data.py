@@ -133,6 +133,7 @@ def _consume(conf: Settings, topic: str | None, max_messages: int | None, idle: 
         f"read {summary.records:,} records from {topic} in {summary.seconds:.2f} s ({summary.rate:,.0f} rec/s): "
         f"{summary.valid:,} valid, {summary.invalid:,} invalid, {summary.duplicates:,} duplicate event ids, "
         f"{len(summary.users):,} users, {len(summary.items):,} items"
+        + (f", {summary.controls:,} control records (forget requests)" if summary.controls else "")
     )
     if summary.by_type:
         typer.echo("  by type: " + ", ".join(f"{t}={n:,}" for t, n in summary.by_type.most_common()))

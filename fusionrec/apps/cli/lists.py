@@ -36,10 +36,11 @@ def tail(
     from confluent_kafka import KafkaException
 
     from fusionrec.consumers.client import RecommendationsConsumer, format_recommendation
+    from fusionrec.contracts.privacy import Pseudonymiser
     from fusionrec.contracts.recommendations import encode
 
     conf = settings()
-    wanted = set(users or ())
+    wanted = set(map(Pseudonymiser.from_settings(conf).user, users or ()))  # lists are by pseudonym with the key
     printed = 0
     try:
         with RecommendationsConsumer(conf, from_beginning=not from_end, idle_timeout=idle) as lists:

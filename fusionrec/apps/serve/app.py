@@ -39,6 +39,7 @@ from fusionrec.apps.serve.schemas import (
     Weights,
 )
 from fusionrec.contracts.events import MAX_ID_LENGTH
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.recommendations import FORMAT_VERSION, Recommendation, RecommendationFormatError, decode
 from fusionrec.contracts.settings import Settings
 
@@ -74,6 +75,11 @@ class Serving:
     gets: PipelinedGets | None = None
     unavailable: frozenset[str] = frozenset()
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: With FUSIONREC_PRIVACY_USER_KEY the lists are stored under pseudonyms: the shop keeps asking by its raw ids.
+    pseudonyms: Pseudonymiser = field(default_factory=lambda: Pseudonymiser(None))
+
+    def list_key(self, user_id: str) -> str:
+        return self.settings.redis.keys.recommendation(self.pseudonyms.user(user_id))
 
     @classmethod
     def connect(cls, settings: Settings, metrics: ApiMetrics) -> Serving:
@@ -92,6 +98,7 @@ class Serving:
             ItemSideCache(client, settings),
             EventSender(settings),
             PipelinedGets(settings.redis, REDIS_TIMEOUT_S),
+            pseudonyms=Pseudonymiser.from_settings(settings),
         )
 
     async def _every(self, seconds: float, what: str, step: Any) -> None:
@@ -149,7 +156,7 @@ class Serving:
 
     async def read_list(self, user_id: str) -> Recommendation | None:
         """The user's stored list, decoded by the contract (None: no list, or an invalid one, logged)."""
-        raw = await self.get(self.settings.redis.keys.recommendation(user_id))
+        raw = await self.get(self.list_key(user_id))
         if raw is None:
             return None
         try:
@@ -165,7 +172,7 @@ class Serving:
         :func:`decode`); a value that does not have the version-1 shape goes through :func:`decode`, which says
         what is wrong, and is served as no list.
         """
-        raw = await self.get(self.settings.redis.keys.recommendation(user_id))
+        raw = await self.get(self.list_key(user_id))
         data = None
         if raw is not None:
             data = orjson.loads(raw) if raw[:1] == b"{" else None
