@@ -159,15 +159,16 @@ def test_forget_removes_the_user_and_stays_forgotten_after_a_restart(worker_sett
     total = len(events) + 1
 
     first = WorkerProcess(conf, tmp_path, "first")
+    client = redis.Redis.from_url(conf.redis.url)
     try:
-        first.wait_for(
+        first.wait_for(  # this user's own list, not just any: under load the ranker reaches them later
             lambda m: (
                 handled(m) >= total
                 and m.get("fusionrec_recommendations_published_total", 0) > 0
                 and all_snapshotted(conf, total)
+                and client.exists(conf.redis.keys.recommendation(hidden))
             )
         )
-        client = redis.Redis.from_url(conf.redis.url)
         store = ProfileStore(client, conf.redis.keys)
         assert store.get(hidden).counts and client.exists(conf.redis.keys.recommendation(hidden))
         assert any(hidden.encode() in blob for blob in snapshot_bytes(client, conf))  # the user is in the models
