@@ -98,6 +98,26 @@ def evict_idle(
     return sum(len(keys) for keys, _ in idle)
 
 
+def scale_links(links: Mapping[str, dict[str, float]], factor: float) -> None:
+    """Multiply every strength of an item → item → strength table (a forward-decayed model's rebase)."""
+    for row in links.values():
+        for other in row:
+            row[other] *= factor
+
+
+def seeded_scores(links: Mapping[str, Mapping[str, float]], seeds: Iterable[str]) -> dict[str, float]:
+    """Each item linked from ``seeds`` (the latest first; the r-th weighs ``1 / r``): its summed link strength."""
+    scores: dict[str, float] = {}
+    get = scores.get
+    for rank, seed in enumerate(seeds, start=1):
+        row = links.get(seed)
+        if row:
+            seed_weight = 1.0 / rank
+            for other, strength in row.items():
+                scores[other] = get(other, 0.0) + seed_weight * strength
+    return scores
+
+
 def decay_factor(exponent: float) -> float:
     """``2 ** exponent``, clamped so that far-past or far-future ``now_ms`` values cannot overflow.
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, top_k, touch
+from ._state import UserItemActivity, scale_links, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["ItemCF"]
@@ -193,9 +193,7 @@ class ItemCF(UserItemActivity, Recommender):
         self._t0 = ts
         for item in self._count:
             self._count[item] *= factor
-        for neighbours in self._pairs.values():
-            for other in neighbours:
-                neighbours[other] *= factor
+        scale_links(self._pairs, factor)
 
     # --- inference ---------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, top_k, touch
+from ._state import UserItemActivity, scale_links, seeded_scores, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["Successors"]
@@ -179,9 +179,7 @@ class Successors(UserItemActivity, Recommender):
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]
         self._t0 = ts
-        for links in self._links.values():
-            for other in links:
-                links[other] *= factor
+        scale_links(self._links, factor)
 
     # --- inference ---------------------------------------------------------------------------------------------
 
@@ -189,15 +187,7 @@ class Successors(UserItemActivity, Recommender):
         recent = self._recent.get(user_id)
         if not recent:
             return {}
-        scores: dict[str, float] = {}
-        get = scores.get
-        links = self._links
-        for rank, (seed, *_) in enumerate(reversed(recent[-self.seed_items :]), start=1):
-            successors = links.get(seed)
-            if successors:
-                seed_weight = 1.0 / rank
-                for other, strength in successors.items():
-                    scores[other] = get(other, 0.0) + seed_weight * strength
+        scores = seeded_scores(self._links, (seed for seed, *_ in reversed(recent[-self.seed_items :])))
         for seed, *_ in recent[-self.steps :]:
             scores.pop(seed, None)
         factor = self._forward_factor(now_ms, self.half_life_ms)

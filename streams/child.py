@@ -5,10 +5,6 @@ Used by ``fusionrec demo``, the benchmarks and the integration tests, so all thr
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -19,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fusionrec.contracts.events import Event
 from fusionrec.contracts.settings import Settings
+from fusionrec.infra.child import CliChild
 from fusionrec.infra.stack import free_port
 from fusionrec.producers.producer import EventProducer
 from fusionrec.producers.replay import replay_events
@@ -26,34 +23,14 @@ from fusionrec.producers.replay import replay_events
 __all__ = ["WorkerChild"]
 
 
-class WorkerChild:
+class WorkerChild(CliChild):
     """A worker process. ``metrics()`` sums each sample over its labels (``name``) and keeps labelled samples
     under ``name{labels}``."""
 
     def __init__(self, settings: Settings, log_path: Path, **overrides: str):
         self.metrics_port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
-        self.env |= (
-            settings.to_env()
-            | {
-                "FUSIONREC_METRICS_PORT": str(self.metrics_port),
-                "FUSIONREC_WORKER_WEB_PORT": str(free_port()),
-            }
-            | overrides
-        )
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusionrec.apps.cli", "worker"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        ports = {"FUSIONREC_METRICS_PORT": str(self.metrics_port), "FUSIONREC_WORKER_WEB_PORT": str(free_port())}
+        super().__init__("worker", settings, log_path, ports | overrides)
 
     def metrics(self) -> Counter:
         try:
@@ -104,15 +81,3 @@ class WorkerChild:
             lambda m: m["fusionrec_worker_events_total"] >= len(warm) and (not lists or m[freshness] >= len(warm)),
             timeout=120,
         )
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> int | None:
-        """Signal the worker and wait (SIGKILL after ``grace``); return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode

@@ -3,42 +3,27 @@ port with the given settings, waited for until ``/livez`` answers, stopped by it
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from fusionrec.contracts.settings import Settings
+from fusionrec.infra.child import CliChild
 from fusionrec.infra.stack import free_port
 
 __all__ = ["ServerChild"]
 
 
-class ServerChild:
+class ServerChild(CliChild):
     """``fusionrec serve`` in a child process; ``url`` is its base URL, its output goes to ``log_path``."""
+
+    grace_s = 15.0
 
     def __init__(self, settings: Settings, log_path: Path, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
-        self.env |= settings.to_env() | {"FUSIONREC_API_HOST": "127.0.0.1", "FUSIONREC_API_PORT": str(self.port)}
-        self.env |= env
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusionrec.apps.cli", "serve"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        address = {"FUSIONREC_API_HOST": "127.0.0.1", "FUSIONREC_API_PORT": str(self.port)}
+        super().__init__("serve", settings, log_path, address | env)
 
     def wait_live(self, timeout: float = 60.0) -> ServerChild:
         """Wait until ``/livez`` answers; raise if the server exits or ``timeout`` passes."""
@@ -58,18 +43,6 @@ class ServerChild:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
-
-    def stop(self, grace: float = 15.0) -> int | None:
-        """SIGTERM (SIGKILL after ``grace``); return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
 
     def __enter__(self) -> ServerChild:
         return self.wait_live()
