@@ -67,7 +67,7 @@ class _Served:
     def __init__(
         self,
         positions: dict[str, int],
-        parts: list[list[float]],
+        parts: Sequence[Sequence[float]] | np.ndarray,
         sources: Sequence[str],
         segment: str,
         arm: str,
@@ -82,7 +82,7 @@ class _Served:
 
     def shares(self, position: int) -> dict[str, float]:
         """Each source's share of the item at ``position`` (the sources that contributed to it)."""
-        part = self.parts[position]
+        part = [float(c) for c in self.parts[position]]
         total = sum(c for c in part if c > 0.0)
         if total <= 0.0:
             return {}
@@ -281,8 +281,8 @@ class FusedRecommender:
             return [FusedList(r, seg, pull, r, "bandit") for r, seg, pull in zip(empty, segments, pulls, strict=True)]
         w, fused, order = self.ranker.order(prepared, [p.weights for p in pulls])
         kept = self.ranker.keep(prepared, fused, order)
-        parts = fused_parts(prepared, w)
-        self._remember_served(prepared, kept, w, segments, pulls, now_ms)
+        parts = fused_parts(prepared, w, kept)
+        self._remember_served(prepared, kept, parts, segments, pulls, now_ms)
         served = self._learned_lists(models, prepared, segments, pulls, now_ms) if self.learned is not None else None
         fixed = self.fixed.arm
         if served is None or bandit_lists:
@@ -298,28 +298,25 @@ class FusedRecommender:
         return out
 
     def _remember_served(
-        self, prepared: Candidates, kept: Kept, w: np.ndarray, segments: list[str], pulls: list[Pull], now_ms: int
+        self, prepared: Candidates, kept: Kept, parts: np.ndarray, segments: list[str], pulls: list[Pull], now_ms: int
     ) -> None:
-        """Remember the bandit's lists (:class:`_Served`) and expose each policy's sources by their position-
-        discounted shares, summed over the batch per policy and segment (one ``expose`` each)."""
+        """Remember the bandit's lists (:class:`_Served`: each keeps a copy of its rows of ``parts``, 720 bytes for
+        20 items and 9 sources, not a view that would keep the whole batch alive) and expose each policy's sources by their position-discounted shares, summed over the batch per policy and
+        segment (one ``expose`` each)."""
         sources = prepared.sources
         top, counts = kept.top, kept.counts
-        rows = np.arange(len(prepared.users))[:, None]
-        parts = prepared.dense[rows, top] * w[:, None, :]  # [B, k, S]
-        mask = np.arange(top.shape[1])[None, :] < counts[:, None]
-        parts[~mask] = 0.0
         totals = parts.sum(axis=2, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = np.where(totals[:, :, None] > 0.0, parts / totals[:, :, None], 0.0)
         exposure = (shares * _discounts(top.shape[1])[None, :, None]).sum(axis=1)  # [B, S]
         grouped: dict[tuple[int, str], tuple[FusionPolicy, np.ndarray]] = {}
-        served, tops, all_parts = self._served, top.tolist(), parts.tolist()
+        served, tops = self._served, top.tolist()
         for b, (user, n) in enumerate(zip(prepared.users, counts.tolist(), strict=True)):
             if not n:
                 continue
             union = prepared.unions[b]
             positions = dict(zip(map(union.__getitem__, tops[b][:n]), range(n), strict=False))
-            served[user] = _Served(positions, all_parts[b][:n], sources, segments[b], pulls[b].arm)
+            served[user] = _Served(positions, parts[b, :n].copy(), sources, segments[b], pulls[b].arm)
             policy = self.policy(user)
             key = (id(policy), segments[b])
             if key in grouped:

@@ -45,8 +45,9 @@ from .topk import pick_device
 __all__ = ["Candidates", "FusionRanker", "Kept", "RankedItem", "RankedList", "fused_parts"]
 
 NORMALISATIONS = ("max", "rank")
-#: ``parts(b, members)``: the per-source contributions ``[len(members), S]`` of user ``b``'s union items ``members``.
-Parts = Callable[[int, list[int]], np.ndarray]
+#: The per-source contributions ``[B, k, S]`` of the items a :class:`Kept` keeps: ``parts[b, p]`` those of
+#: ``kept.top[b, p]`` (0 past ``kept.counts[b]``).
+Parts = np.ndarray
 # The zips below that run per user or per item pair sequences of equal length by construction, and say
 # strict=False: a strict zip costs a third more per call here.
 _ITEM = itemgetter(0)
@@ -112,23 +113,124 @@ class Kept:
     scores: np.ndarray
 
 
-def fused_parts(prepared: Candidates, w: np.ndarray) -> Parts:
-    """The per-source contributions of fused lists with weights ``w[B, S]``: weight × normalised score."""
-    dense = prepared.dense
-    return lambda b, members: dense[b, members] * w[b]
+def fused_parts(prepared: Candidates, w: np.ndarray, kept: Kept) -> Parts:
+    """The per-source contributions of fused lists with weights ``w[B, S]`` (weight × normalised score) of the
+    items ``kept`` keeps, for the whole batch at once."""
+    return kept_parts(prepared.dense, kept, w)
 
 
-@dataclass(slots=True)
+def kept_parts(values: np.ndarray, kept: Kept, w: np.ndarray | None = None) -> Parts:
+    """``values[b, kept.top[b, p], :]`` (times ``w[b]`` when given) for every kept position, 0 past each list's
+    count: one gather over the batch instead of one per user."""
+    rows = np.arange(kept.top.shape[0])[:, None]
+    parts = values[rows, kept.top]
+    if w is not None:
+        parts = parts * w[:, None, :]
+    parts[np.arange(kept.top.shape[1])[None, :] >= kept.counts[:, None]] = 0.0
+    return parts
+
+
+class _BatchItems:
+    """The items of a batch's lists as arrays: ``scores[b, p]`` and per-source ``parts[b, p, :]`` of user ``b``'s
+    ``p``-th item; what every list reads as numbers is converted for the whole batch at once, when first asked."""
+
+    __slots__ = ("scores", "parts", "sources", "_raw", "_rounded")
+
+    def __init__(self, scores: np.ndarray, parts: np.ndarray, sources: Sequence[str]):
+        self.scores, self.parts, self.sources = scores, parts, sources
+        self._raw: tuple[list, list] | None = None
+        self._rounded: tuple[list, list, list] | None = None
+
+    def raw(self) -> tuple[list, list]:
+        """``(scores, parts)`` as nested Python lists."""
+        if self._raw is None:
+            self._raw = (self.scores.tolist(), self.parts.tolist())
+        return self._raw
+
+    def rounded(self) -> tuple[list, list, list]:
+        """``(scores, parts, proposed)``: scores and parts rounded to 6 decimals, and which parts are ``> 0``."""
+        if self._rounded is None:
+            self._rounded = (
+                np.round(self.scores.astype(np.float64), 6).tolist(),
+                np.round(self.parts.astype(np.float64), 6).tolist(),
+                (self.parts > 0.0).tolist(),
+            )
+        return self._rounded
+
+
 class RankedList:
-    """A user's fused list and every source's own filtered top ``k``."""
+    """A user's fused list and every source's own filtered top ``k``.
 
-    user_id: str
-    items: list[RankedItem]
-    source_lists: dict[str, list[str]] = field(default_factory=dict)
+    The ranker keeps a batch's items as arrays (:class:`_BatchItems`) and each list its ids, categories and row;
+    the :class:`RankedItem` objects are built only when ``items`` is read: publishing reads the rounded columns
+    (:meth:`rounded_columns`) and the evaluation the ids, so most lists never build them."""
+
+    __slots__ = ("user_id", "source_lists", "_items", "_ids", "_categories", "_batch", "_row")
+
+    def __init__(
+        self, user_id: str, items: list[RankedItem] | None = None, source_lists: dict[str, list[str]] | None = None
+    ):
+        self.user_id = user_id
+        self.source_lists = {} if source_lists is None else source_lists
+        self._items: list[RankedItem] | None = [] if items is None else items
+        self._ids: list[str] = []
+        self._categories: list[str | None] = []
+        self._batch: _BatchItems | None = None
+        self._row = 0
+
+    def _set_columns(self, ids: list[str], categories: list[str | None], batch: _BatchItems, row: int) -> None:
+        self._items, self._ids, self._categories, self._batch, self._row = None, ids, categories, batch, row
+
+    @property
+    def items(self) -> list[RankedItem]:
+        if self._items is None:
+            assert self._batch is not None
+            scores, parts = self._batch.raw()
+            sources, n, b = self._batch.sources, len(self._ids), self._row
+            self._items = [
+                RankedItem(item, score, {s: c for s, c in zip(sources, part, strict=False) if c > 0.0}, category)
+                for item, score, part, category in zip(
+                    self._ids, scores[b][:n], parts[b][:n], self._categories, strict=False
+                )
+            ]
+        return self._items
+
+    @items.setter
+    def items(self, items: list[RankedItem]) -> None:
+        self._items, self._batch = items, None
 
     @property
     def item_ids(self) -> list[str]:
-        return [item.item_id for item in self.items]
+        if self._items is None:
+            return list(self._ids)
+        return [item.item_id for item in self._items]
+
+    def rounded_columns(self) -> tuple[list[str], list[float], list[dict[str, float]], list[str | None]]:
+        """``(item ids, scores, contributions, category ids)``, scores and contributions rounded to 6 decimals
+        (numpy, once per batch): what the published JSON holds."""
+        if self._items is not None:
+            return (
+                [i.item_id for i in self._items],
+                [round(i.score, 6) for i in self._items],
+                [{s: round(c, 6) for s, c in i.contributions.items()} for i in self._items],
+                [i.category_id for i in self._items],
+            )
+        assert self._batch is not None
+        scores, parts, proposed = self._batch.rounded()
+        sources, n, b = self._batch.sources, len(self._ids), self._row
+        contributions = [
+            dict(compress(zip(sources, row, strict=False), mask))
+            for row, mask in zip(parts[b][:n], proposed[b][:n], strict=False)
+        ]
+        return list(self._ids), scores[b][:n], contributions, list(self._categories)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RankedList):
+            return NotImplemented
+        return (self.user_id, self.items, self.source_lists) == (other.user_id, other.items, other.source_lists)
+
+    def __repr__(self) -> str:
+        return f"RankedList(user_id={self.user_id!r}, items={self.items!r}, source_lists={self.source_lists!r})"
 
 
 class FusionRanker:
@@ -281,7 +383,8 @@ class FusionRanker:
         if prepared.dense.shape[1] == 0:
             return self.lists(prepared, None, None)
         w, fused, order = self.order(prepared, weights)
-        return self.lists(prepared, self.keep(prepared, fused, order), fused_parts(prepared, w))
+        kept = self.keep(prepared, fused, order)
+        return self.lists(prepared, kept, fused_parts(prepared, w, kept))
 
     def select(self, prepared: Candidates, contributions: np.ndarray, scores: np.ndarray) -> list[RankedList]:
         """The lists of ``prepared`` ordered by another scorer's ``scores[B, M]`` (``-inf`` on the padding; ties in
@@ -290,7 +393,8 @@ class FusionRanker:
         if prepared.dense.shape[1] == 0:
             return self.lists(prepared, None, None)
         order = np.argsort(-scores, axis=1, kind="stable")
-        return self.lists(prepared, self.keep(prepared, scores, order), lambda b, members: contributions[b, members])
+        kept = self.keep(prepared, scores, order)
+        return self.lists(prepared, kept, kept_parts(contributions, kept))
 
     def keep(self, prepared: Candidates, scores: np.ndarray, order: np.ndarray) -> Kept:
         """Cap and cut each list of ``order`` (best first; ``scores[b, m]`` of union item ``m``): the union
@@ -334,30 +438,22 @@ class FusionRanker:
         self, prepared: Candidates, kept: Kept | None, parts: Parts | None, users: Sequence[int] | None = None
     ) -> list[RankedList]:
         """The :class:`RankedList` of each user (of the batch positions ``users`` only, when given; the others' lists
-        keep their own lists but no items), with the items ``kept`` and their per-source contributions
-        ``parts(b, members)`` (an array ``[len(members), S]``)."""
+        keep their own lists but no items), with the items ``kept`` and their per-source contributions ``parts``
+        (``[B, k, S]``, :func:`fused_parts`), kept as columns (see :class:`RankedList`)."""
         results = [RankedList(u, [], dict(own)) for u, own in zip(prepared.users, prepared.source_lists, strict=False)]
         if kept is None or parts is None:
             return results
-        sources, category_of = prepared.sources, prepared.category_of
+        category_of = prepared.category_of
         counts = kept.counts.tolist()
+        tops = kept.top.tolist()
+        batch = _BatchItems(kept.scores, parts, prepared.sources)
         for b in range(len(results)) if users is None else users:
             n = counts[b]
             if not n:
                 continue
-            members = kept.top[b, :n].tolist()
-            union = prepared.unions[b]
-            results[b].items = [
-                RankedItem(
-                    union[m],
-                    score,
-                    {s: c for s, c in zip(sources, part, strict=False) if c > 0.0},
-                    category_of(union[m]) if category_of is not None else None,
-                )
-                for m, score, part in zip(
-                    members, kept.scores[b, :n].tolist(), parts(b, members).tolist(), strict=False
-                )
-            ]
+            ids = list(map(prepared.unions[b].__getitem__, tops[b][:n]))
+            categories = list(map(category_of, ids)) if category_of is not None else [None] * n
+            results[b]._set_columns(ids, categories, batch, b)
         return results
 
     def rank(

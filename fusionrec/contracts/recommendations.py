@@ -122,7 +122,8 @@ class Recommendation:
 def payload(
     *,
     user_id: str,
-    items: Iterable[tuple[str, float, Mapping[str, float], str | None]],
+    items: Iterable[tuple[str, float, Mapping[str, float], str | None]] = (),
+    columns: tuple[Sequence[str], Sequence[float], Sequence[Mapping[str, float]], Sequence[str | None]] | None = None,
     sources: Mapping[str, Sequence[str]],
     segment: str,
     policy: tuple[str, str, float, Mapping[str, float]],
@@ -134,21 +135,25 @@ def payload(
     ranker: str = "bandit",
 ) -> dict:
     """The version-1 JSON object, the one place its layout is written; scores, contributions, the propensity and
-    the weights rounded to 6 decimals. The worker builds it straight from its lists (``items`` as ``(item_id,
-    score, contributions, category_id)``, ``policy`` as ``(arm, action, propensity, weights)``), without the
-    typed objects in between: publishing is a fifth of what a list costs."""
+    the weights rounded to 6 decimals. The worker builds it straight from its lists, without the typed objects in
+    between (publishing is a large part of what a list costs): ``items`` as ``(item_id, score, contributions,
+    category_id)`` tuples, or ``columns`` as ``(item ids, scores, contributions, category ids)`` already rounded
+    to 6 decimals (:meth:`fusionrec.models.ranker.RankedList.rounded_columns`)."""
+    if columns is None:
+        listed = list(items)
+        columns = (
+            [i[0] for i in listed],
+            [round(i[1], 6) for i in listed],
+            [{s: round(c, 6) for s, c in i[2].items()} for i in listed],
+            [i[3] for i in listed],
+        )
     arm, action, propensity, weights = policy
     return {
         "v": FORMAT_VERSION,
         "user_id": user_id,
         "items": [
-            {
-                "item_id": item_id,
-                "score": round(score, 6),
-                "category_id": category_id,
-                "contributions": {s: round(c, 6) for s, c in contributions.items()},
-            }
-            for item_id, score, contributions, category_id in items
+            {"item_id": item_id, "score": score, "category_id": category_id, "contributions": contributions}
+            for item_id, score, contributions, category_id in zip(*columns, strict=True)
         ],
         "sources": {name: list(ids) for name, ids in sources.items()},
         "segment": segment,
