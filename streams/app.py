@@ -27,12 +27,12 @@ from functools import partial
 from typing import Any
 
 import faust
-import redis
 import torch
 from faust.types import TP, TopicT
 
 from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.client import connect
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
@@ -450,7 +450,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
     events = app.topic(settings.topic.events, schema=BatchSchema(), internal=False)
     dead_letters = app.topic(settings.topic.dead_letter, key_serializer="raw", value_serializer="raw", internal=False)
 
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = connect(settings.redis)
     ranker = build_ranker(settings.ranker)
     if ranker.device.type == "cpu" and settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)

@@ -46,6 +46,7 @@ from fusionrec.models.item_side import LABELS, ItemSide, Record, TickClock, reco
 from fusionrec.models.learned import LearnedRanker
 from fusionrec.models.ranker import FusionRanker
 from fusionrec.models.topk import pick_device
+from fusionrec.stores.client import connect
 from fusionrec.streams.metrics import WorkerMetrics
 
 __all__ = [
@@ -359,7 +360,7 @@ class SnapshotStore:
     def save_all_fresh_connection(self, states: list[PartitionState], item_side: ItemSideFeed | None = None) -> None:
         """Save ``states`` (and the item side) over a new connection (in a forked child the parent's connections
         are not ours)."""
-        client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
+        client = connect(self.settings.redis)
         for state in states:
             self.save(state, client)
         if item_side is not None:
