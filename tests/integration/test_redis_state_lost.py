@@ -56,6 +56,7 @@ def test_a_redis_restarted_empty_is_reported_not_absorbed(worker_settings, volat
         restarted = time.monotonic()
         metrics = worker.wait_for(lambda m: m.get("fusionrec_redis_state_lost", 0) == 1, timeout=10)
         noticed_s = time.monotonic() - restarted
+        print(f"loss noticed {noticed_s:.2f} s after the restart")
         assert noticed_s < 5, noticed_s
         assert metrics["fusionrec_redis_state_losses_total"] == 1
         assert metrics["fusionrec_worker_ready"] == 0
