@@ -202,10 +202,10 @@ class RecommendationStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> RecommendationStore:
         """A store on a new Redis client built from ``settings`` (URL, password, TLS, prefix, the pseudonym key)."""
-        import redis
+        from fusionrec.stores.client import connect
 
         return cls(
-            redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs()),
+            connect(settings.redis),
             settings.redis.keys,
             Pseudonymiser.from_settings(settings),
         )
@@ -223,7 +223,9 @@ class RecommendationStore:
         if not users:
             return {}
         keys = [self.keys.recommendation(self.pseudonyms.user(user)) for user in users]
-        values = self._redis.mget(keys)
+        # on Redis Cluster every user's list is in its own slot: one MGET per slot, pipelined
+        mget = getattr(self._redis, "mget_nonatomic", self._redis.mget)
+        values = mget(keys)
         return {user: self._decode(key, value) for user, key, value in zip(users, keys, values, strict=True)}
 
     def _decode(self, key: str, value: bytes | str | None) -> Recommendation | None:

@@ -27,16 +27,17 @@ from functools import partial
 from typing import Any
 
 import faust
-import redis
 import torch
 from faust.types import TP, TopicT
 
 from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.client import connect
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.apply import BatchApplier, BatchOutcome
 from fusionrec.streams.batching import BatchingApp, BatchSchema, RecordBatch
 from fusionrec.streams.dead_letters import deliver
+from fusionrec.streams.epoch import CHECK_INTERVAL_S, Epoch
 from fusionrec.streams.forget import Forgetter
 from fusionrec.streams.health import Health
 from fusionrec.streams.item_side import MAX_AHEAD_TICKS, ItemSideLink
@@ -122,6 +123,9 @@ class Worker:
     mine: set[int] = field(default_factory=set)  # the events partitions assigned now
     applied: dict[int, int] = field(default_factory=dict)  # partition -> offset after its last applied batch
     unrestored: tuple[list[int], int] | None = None  # an assignment whose restore failed, and its generation
+    #: The worker state's epoch in Redis (streams/epoch.py): once ``epoch.lost``, no event is applied and no
+    #: snapshot written. None: not checked (unit tests).
+    epoch: Epoch | None = None
     restore_retry: float = float("-inf")  # loop time of the next retry of ``unrestored``
 
     # --- helpers -------------------------------------------------------------------------------------------------
@@ -286,6 +290,8 @@ class Worker:
         can be."""
         batch: RecordBatch
         async for batch in stream:
+            if self.epoch is not None and self.epoch.lost:
+                await self.halt()
             last_on_topic = batch.last_offset  # before any rebase: the lag is in the topic's offsets
             if self.watch is not None:
                 if self.suspicious(batch):
@@ -297,6 +303,33 @@ class Worker:
                 self.applied[batch.partition] = last_on_topic + 1
             if outcome.dead_letters:
                 await deliver(self.dead_letters.send, outcome.dead_letters, self.metrics)
+
+    async def halt(self) -> None:
+        """Redis lost the state: apply nothing more (the batch in hand is never acknowledged) until shutdown."""
+        log.error("not applying events: Redis lost the worker state (see above); waiting to be stopped")
+        while not self.app.should_stop:
+            await self.app.sleep(CHECK_INTERVAL_S)
+
+    def has_state(self) -> bool:
+        """Whether this worker holds state that Redis should have (read from the epoch's thread: a glance)."""
+        if any(state.offset >= 0 for state in list(self.partitions.states.values())):
+            return True
+        return bool(getattr(self.partitions.item_side, "positions", None))
+
+    async def watch_epoch(self) -> None:
+        """The epoch task: check every ``CHECK_INTERVAL_S`` that Redis still holds the worker state (a ``GET`` on a
+        thread of its own, so neither the loop nor the state thread waits for it)."""
+        epoch = self.epoch
+        failing = False
+        while epoch is not None and not epoch.lost and not self.app.should_stop:
+            try:
+                await asyncio.to_thread(epoch.check)
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - Redis down: an outage, reported by the batches; try again
+                if not failing:
+                    log.warning("checking the Redis epoch failed: %s: %s", type(exc).__name__, exc)
+                failing = True
+            await self.app.sleep(CHECK_INTERVAL_S)
 
     def observe(self) -> None:
         """On the event loop: beat the liveness probe, set the consumer lag (nothing here awaits or blocks)."""
@@ -314,6 +347,8 @@ class Worker:
 
     async def snapshot_partitions(self) -> None:
         """The snapshot timer: a background snapshot (commits follow the previous one), then the fusion weights."""
+        if self.epoch is not None and self.epoch.lost:
+            return
         self.allow_commits(await self.on_state_thread(self.snapshotter.snapshot_in_background))
         await self.best_effort(self.watch_topic, "checking the events topic")
         report = await self.best_effort(self.refresher.publish_weights, "writing the fusion weights to Redis")
@@ -415,7 +450,10 @@ class Worker:
         await self.best_effort(self.refresher.publish_weights, "writing the final fusion weights")
         if self.partitions.item_side is not None:
             await self.best_effort(self.partitions.item_side.stop, "stopping the item-side link")
-        log.info("final snapshot written")
+        if self.epoch is not None and self.epoch.lost:
+            log.error("no final snapshot: Redis lost the worker state; rebuild before starting workers again")
+        else:
+            log.info("final snapshot written")
 
 
 def wire(worker: Worker, events: TopicT, snapshot_interval_s: float) -> None:
@@ -426,6 +464,7 @@ def wire(worker: Worker, events: TopicT, snapshot_interval_s: float) -> None:
     app.agent(events, name="fusionrec-events")(worker.process_events)
     app.timer(snapshot_interval_s)(worker.snapshot_partitions)
     app.task(worker.observe_every_second)
+    app.task(worker.watch_epoch)
     app.task(worker.refresh_recommendations)
     app.on_partitions_revoked.connect(worker.hand_over)
     app.on_partitions_assigned.connect(worker.count_assigned)
@@ -450,7 +489,7 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
     events = app.topic(settings.topic.events, schema=BatchSchema(), internal=False)
     dead_letters = app.topic(settings.topic.dead_letter, key_serializer="raw", value_serializer="raw", internal=False)
 
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = connect(settings.redis)
     ranker = build_ranker(settings.ranker)
     if ranker.device.type == "cpu" and settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
@@ -515,6 +554,9 @@ def create_worker(settings: Settings, metrics: WorkerMetrics | None = None, heal
         metrics=metrics,
         health=health,
         watch=watch,
+    )
+    worker.epoch = worker.snapshotter.epoch = Epoch(
+        client, settings.redis.keys.epoch, worker.has_state, metrics, health
     )
     wire(worker, events, settings.worker.snapshot_interval_s)
     return worker

@@ -156,6 +156,17 @@ class WorkerMetrics:
             "Times the worker found the events topic gone or recreated (each is logged as an error).",
             registry=registry,
         )
+        self.redis_state_lost = Gauge(
+            "fusionrec_redis_state_lost",
+            "1 once Redis lost the worker state (its epoch key vanished: a restart without persistence, a flush); "
+            "the worker stops applying events and snapshotting, and is not ready (docs/worker.md).",
+            registry=registry,
+        )
+        self.redis_state_losses = Counter(
+            "fusionrec_redis_state_losses_total",
+            "Times the worker found Redis had lost its state (each is logged as an error).",
+            registry=registry,
+        )
         self.rewound = Gauge(
             "fusionrec_events_rewound",
             "Events partitions whose end is behind the offset the worker's state already covers (the topic went "

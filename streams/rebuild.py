@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import redis
-
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import delete_topics
+from fusionrec.stores.client import connect
 
 __all__ = ["RebuildReport", "rebuild_state"]
 
@@ -26,7 +25,7 @@ class RebuildReport:
 
 
 def rebuild_state(settings: Settings) -> RebuildReport:
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = connect(settings.redis)
     deleted = 0
     batch = []
     try:

@@ -12,9 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from fusionrec.streams.metrics import WorkerMetrics
 from fusionrec.streams.state import PartitionRegistry, PartitionState, SnapshotStore
+
+if TYPE_CHECKING:
+    from fusionrec.streams.epoch import Epoch
 
 __all__ = ["Snapshotter"]
 
@@ -29,12 +35,26 @@ class Snapshotter:
         self.store = store
         self.metrics = metrics
         self._child: tuple[int, dict[int, int], list[PartitionState], float] | None = None
+        #: The worker state's epoch (streams/epoch.py): no snapshot is written once Redis lost the state, so none
+        #: pins an offset over profiles and dedup windows that are gone. None: not checked.
+        self.epoch: Epoch | None = None
+
+    def intact(self) -> bool:
+        """Whether Redis still holds the worker state (checked before every snapshot)."""
+        if self.epoch is None:
+            return True
+        if self.epoch.check():
+            return True
+        log.error("snapshot not written: Redis lost the worker state")
+        return False
 
     def snapshot(self, partitions: list[int] | None = None, force: bool = False) -> dict[int, int]:
         """Snapshot the given (default: all held) partitions that changed, here and now; return
         ``{partition: offset}`` of what was written. Used for hand-overs and shutdown, where the next owner needs
         the snapshot before it starts. Waits for a background snapshot still running."""
         self.finish_background(wait=True)
+        if not self.intact():
+            return {}
         states = self.partitions.states
         item_side = self.partitions.item_side
         if item_side is not None:
@@ -66,6 +86,12 @@ class Snapshotter:
         item_side = self.partitions.item_side
         if not dirty and item_side is None:
             return finished
+        try:
+            if not self.intact():
+                return finished
+        except RedisError as exc:  # Redis down: the child could not write either; the next round tries again
+            log.warning("background snapshot skipped: %s: %s", type(exc).__name__, exc)
+            return finished
         if item_side is not None:
             item_side.flush()  # a snapshot must not cover item-side records the broker has not acknowledged
         started = time.perf_counter()
@@ -73,7 +99,8 @@ class Snapshotter:
         if pid == 0:  # the child: write and leave without running any of the parent's cleanup
             code = 1
             try:
-                self.store.save_all_fresh_connection(dirty, item_side)
+                epoch = None if self.epoch is None or self.epoch.token is None else (self.epoch.key, self.epoch.token)
+                self.store.save_all_fresh_connection(dirty, item_side, epoch)
                 code = 0
             finally:
                 os._exit(code)

@@ -46,6 +46,7 @@ from fusionrec.models.item_side import LABELS, ItemSide, Record, TickClock, reco
 from fusionrec.models.learned import LearnedRanker
 from fusionrec.models.ranker import FusionRanker
 from fusionrec.models.topk import pick_device
+from fusionrec.stores.client import connect
 from fusionrec.streams.metrics import WorkerMetrics
 
 __all__ = [
@@ -356,10 +357,17 @@ class SnapshotStore:
         state.dirty = False
         return sum(len(v) for v in mapping.values())
 
-    def save_all_fresh_connection(self, states: list[PartitionState], item_side: ItemSideFeed | None = None) -> None:
+    def save_all_fresh_connection(
+        self,
+        states: list[PartitionState],
+        item_side: ItemSideFeed | None = None,
+        epoch: tuple[str, bytes] | None = None,
+    ) -> None:
         """Save ``states`` (and the item side) over a new connection (in a forked child the parent's connections
-        are not ours)."""
-        client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
+        are not ours); with ``epoch`` (key, token), only if Redis still holds that epoch (streams/epoch.py)."""
+        client = connect(self.settings.redis)
+        if epoch is not None and client.get(epoch[0]) != epoch[1]:
+            raise RuntimeError("Redis lost the worker state (the epoch changed): snapshot not written")
         for state in states:
             self.save(state, client)
         if item_side is not None:

@@ -31,6 +31,7 @@ from fusionrec.infra.stack import Stack
 from fusionrec.producers.datasets import read_dataset
 from fusionrec.producers.producer import EventProducer
 from fusionrec.producers.replay import replay_events
+from fusionrec.stores.client import connect
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.child import WorkerChild
 from fusionrec.streams.metrics import histogram_quantile
@@ -399,7 +400,7 @@ def _show_what_was_built(settings: Settings, events, say: Callable[[str], None])
     from fusionrec.streams.item_side import load_replica
     from fusionrec.streams.state import SnapshotStore
 
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = connect(settings.redis)
     profiles = ProfileStore(client, settings.redis.keys)
     snapshots = SnapshotStore(client, settings, settings.topic.events)
     item_side = load_replica(settings, client)  # shared by every partition: joined with each user's own state

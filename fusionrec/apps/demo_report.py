@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 
 from fusionrec.consumers.online_eval import OnlineEvaluator
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.client import connect
 from fusionrec.streams.metrics import histogram_quantile
 
 __all__ = ["Monitor", "Sample", "freshness_buckets", "live_table", "write_report"]
@@ -65,7 +65,7 @@ class Monitor:
         self._evaluator = evaluator
         self._lock = lock
         self._sent = sent
-        self._client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+        self._client = connect(settings.redis)
         self._began = time.monotonic()
         self._history: list[tuple[float, Counter]] = []  # (t, metrics) of the last WINDOW_S
         self.samples: list[Sample] = []

@@ -224,7 +224,13 @@ class RedisSettings(_Section):
         "fr:",
         min_length=1,
         max_length=64,
-        description="Prefix of every Redis key fusionrec writes (one namespace per deployment).",
+        description="Prefix of every Redis key fusionrec writes (one namespace per deployment); no braces, which "
+        "Redis Cluster reads as a hash tag.",
+    )
+    cluster: bool = Field(
+        False,
+        description="Redis Cluster: connect with redis-py's cluster client (the URL names any one node) and split "
+        "multi-key reads and the batch write by hash slot (docs/worker.md). Off: one Redis, one call per batch.",
     )
 
     @field_validator("url")
@@ -239,6 +245,13 @@ class RedisSettings(_Section):
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as exc:
             raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain { or }: Redis Cluster would hash the prefix instead of the user")
         return value
 
     @property

@@ -93,7 +93,7 @@ def test_a_variable_a_section_does_not_know_is_refused_by_name(monkeypatch):
 
 def test_sections_and_flat_names_address_the_same_keys():
     settings = load_settings(ranker_k=7, redis_prefix="x:")
-    assert settings.ranker.k == 7 and settings.redis.prefix == "x:" and settings.redis.keys.profile("u") == "x:p:u"
+    assert settings.ranker.k == 7 and settings.redis.prefix == "x:" and settings.redis.keys.profile("u") == "x:p:{u}"
     changed = settings.replace(topic_events="other", ranker_k=9)
     assert (changed.topic.events, changed.ranker.k, changed.redis.prefix) == ("other", 9, "x:")
     assert settings.ranker.k == 7  # frozen: replace makes a copy

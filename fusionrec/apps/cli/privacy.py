@@ -81,12 +81,11 @@ def _wait_forgotten(conf, requested: dict[str, tuple[int, int]], timeout: float)
     stands at or beyond the request's offset. The users still waiting at ``timeout``."""
     import time
 
-    import redis
-
     from fusionrec.contracts.privacy import Pseudonymiser
+    from fusionrec.stores.client import connect
     from fusionrec.stores.profiles import ProfileStore
 
-    store = ProfileStore.from_settings(conf, redis.Redis.from_url(conf.redis.url, **conf.redis.client_kwargs()))
+    store = ProfileStore.from_settings(conf, connect(conf.redis))
     hidden = Pseudonymiser.from_settings(conf).user
     deadline = time.monotonic() + timeout
     waiting = dict(requested)

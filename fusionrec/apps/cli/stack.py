@@ -45,14 +45,14 @@ def up(
 def _warn_stale_state(conf: Settings, services) -> None:
     """A memory broker started just now holds no events, so worker state already in Redis describes another
     topic's offsets: say so (a worker would wait for offsets the new topic has not reached)."""
-    import redis
+    from fusionrec.stores.client import connect
 
     fresh_memory_broker = conf.broker.storage == "memory" and any(
         s.name == "broker" and s.started_now for s in services
     )
     if not fresh_memory_broker:
         return
-    client = redis.Redis.from_url(conf.redis.url, **conf.redis.client_kwargs())
+    client = connect(conf.redis)
     try:
         stale = next(client.scan_iter(match=conf.redis.keys.snapshots(), count=1000), None)
     finally:

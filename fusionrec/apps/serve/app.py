@@ -42,6 +42,7 @@ from fusionrec.contracts.events import MAX_ID_LENGTH
 from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.recommendations import FORMAT_VERSION, Recommendation, RecommendationFormatError, decode
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.client import connect_async
 
 __all__ = ["Serving", "create_app"]
 
@@ -83,13 +84,12 @@ class Serving:
 
     @classmethod
     def connect(cls, settings: Settings, metrics: ApiMetrics) -> Serving:
-        client = aioredis.Redis.from_url(
-            settings.redis.url,
+        client = connect_async(
+            settings.redis,
             # No socket_timeout: redis-py would wrap every send in asyncio.wait_for, a new task per command.
             # Requests bound their reads with asyncio.timeout (REDIS_TIMEOUT_S) instead.
             socket_connect_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,
-            **settings.redis.client_kwargs(),
         )
         return cls(
             settings,
@@ -97,7 +97,8 @@ class Serving:
             client,
             ItemSideCache(client, settings),
             EventSender(settings),
-            PipelinedGets(settings.redis, REDIS_TIMEOUT_S),
+            # one connection to one node: on Redis Cluster the lists are spread over the nodes, redis-py routes them
+            None if settings.redis.cluster else PipelinedGets(settings.redis, REDIS_TIMEOUT_S),
             pseudonyms=Pseudonymiser.from_settings(settings),
         )
 
@@ -142,7 +143,8 @@ class Serving:
                 await task
         if self.sender is not None:
             await asyncio.to_thread(self.sender.close)
-        self.gets.close()
+        if self.gets is not None:
+            self.gets.close()
         self.item_side.close()
         await self.redis.aclose()
 
@@ -150,6 +152,8 @@ class Serving:
         """One GET over the pipelined connection, bounded by REDIS_TIMEOUT_S (a RedisError then: 503)."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
+                if self.gets is None:
+                    return await self.redis.get(key)
                 return await self.gets.get(key)
         except TimeoutError:
             raise RedisError(f"no answer within {REDIS_TIMEOUT_S:g} s") from None

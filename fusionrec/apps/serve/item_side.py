@@ -37,6 +37,7 @@ import redis
 import redis.asyncio as aioredis
 
 from fusionrec.contracts.settings import Settings
+from fusionrec.stores.client import connect
 
 __all__ = ["ItemSideCache", "ItemSideView", "publish_item_lists"]
 
@@ -125,9 +126,7 @@ def publish_item_lists(settings: Settings, owner: str, lease_s: float) -> dict[s
     changed and publish the fallback and the neighbours that changed to Redis. Returns what it did."""
     client = _CHILD.get("client")
     if client is None:
-        client = _CHILD["client"] = redis.Redis.from_url(
-            settings.redis.url, socket_timeout=30, **settings.redis.client_kwargs()
-        )
+        client = _CHILD["client"] = connect(settings.redis, socket_timeout=30)
     keys = settings.redis.keys
     lease = max(1, int(lease_s))
     if not client.set(keys.api_writer, owner, nx=True, ex=lease):
