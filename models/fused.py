@@ -301,8 +301,8 @@ class FusedRecommender:
         self, prepared: Candidates, kept: Kept, parts: np.ndarray, segments: list[str], pulls: list[Pull], now_ms: int
     ) -> None:
         """Remember the bandit's lists (:class:`_Served`: each keeps a copy of its rows of ``parts``, 720 bytes for
-        20 items and 9 sources, not a view that would keep the whole batch alive) and expose each policy's sources by their position-discounted shares, summed over the batch per policy and
-        segment (one ``expose`` each)."""
+        20 items and 9 sources, not a view that would keep the whole batch alive) and expose each policy's sources
+        by their position-discounted shares, summed over the batch per policy and segment (one ``expose`` each)."""
         sources = prepared.sources
         top, counts = kept.top, kept.counts
         totals = parts.sum(axis=2, dtype=np.float64)
