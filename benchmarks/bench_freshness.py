@@ -76,14 +76,14 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     each (:class:`Refresher`); return per-refresh times, users per refresh and a cProfile breakdown of the refresh
     by stage."""
     from fusionrec.stores.profiles import ProfileStore
-    from fusionrec.streams.app import tune_gc
+    from fusionrec.streams.app import tune_runtime
     from fusionrec.streams.apply import BatchApplier
     from fusionrec.streams.batching import Record, RecordBatch
     from fusionrec.streams.publisher import RecommendationPublisher
     from fusionrec.streams.refresh import Refresher
     from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
 
-    tune_gc()  # as the worker does, and its torch threads
+    tune_runtime()  # as the worker does, and its torch threads
     if settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
     client = redis.Redis.from_url(settings.redis.url)

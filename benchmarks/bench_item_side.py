@@ -20,7 +20,7 @@ import orjson
 from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import load_settings
 from fusionrec.producers.datasets import read_dataset
-from fusionrec.streams.app import tune_gc
+from fusionrec.streams.app import tune_runtime
 from fusionrec.streams.state import PartitionState, build_item_side, build_models, partition_clock
 
 BATCH = 500  # events per partition batch, about what the worker's fetches deliver under load
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
-    tune_gc()  # as the worker does: the models' large heaps would be rescanned every few hundred allocations
+    tune_runtime()  # as the worker does: the models' large heaps would be rescanned every few hundred allocations
     events = read_dataset(args.path, limit=args.limit).events
     n = len(events)
     whole = run_whole(events, args.partitions, load_settings(model_item_sync_ms=0))

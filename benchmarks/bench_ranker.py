@@ -306,10 +306,10 @@ def evaluate_main(path: Path) -> None:
 
 
 def capacity_main(args) -> None:
-    from fusionrec.streams.app import tune_gc
+    from fusionrec.streams.app import tune_runtime
 
     torch.set_num_threads(1)
-    tune_gc()
+    tune_runtime()
     print(
         f"ranking capacity on one CPU thread (torch {torch.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} cores on the machine)"

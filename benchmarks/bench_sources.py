@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fusionrec.contracts.settings import load_settings
 from fusionrec.producers.datasets import read_dataset
-from fusionrec.streams.app import tune_gc
+from fusionrec.streams.app import tune_runtime
 from fusionrec.streams.state import build_models
 
 BATCH = 500
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--lists-per-event", type=float, default=1.0, help="lists made per event, for the total")
     args = parser.parse_args()
 
-    tune_gc()
+    tune_runtime()
     settings = load_settings()
     events = read_dataset(args.path, limit=args.limit).events
     models = build_models(settings, 0)

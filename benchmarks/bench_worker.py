@@ -94,11 +94,11 @@ def _batches(events):
 def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], float]:
     """The in-process batch path on up to 60k events: its rate, then a cProfile breakdown by stage."""
     from fusionrec.stores.profiles import ProfileStore
-    from fusionrec.streams.app import tune_gc
+    from fusionrec.streams.app import tune_runtime
     from fusionrec.streams.apply import BatchApplier
     from fusionrec.streams.state import PartitionRegistry, SnapshotStore
 
-    tune_gc()  # as the worker does
+    tune_runtime()  # as the worker does
     client = redis.Redis.from_url(settings.redis.url)
     events = dataset_events[:60_000]
 

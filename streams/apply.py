@@ -3,8 +3,9 @@
 For a batch of one partition, :class:`BatchApplier` validates every record (invalid ones become dead-letter
 records with the original bytes and the reasons), applies the valid ones to the Redis profiles with deduplication,
 and lets the partition's models (from the :class:`~fusionrec.streams.state.PartitionRegistry`) learn every event
-they have not learned yet. The Redis write runs on its own thread while the models learn (the statuses it depends
-on are known before it starts); ``apply`` returns only after it is done. The caller sends the dead letters
+they have not learned yet. In a large batch the Redis write runs on its own thread while the models learn (the
+statuses it depends on are known before it starts; a small batch writes first); ``apply`` returns only after it is
+done. The caller sends the dead letters
 (:func:`fusionrec.streams.dead_letters.deliver`) and only then lets the batch be acknowledged, so no record is lost
 between the two.
 
@@ -51,6 +52,9 @@ log = logging.getLogger("fusionrec.worker")
 
 #: Bytes a producer counts for one record beyond its key and value (batch and record headers; aiokafka: ~80).
 RECORD_OVERHEAD = 512
+#: Batches of at least this many valid events write their profiles on a thread of their own while the models learn;
+#: smaller ones (a live shop's: a few events per partition per fetch) write first, on the state thread.
+OVERLAP_MIN_EVENTS = 64
 
 
 @dataclass
@@ -148,7 +152,11 @@ class BatchApplier:
         """Profiles with dedup and the models, for consecutive valid events of the batch (all of them, unless a
         control record cuts the batch); ``last_offset``: the last record they stand for."""
         statuses, write = self.profiles.prepare(valid)
-        pending_write = self._writer.submit(write)  # Redis runs the atomic write while the models learn
+        if len(valid) < OVERLAP_MIN_EVENTS:  # the models learn it in less than the two thread hand-overs cost
+            write()
+            pending_write = None
+        else:
+            pending_write = self._writer.submit(write)  # Redis runs the atomic write while the models learn
         learn = []
         for (event, _partition, offset), status in zip(valid, statuses, strict=True):
             if status == NEW:
@@ -174,7 +182,8 @@ class BatchApplier:
             if self.metrics and state.fusion is not None and state.fusion.rewards > rewards_before:
                 self.metrics.rewards.inc(state.fusion.rewards - rewards_before)
         finally:
-            pending_write.result()  # the batch may be acknowledged only once its profiles are written
+            if pending_write is not None:
+                pending_write.result()  # the batch may be acknowledged only once its profiles are written
         state.settled = True
 
     def _control(

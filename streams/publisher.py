@@ -120,45 +120,52 @@ class RecommendationPublisher:
 
     def publish(self, lists: list[FusedList], changed: dict[str, list[int]], *, partition: int, offset: int) -> int:
         """Publish ``lists``; ``changed`` holds the event times each list newly reflects (for freshness)."""
-        if not lists:
-            return 0
+        return self.publish_many([(lists, changed, partition, offset)])
+
+    def publish_many(self, groups: list[tuple[list[FusedList], dict[str, list[int]], int, int]]) -> int:
+        """Publish the lists of several partitions, ``(lists, changed, partition, offset)`` each, with one Redis
+        call and one poll of the producer for all of them."""
         generated_at = int(time.time() * 1000)
-        model_version = f"fusionrec-{__version__} p{partition}@{offset}"
         keys = self.keys
         topic = self.topic
         produce = self.producer.produce
         dumps = orjson.dumps
         names: list[str] = []
         values: list[bytes] = []
-        for fused in lists:
-            stamps = changed.get(fused.user_id) or [generated_at]
-            value = dumps(
-                list_payload(
-                    fused,
-                    model_version=model_version,
-                    generated_at=generated_at,
-                    newest_event_ts=max(stamps),
-                    partition=partition,
+        for lists, changed, partition, offset in groups:
+            model_version = f"fusionrec-{__version__} p{partition}@{offset}"
+            for fused in lists:
+                stamps = changed.get(fused.user_id) or [generated_at]
+                value = dumps(
+                    list_payload(
+                        fused,
+                        model_version=model_version,
+                        generated_at=generated_at,
+                        newest_event_ts=max(stamps),
+                        partition=partition,
+                    )
                 )
-            )
-            produce(topic, value, fused.user_id.encode(), on_delivery=self._delivered)
-            names.append(keys.recommendation(fused.user_id))
-            values.append(value)
+                produce(topic, value, fused.user_id.encode(), on_delivery=self._delivered)
+                names.append(keys.recommendation(fused.user_id))
+                values.append(value)
+        if not names:
+            return 0
         self._write(names, values)
         self.producer.poll(0)
         published_at = time.time() * 1000
         if self.metrics:
             m = self.metrics
-            m.published.inc(len(lists))
+            m.published.inc(len(names))
             observe = m.freshness.observe
             by_policy: Counter[tuple[str, str]] = Counter()
-            for fused in lists:
-                for ts in changed.get(fused.user_id, ()):
-                    observe(max(published_at - ts, 0.0) / 1000.0)
-                by_policy[fused.pull.arm, fused.pull.action.split(":")[0]] += 1
+            for lists, changed, _partition, _offset in groups:
+                for fused in lists:
+                    for ts in changed.get(fused.user_id, ()):
+                        observe(max(published_at - ts, 0.0) / 1000.0)
+                    by_policy[fused.pull.arm, fused.pull.action.split(":")[0]] += 1
             for (arm, action), count in by_policy.items():
                 m.lists.labels(arm, action).inc(count)
-        return len(lists)
+        return len(names)
 
     def _write(self, names: list[str], values: list[bytes]) -> None:
         """The serving copies, each with the list TTL: one script call, or a pipeline on a Redis Cluster."""

@@ -86,18 +86,23 @@ class Refresher:
         self._turn += 1
         unavailable = self.unavailable()
         budget = max_users
-        published = 0
+        groups = []
+        ranked = []
         for state in states[first:] + states[:first]:
-            while budget > 0 and state.changed:
-                users = list(islice(state.changed, min(budget, RANK_BATCH)))  # the longest-waiting first
+            taken = 0
+            while budget > 0 and taken < len(state.changed):
+                users = list(islice(state.changed, taken, taken + min(budget, RANK_BATCH)))  # longest-waiting first
+                taken += len(users)
                 budget -= len(users)
                 models = self.partitions.ranking_models(state)
                 lists = state.fusion.recommend(models, users, now_ms=state.clock_ms, unavailable=unavailable)
-                changed = {user: state.changed[user] for user in users}
-                published += self.publisher.publish(lists, changed, partition=state.partition, offset=state.offset)
-                for user in users:  # only now: a failed refresh leaves them for the next one
-                    del state.changed[user]
-                state.dirty = True  # the served lists are part of the snapshot
+                groups.append((lists, {user: state.changed[user] for user in users}, state.partition, state.offset))
+                ranked.append((state, users))
+        published = self.publisher.publish_many(groups)  # every partition's lists with one Redis call
+        for state, users in ranked:  # only now: a failed refresh leaves them for the next one
+            for user in users:
+                del state.changed[user]
+            state.dirty = True  # the served lists are part of the snapshot
         if published and self.metrics:
             self.metrics.refresh_seconds.observe(time.perf_counter() - started)
         return published

@@ -32,6 +32,12 @@ class _Publisher:
         self.items += [item for fused in lists for item in fused.ranked.item_ids]
         return len(lists)
 
+    def publish_many(self, groups):
+        if self.fail:
+            raise ConnectionError("redis down")
+        self.publishes = getattr(self, "publishes", 0) + 1
+        return sum(self.publish(lists, changed, partition=p, offset=o) for lists, changed, p, o in groups)
+
 
 def partition(settings, number: int, users: int) -> PartitionState:
     state = PartitionState(number, build_models(settings, number), build_fusion(settings, number))
@@ -66,6 +72,7 @@ def test_a_slice_ranks_at_most_its_budget_longest_waiting_first_then_the_rest(re
         "p0u1": [1_700_000_000_010, 1_700_000_000_011],
     }  # each event's time, for freshness
     assert list(refresher.partitions.states[0].changed) == ["p0u4"]
+    assert refresher.publisher.publishes == 1  # the slices' lists went out together
     # The next call starts with the next partition, and everything left fits in the default budget.
     assert refresher.refresh() == 8
     assert [p for p, _, _ in refresher.publisher.calls[2:]] == [1, 1, 2, 2, 0]

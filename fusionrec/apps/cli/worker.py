@@ -27,12 +27,12 @@ def worker(
     import faust
 
     from fusionrec.contracts import logs
-    from fusionrec.streams.app import create_worker, tune_gc
+    from fusionrec.streams.app import create_worker, tune_runtime
     from fusionrec.streams.health import Health, serve_health
     from fusionrec.streams.metrics import WorkerMetrics
 
     conf = settings(metrics_port=metrics_port)
-    tune_gc()
+    tune_runtime()
     health = Health()
     serve_health(conf.metrics.port, conf.metrics.bind, health)  # up first: /livez answers while the app builds
     built = create_worker(conf, WorkerMetrics(), health)
