@@ -63,6 +63,7 @@ def test_the_rules_the_issue_asks_for_exist_and_each_is_unit_tested():
         "FusionrecFreshnessP99OverBudget",
         "FusionrecDeadLetterSpike",
         "FusionrecNoListsPublished",
+        "FusionrecRedisStateLost",
     } <= names
     tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
     fired = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case.get("exp_alerts")}
@@ -70,6 +71,15 @@ def test_the_rules_the_issue_asks_for_exist_and_each_is_unit_tested():
     for rule in rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_redis_state_lost_fires_within_a_minute_and_says_to_rebuild():
+    (rule,) = [rule for rule in rules() if rule["alert"] == "FusionrecRedisStateLost"]
+    assert metric_names(rule["expr"]) == {"fusionrec_redis_state_lost"}
+    value, unit = re.fullmatch(r"(\d+)([sm])", rule.get("for", "0s")).groups()
+    assert int(value) * (60 if unit == "m" else 1) <= 60, rule["for"]
+    assert rule["labels"]["severity"] == "critical"
+    assert "fusionrec rebuild --yes" in rule["annotations"]["description"]
 
 
 def test_every_metric_a_rule_reads_is_exported():

@@ -83,6 +83,19 @@ def test_operations_panels_are_there():
         assert name in used, name
 
 
+def test_serving_api_panels_are_there():
+    by_title = {}
+    for title, expr in expressions(load()):
+        by_title.setdefault(title, []).append(expr)
+    assert "sum by (route) (rate(fusionrec_api_requests_total[1m]))" in by_title["API request rate by route"]
+    assert (
+        "histogram_quantile(0.99, sum by (le, route) (rate(fusionrec_api_request_seconds_bucket[1m])))"
+        in by_title["API latency p99 by route"]
+    )
+    used = {name for exprs in by_title.values() for expr in exprs for name in metric_names(expr)}
+    assert {"fusionrec_api_fallbacks_total", "fusionrec_api_events_total", "fusionrec_redis_state_lost"} <= used
+
+
 def test_panels_do_not_overlap_and_ids_are_unique():
     dashboard = load()
     every = [*dashboard["panels"], *(p for row in dashboard["panels"] for p in row.get("panels", []))]

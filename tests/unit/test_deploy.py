@@ -41,9 +41,11 @@ def test_prometheus_and_grafana_configs_parse():
 
 
 def exported_metrics() -> set[str]:
-    """Every sample name the worker and the online-eval consumer export (the two processes Prometheus scrapes)."""
+    """Every sample name the worker, the online-eval consumer and the serving API export (the processes Prometheus
+    scrapes)."""
     from prometheus_client import CollectorRegistry
 
+    from fusionrec.apps.serve.metrics import ApiMetrics
     from fusionrec.consumers.online_eval import OnlineEvaluator
     from fusionrec.consumers.online_eval_service import OnlineEvalCollector
     from fusionrec.streams.metrics import WorkerMetrics
@@ -52,9 +54,10 @@ def exported_metrics() -> set[str]:
     WorkerMetrics(worker)
     online = CollectorRegistry()
     online.register(OnlineEvalCollector(OnlineEvaluator(k=20)))
+    api = ApiMetrics().registry
     return {
         family.name + suffix
-        for registry in (worker, online)
+        for registry in (worker, online, api)
         for family in registry.collect()
         for suffix in ("", "_total", "_bucket", "_count", "_sum")
     }
@@ -93,16 +96,15 @@ def test_compose_services_run_real_commands_and_are_scraped():
         for name, service in compose["services"].items()
         if service.get("image", "").startswith("${FUSIONREC_IMAGE")
     }
-    assert set(fusionrec) == {"topics", "worker", "online-eval"}
+    assert set(fusionrec) == {"topics", "worker", "online-eval", "api"}
     for name, service in fusionrec.items():
         assert service.get("command") and service["command"][0] in commands, f"{name}: {service.get('command')}"
     assert "--metrics-port" in fusionrec["online-eval"]["command"]
-    scraped = {
-        name
-        for job in load("prometheus/prometheus.yml")["scrape_configs"]
-        for sd in job.get("dns_sd_configs", [])
-        for name in sd["names"]
-    }
-    assert scraped == {"worker", "online-eval"}
+    assert fusionrec["api"]["command"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    jobs = {job["job_name"]: job for job in load("prometheus/prometheus.yml")["scrape_configs"]}
+    scraped = {name for job in jobs.values() for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
+    assert scraped == {"worker", "online-eval", "api"}
+    (api_sd,) = jobs["fusionrec-api"]["dns_sd_configs"]
+    assert api_sd["names"] == ["api"] and api_sd["port"] == 8080
     override = load("docker-compose.kafka-3.yml")["services"]
     assert set(fusionrec) <= set(override), "the three-broker override must reach every fusionrec service"

@@ -164,10 +164,18 @@ def test_the_in_cluster_prometheus_config_finds_the_services():
     }
     config_path = K8S.parent / "prometheus" / "prometheus.k8s.yml"
     jobs = {job["job_name"]: job for job in yaml.safe_load(config_path.read_text())["scrape_configs"]}
-    for job, service in (("fusionrec-worker", "fusionrec-worker"), ("fusionrec-online-eval", "fusionrec-online-eval")):
+    for job, service in (
+        ("fusionrec-worker", "fusionrec-worker"),
+        ("fusionrec-online-eval", "fusionrec-online-eval"),
+        ("fusionrec-api", "fusionrec-api-pods"),
+    ):
         (sd,) = jobs[job]["dns_sd_configs"]
         (name,) = sd["names"]
         assert name in services and name.startswith(f"{service}."), name
         assert sd["port"] == services[name]["spec"]["ports"][0]["port"]
     # one A record per worker pod: the worker's Service is headless
     assert services["fusionrec-worker.fusionrec.svc.cluster.local"]["spec"]["clusterIP"] == "None"
+    # and one per API pod: a scrape through the load-balanced fusionrec-api would read a different pod each time
+    api_pods = services["fusionrec-api-pods.fusionrec.svc.cluster.local"]["spec"]
+    assert api_pods["clusterIP"] == "None"
+    assert api_pods["selector"] == services["fusionrec-api.fusionrec.svc.cluster.local"]["spec"]["selector"]
