@@ -6,8 +6,9 @@
 #
 # Each round runs bench_worker.py (Taobao slice, full stack) and bench_freshness.py (1,000 events/s, no profile)
 # on REV and then on this checkout, so that both see the same machine state; the key lines of every run are
-# printed at the end. REV runs from a temporary git worktree on PYTHONPATH (its benchmarks put the repository on
-# sys.path themselves), so REV must be of the old layout (top-level models/, streams/, ... importable as such);
+# printed at the end. REV runs from a temporary git worktree: on PYTHONPATH for revisions of the old layout
+# (top-level models/, streams/, ...), and through benchmarks/revision_shim (which points the editable install's
+# fusionrec.* packages at the worktree, for the benchmark and the worker it starts) for the one-import-root layout;
 # this checkout runs through the installed (editable) package. Run it on a quiet machine: it takes ~10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ REV=${1:-42bf20a}
 ROUNDS=${2:-2}
 DATA=${DATA:-../shared/data/taobao-userbehavior-slice/UserBehavior_slice.csv.gz}
 PY=$(pwd)/.venv/bin/python
+shim=$(pwd)/benchmarks/revision_shim
 out=$(mktemp -d)
 tree=$(mktemp -d)/rev
 git worktree add -q --detach "$tree" "$REV"
@@ -28,7 +30,7 @@ run() {  # run NAME DIR SCRIPT ARGS...
     if [ "$dir" = here ]; then
         "$PY" "benchmarks/$script" "$data" "$@" >"$log" 2>&1 || echo "($name failed; see $log)" >&2
     else
-        (cd "$dir" && PYTHONPATH="$dir" "$PY" "benchmarks/$script" "$data" "$@") >"$log" 2>&1 \
+        (cd "$dir" && PYTHONPATH="$shim:$dir" FUSIONREC_TREE="$dir" "$PY" "benchmarks/$script" "$data" "$@") >"$log" 2>&1 \
             || echo "($name failed; see $log)" >&2
     fi
     echo "$log"
