@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/compare_revisions.sh [REV] [ROUNDS]      (defaults: 42bf20a, the last commit before the
 #                                                              one-import-root layout; 2 rounds)
+#   ONLY=freshness bash benchmarks/compare_revisions.sh REV    (bench_freshness.py only: ~1 minute per run)
 #
 # Each round runs bench_worker.py (Taobao slice, full stack) and bench_freshness.py (1,000 events/s, no profile)
 # on REV and then on this checkout, so that both see the same machine state; the key lines of every run are
@@ -30,7 +31,7 @@ run() {  # run NAME DIR SCRIPT ARGS...
     if [ "$dir" = here ]; then
         "$PY" "benchmarks/$script" "$data" "$@" >"$log" 2>&1 || echo "($name failed; see $log)" >&2
     else
-        (cd "$dir" && PYTHONPATH="$shim:$dir" FUSIONREC_TREE="$dir" "$PY" "benchmarks/$script" "$data" "$@") >"$log" 2>&1 \
+        (cd "$dir" && PYTHONPATH="$shim:$dir" FR_REVISION_TREE="$dir" "$PY" "benchmarks/$script" "$data" "$@") >"$log" 2>&1 \
             || echo "($name failed; see $log)" >&2
     fi
     echo "$log"
@@ -42,17 +43,22 @@ for round in $(seq 1 "$ROUNDS"); do
         dir=$tree; label=$REV
         [ "$side" = here ] && { dir=here; label="this checkout ($(git rev-parse --short HEAD))"; }
         echo "round $round: $label" >&2
-        w=$(run "worker-$side" "$dir" bench_worker.py)
+        figures="|||"
+        if [ "${ONLY:-}" != freshness ]; then
+            w=$(run "worker-$side" "$dir" bench_worker.py)
+            figures=$(worker_lines "$w")
+        fi
         f=$(run "fresh-$side" "$dir" bench_freshness.py --no-profile)
-        figures=$(worker_lines "$w")
+        cpu=$(grep -m1 "worker CPU" "$f" | sed 's/worker CPU: \([0-9.]* s\) over.*= \([0-9]* %\).*/\1 (\2)/' || true)
+        lists=$(grep -m1 "lists published" "$f" | sed 's/.*; \([0-9,]* lists\/s\).*/\1/' || true)
         fresh=$(grep -m1 "user list published (freshness)" "$f" | sed 's/.*freshness) *//; s/ \{2,\}.*//' || true)
-        rows+=("$round|$label|$figures|$fresh")
+        rows+=("$round|$label|$figures|$fresh, $lists, CPU $cpu")
     done
 done
 
 printf '\n%s\n' "Taobao slice; worker: 110,300 events, full stack, 1 process; freshness: 30,000 events at 1,000 ev/s"
 printf '%-6s %-28s %12s %14s %12s %10s  %s\n' round revision "worker ev/s" "in-process" "raw consume" River \
-    "freshness p50 / p99 / p99.9 ms"
+    "freshness p50 / p99 / p99.9 ms, lists/s, worker CPU"
 for row in "${rows[@]}"; do
     IFS='|' read -r r l w i c v f <<<"$row"
     printf '%-6s %-28s %12s %14s %12s %10s  %s\n' "$r" "$l" "$w" "$i" "$c" "$v" "$f"
