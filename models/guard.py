@@ -38,6 +38,7 @@ the rest lives one window, and the items still collecting voters are forgotten w
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import zlib
 from typing import Any
@@ -55,10 +56,16 @@ def user_digest(user_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=6).digest(), "big")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _digest(value: str) -> int:
+    """The 64-bit digest of an item id (cached: a shop's items repeat, and blake2b is most of a lookup's cost)."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
+
+
 def _slots(value: int | str, bits: int, hashes: int) -> list[int]:
     """``hashes`` bit positions by double hashing (Kirsch and Mitzenmacher) of a 48-bit or longer digest."""
     if isinstance(value, str):
-        value = int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
+        value = _digest(value)
     first, step = value & 0xFFFFFFFF, (value >> 24) | 1
     return [(first + i * step) % bits for i in range(hashes)]
 
@@ -75,7 +82,10 @@ class _Bits:
 
     def __contains__(self, value: int | str) -> bool:
         data = self.data
-        return all(data[slot >> 3] & (1 << (slot & 7)) for slot in _slots(value, self.bits, self.hashes))
+        for slot in _slots(value, self.bits, self.hashes):  # noqa: SIM110 - a loop: all() over a generator costs more
+            if not data[slot >> 3] & (1 << (slot & 7)):
+                return False
+        return True
 
     def add(self, value: int | str) -> None:
         data = self.data
