@@ -212,7 +212,7 @@ def test_store_reads_the_serving_copy_under_the_documented_key(stack):
     now = int(time.time() * 1000)
     ann, bob = make_rec("ann", now, ["a", "b"], {"cf": ["a"]}), make_rec("bob", now, ["c"], {})
     try:
-        client.set(f"{prefix}rec:ann", encode(ann))  # the key as documented, spelled out
+        client.set(f"{prefix}rec:{{ann}}", encode(ann))  # the key as documented (user id hash-tagged), spelled out
         client.set(RedisKeys(prefix).recommendation("bob"), encode(bob))
         client.set(RedisKeys(prefix).recommendation("eve"), b"garbage")
         store = RecommendationStore(client, RedisKeys(prefix))
