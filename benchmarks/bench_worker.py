@@ -133,7 +133,11 @@ def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], fl
             name = Path(filename).stem
             per_model[name] = max(per_model.get(name, 0.0), cumtime)
         elif func == "learn" and filename.endswith("state.py"):
-            rows.append(("all models (PartitionState.learn)", cumtime))
+            rows.append(("all models' user sides (PartitionState.learn)", cumtime))
+        elif func == "apply" and filename.endswith("item_side.py"):
+            rows.append(("the shared item side's replica (ItemSide.apply)", cumtime))
+        elif func == "admit" and filename.endswith("guard.py"):
+            rows.append(("  of which the abuse guard (ItemSideGuard.admit)", cumtime))
     rows += [(f"  learn {name}", seconds) for name, seconds in sorted(per_model.items())]
     for prefix in ("bench-rate:*", "bench-profile:*"):
         keys = list(client.scan_iter(match=prefix))
