@@ -27,13 +27,13 @@ import pstats
 import statistics
 import tempfile
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import redis
 import torch
 
+from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.stack import Stack, private_settings
@@ -108,7 +108,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     for start in range(0, len(events), tick_events):
         by_partition: dict[int, list] = {}
         for event in events[start : start + tick_events]:
-            by_partition.setdefault(zlib.crc32(event.user_id.encode()) % partitions, []).append(event._replace(ts=now))
+            by_partition.setdefault(partition_for(event.key, partitions), []).append(event._replace(ts=now))
         for partition, chunk in by_partition.items():
             records = []
             for event in chunk:
