@@ -30,10 +30,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import redis
-import torch
-
-from fusionrec.contracts.partitioning import partition_for
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.admin import ensure_topics
 from fusionrec.infra.stack import Stack, private_settings
@@ -75,30 +71,9 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     """Feed ``events`` through an in-process :class:`BatchApplier` one tick's worth at a time, refreshing after
     each (:class:`Refresher`); return per-refresh times, users per refresh and a cProfile breakdown of the refresh
     by stage."""
-    from fusionrec.stores.profiles import ProfileStore
-    from fusionrec.streams.app import tune_runtime
-    from fusionrec.streams.apply import BatchApplier
-    from fusionrec.streams.batching import Record, RecordBatch
-    from fusionrec.streams.publisher import RecommendationPublisher
-    from fusionrec.streams.refresh import Refresher
-    from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
+    from bench_refresh import clean, rig, tick_batches
 
-    tune_runtime()  # as the worker does, and its torch threads
-    if settings.ranker.threads:
-        torch.set_num_threads(settings.ranker.threads)
-    client = redis.Redis.from_url(settings.redis.url)
-    conf = settings.replace(redis_prefix="bench-refresh:")
-    registry = PartitionRegistry(SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)))
-    applier = BatchApplier(registry, ProfileStore.from_settings(conf, client), conf.event)
-    # The broker is not running here: lists wait in the producer's queue, its connection errors are not shown.
-    publisher = RecommendationPublisher(
-        client,
-        conf.redis.keys,
-        conf.producer_config(log_level=0),
-        topic=conf.topic.recommendations,
-        list_ttl_s=conf.ranker.list_ttl_s,
-    )
-    refresher = Refresher(registry, publisher, client, conf.redis.keys, "bench")
+    client, conf, applier, refresher = rig(settings, "bench-refresh:")
     partitions = settings.topic.events_partitions
     offsets = [0] * partitions
     now = int(time.time() * 1000)
@@ -106,15 +81,8 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
     users: list[int] = []
     profiler = cProfile.Profile()
     for start in range(0, len(events), tick_events):
-        by_partition: dict[int, list] = {}
-        for event in events[start : start + tick_events]:
-            by_partition.setdefault(partition_for(event.key, partitions), []).append(event._replace(ts=now))
-        for partition, chunk in by_partition.items():
-            records = []
-            for event in chunk:
-                records.append(Record(offsets[partition], event.key, event.to_json(), event.ts))
-                offsets[partition] += 1
-            applier.apply(RecordBatch("bench", partition, records))
+        for batch in tick_batches(events[start : start + tick_events], partitions, offsets, now):
+            applier.apply(batch)
         began = time.perf_counter()
         profiler.enable()
         n = refresher.refresh()
@@ -134,7 +102,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         ("_remember_served", "fused.py"): "    bandit fusion: remember served, expose sources",
         ("_learned_lists", "fused.py"): "    learned ranker: learn, features, score, select",
         ("lists", "ranker.py"): "    lists (the served items, contributions)",
-        ("publish", "publisher.py"): "  publish (encode, produce, Redis pipeline, metrics)",
+        ("publish_many", "publisher.py"): "  publish (encode, produce, one Redis call, metrics)",
         ("unavailable", "refresh.py"): "  unavailable items (Redis SMEMBERS, cached 1 s)",
     }
     rows: dict[str, float] = {}
@@ -146,9 +114,7 @@ def refresh_profile(settings: Settings, events, tick_events: int) -> dict:
         elif func == "candidates" and "/models/" in filename:
             name = Path(filename).stem
             per_source[name] = per_source.get(name, 0.0) + cumtime
-    keys = list(client.scan_iter(match=conf.redis.keys.everything))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
+    clean(client, conf)
     client.close()
     ordered = [(label, rows.get(label, 0.0)) for label in stages.values()]
     ordered += [(f"      candidates: {name}", s) for name, s in sorted(per_source.items(), key=lambda kv: -kv[1])]

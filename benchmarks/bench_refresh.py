@@ -30,32 +30,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(path: Path, limit: int, tick: int) -> str:
-    """One run in this process (whatever ``fusionrec`` it imports): the result line."""
-    import logging
-
-    logging.disable(logging.CRITICAL)  # the producer's "broker down" lines: there is no broker here
+def rig(settings, prefix: str):
+    """``(client, conf, applier, refresher)``: the worker's batch path and refresher in process on ``settings``'
+    Redis under ``prefix``, the GC and torch threads tuned as the worker tunes them. The producer points at no
+    broker: lists wait in its queue (what handing them over costs is counted, the network is not)."""
     import redis
     import torch
 
-    from fusionrec.contracts.partitioning import partition_for
-    from fusionrec.contracts.settings import Settings
-    from fusionrec.producers.datasets import read_dataset
     from fusionrec.stores.profiles import ProfileStore
     from fusionrec.streams import app
     from fusionrec.streams.apply import BatchApplier
-    from fusionrec.streams.batching import Record, RecordBatch
     from fusionrec.streams.publisher import RecommendationPublisher
     from fusionrec.streams.refresh import Refresher
     from fusionrec.streams.state import PartitionRegistry, SnapshotStore, build_ranker
 
-    events = read_dataset(path, limit=limit).events
     (getattr(app, "tune_runtime", None) or app.tune_gc)()  # as the worker does (named tune_gc before 2072f9a)
-    settings = Settings().replace(topic_events_partitions=6)
     if settings.ranker.threads:
         torch.set_num_threads(settings.ranker.threads)
     client = redis.Redis.from_url(settings.redis.url)
-    conf = settings.replace(redis_prefix=f"bench-refresh-{os.getpid()}:")
+    conf = settings.replace(redis_prefix=prefix)
     registry = PartitionRegistry(SnapshotStore(client, conf, "bench", build_ranker(conf.ranker)))
     applier = BatchApplier(registry, ProfileStore.from_settings(conf, client), conf.event)
     publisher = RecommendationPublisher(
@@ -65,24 +58,56 @@ def measure(path: Path, limit: int, tick: int) -> str:
         topic=conf.topic.recommendations,
         list_ttl_s=conf.ranker.list_ttl_s,
     )
-    refresher = Refresher(registry, publisher, client, conf.redis.keys, "bench")
-    partitions = conf.topic.events_partitions
-    offsets = [0] * partitions
+    return client, conf, applier, Refresher(registry, publisher, client, conf.redis.keys, "bench")
+
+
+def tick_batches(events, partitions: int, offsets: list[int], now: int) -> list:
+    """One tick's events stamped ``now`` and placed on the partitions by the producer's partitioner (murmur2), as
+    one :class:`~fusionrec.streams.batching.RecordBatch` per partition; ``offsets`` advance."""
+    from fusionrec.contracts.partitioning import partition_for
+    from fusionrec.streams.batching import Record, RecordBatch
+
+    by_partition: dict[int, list] = {}
+    for event in events:
+        by_partition.setdefault(partition_for(event.key, partitions), []).append(event._replace(ts=now))
+    batches = []
+    for partition, chunk in by_partition.items():
+        records = []
+        for event in chunk:
+            records.append(Record(offsets[partition], event.key, event.to_json(), event.ts))
+            offsets[partition] += 1
+        batches.append(RecordBatch("bench", partition, records))
+    return batches
+
+
+def clean(client, conf) -> None:
+    """Delete every key the rig wrote."""
+    keys = list(client.scan_iter(match=conf.redis.keys.everything))
+    for first in range(0, len(keys), 1000):
+        client.delete(*keys[first : first + 1000])
+
+
+def measure(path: Path, limit: int, tick: int) -> str:
+    """One run in this process (whatever ``fusionrec`` it imports): the result line."""
+    import logging
+
+    logging.disable(logging.CRITICAL)  # the producer's "broker down" lines: there is no broker here
+    from fusionrec.contracts.settings import Settings
+    from fusionrec.producers.datasets import read_dataset
+
+    events = read_dataset(path, limit=limit).events
+    settings = Settings().replace(topic_events_partitions=6)
+    client, conf, applier, refresher = rig(settings, f"bench-refresh-{os.getpid()}:")
+    offsets = [0] * conf.topic.events_partitions
     now = int(time.time() * 1000)
     apply_wall = refresh_wall = refresh_cpu = 0.0
     users = 0
     try:
         for start in range(0, len(events), tick):
-            by_partition: dict[int, list] = {}
-            for event in events[start : start + tick]:
-                by_partition.setdefault(partition_for(event.key, partitions), []).append(event._replace(ts=now))
+            batches = tick_batches(events[start : start + tick], conf.topic.events_partitions, offsets, now)
             began = time.perf_counter()
-            for partition, chunk in by_partition.items():
-                records = []
-                for event in chunk:
-                    records.append(Record(offsets[partition], event.key, event.to_json(), event.ts))
-                    offsets[partition] += 1
-                applier.apply(RecordBatch("bench", partition, records))
+            for batch in batches:
+                applier.apply(batch)
             ranked_at, cpu = time.perf_counter(), time.process_time()
             users += refresher.refresh()
             refresh_wall += time.perf_counter() - ranked_at
@@ -90,9 +115,7 @@ def measure(path: Path, limit: int, tick: int) -> str:
             apply_wall += ranked_at - began
             now += 1
     finally:
-        keys = list(client.scan_iter(match=conf.redis.keys.everything))
-        for first in range(0, len(keys), 1000):
-            client.delete(*keys[first : first + 1000])
+        clean(client, conf)
     return (
         f"apply {apply_wall / len(events) * 1e6:6.1f} us/event   refresh {refresh_wall / max(users, 1) * 1e6:5.0f} "
         f"us/user wall, {refresh_cpu / max(users, 1) * 1e6:5.0f} us/user CPU ({users:,} users ranked and published, "
