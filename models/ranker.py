@@ -38,6 +38,8 @@ from operator import itemgetter
 import numpy as np
 import torch
 
+from fusionrec.contracts.recommendations import rounded_columns
+
 from .base import Recommender
 from .fusion import position_discount
 from .topk import pick_device
@@ -209,12 +211,7 @@ class RankedList:
         """``(item ids, scores, contributions, category ids)``, scores and contributions rounded to 6 decimals
         (numpy, once per batch): what the published JSON holds."""
         if self._items is not None:
-            return (
-                [i.item_id for i in self._items],
-                [round(i.score, 6) for i in self._items],
-                [{s: round(c, 6) for s, c in i.contributions.items()} for i in self._items],
-                [i.category_id for i in self._items],
-            )
+            return rounded_columns((i.item_id, i.score, i.contributions, i.category_id) for i in self._items)
         assert self._batch is not None
         scores, parts, proposed = self._batch.rounded()
         sources, n, b = self._batch.sources, len(self._ids), self._row

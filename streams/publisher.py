@@ -118,10 +118,6 @@ class RecommendationPublisher:
             if self.errors <= 5 or self.errors % 1000 == 0:
                 log.error("list for user %r not published: %s (%d so far)", msg.key(), err, self.errors)
 
-    def publish(self, lists: list[FusedList], changed: dict[str, list[int]], *, partition: int, offset: int) -> int:
-        """Publish ``lists``; ``changed`` holds the event times each list newly reflects (for freshness)."""
-        return self.publish_many([(lists, changed, partition, offset)])
-
     def publish_many(self, groups: list[tuple[list[FusedList], dict[str, list[int]], int, int]]) -> int:
         """Publish the lists of several partitions, ``(lists, changed, partition, offset)`` each, with one Redis
         call and one poll of the producer for all of them."""

@@ -46,6 +46,7 @@ __all__ = [
     "decode",
     "encode",
     "payload",
+    "rounded_columns",
 ]
 
 FORMAT_VERSION = 1
@@ -140,13 +141,7 @@ def payload(
     category_id)`` tuples, or ``columns`` as ``(item ids, scores, contributions, category ids)`` already rounded
     to 6 decimals (:meth:`fusionrec.models.ranker.RankedList.rounded_columns`)."""
     if columns is None:
-        listed = list(items)
-        columns = (
-            [i[0] for i in listed],
-            [round(i[1], 6) for i in listed],
-            [{s: round(c, 6) for s, c in i[2].items()} for i in listed],
-            [i[3] for i in listed],
-        )
+        columns = rounded_columns(items)
     arm, action, propensity, weights = policy
     return {
         "v": FORMAT_VERSION,
@@ -170,6 +165,20 @@ def payload(
         "partition": partition,
         "ranker": ranker,
     }
+
+
+def rounded_columns(
+    items: Iterable[tuple[str, float, Mapping[str, float], str | None]],
+) -> tuple[list[str], list[float], list[dict[str, float]], list[str | None]]:
+    """``(item ids, scores, contributions, category ids)`` of ``(item_id, score, contributions, category_id)``
+    tuples, scores and contributions rounded to 6 decimals as the JSON holds them."""
+    listed = list(items)
+    return (
+        [i[0] for i in listed],
+        [round(i[1], 6) for i in listed],
+        [{s: round(c, 6) for s, c in i[2].items()} for i in listed],
+        [i[3] for i in listed],
+    )
 
 
 def encode(rec: Recommendation) -> bytes:
