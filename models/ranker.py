@@ -149,14 +149,29 @@ class _BatchItems:
             self._raw = (self.scores.tolist(), self.parts.tolist())
         return self._raw
 
-    def rounded(self) -> tuple[list, list, list]:
-        """``(scores, parts, proposed)``: scores and parts rounded to 6 decimals, and which parts are ``> 0``."""
+    def rounded(self) -> tuple[list, list]:
+        """``(scores, contributions)``: every item's score and ``{source: part}`` of its parts ``> 0``, rounded to 6
+        decimals. Only the parts that are there are converted (a few of the sources per item): each item's set of
+        sources is a bit pattern, mapped once per batch to its tuple of names."""
         if self._rounded is None:
-            self._rounded = (
-                np.round(self.scores.astype(np.float64), 6).tolist(),
-                np.round(self.parts.astype(np.float64), 6).tolist(),
-                (self.parts > 0.0).tolist(),
-            )
+            parts = self.parts
+            proposed = parts > 0.0
+            bits = (proposed.astype(np.int64) << np.arange(parts.shape[2], dtype=np.int64)).sum(axis=2).tolist()
+            values = np.round(parts[proposed].astype(np.float64), 6).tolist()  # C order: user, position, source
+            sources = tuple(self.sources)
+            names: dict[int, tuple[str, ...]] = {}
+            contributions, at = [], 0
+            for row in bits:
+                out = []
+                for bit in row:
+                    keys = names.get(bit)
+                    if keys is None:
+                        keys = names[bit] = tuple(s for n, s in enumerate(sources) if bit >> n & 1)
+                    end = at + len(keys)
+                    out.append(dict(zip(keys, values[at:end], strict=True)))
+                    at = end
+                contributions.append(out)
+            self._rounded = (np.round(self.scores.astype(np.float64), 6).tolist(), contributions)
         return self._rounded
 
 
@@ -213,13 +228,9 @@ class RankedList:
         if self._items is not None:
             return rounded_columns((i.item_id, i.score, i.contributions, i.category_id) for i in self._items)
         assert self._batch is not None
-        scores, parts, proposed = self._batch.rounded()
-        sources, n, b = self._batch.sources, len(self._ids), self._row
-        contributions = [
-            dict(compress(zip(sources, row, strict=False), mask))
-            for row, mask in zip(parts[b][:n], proposed[b][:n], strict=False)
-        ]
-        return list(self._ids), scores[b][:n], contributions, list(self._categories)
+        scores, contributions = self._batch.rounded()
+        n, b = len(self._ids), self._row
+        return list(self._ids), scores[b][:n], contributions[b][:n], list(self._categories)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RankedList):

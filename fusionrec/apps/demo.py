@@ -53,6 +53,10 @@ LISTS_WAIT_S = 3.0
 #: The demo's snapshot interval, which is also how often the worker writes the fusion weights the live view shows.
 WEIGHTS_INTERVAL_S = 3.0
 FRESHNESS = "fusionrec_recommendations_freshness_seconds"
+#: The fastest the demo paces a replay by default: what one worker ranking nine sources keeps up with on a 2-core
+#: machine that also runs the broker, Redis, the API and the online evaluation (BENCHMARKS.md, "Freshness": p99
+#: under 0.4 s at 1,000 events/s; it falls behind at 3,000). Faster, the demo would show a backlog, not freshness.
+DEMO_MAX_RATE = 1000.0
 
 
 def run_demo(
@@ -65,14 +69,16 @@ def run_demo(
     say: Callable[[str], None],
     step: Callable[[str], None],
     minutes: float = 1.0,
+    max_rate: float = DEMO_MAX_RATE,
     out: Path | None = None,
     live: bool | None = None,
 ) -> bool:
     """Run the demo; return True when every event was accounted for.
 
-    ``rate``: events/s (0: unpaced); by default the file is paced to take ``minutes``. ``out``: where the report
-    goes (default ``build/demo``). ``live``: the live view (default: when stdout is a terminal; else a line every
-    10 s)."""
+    ``rate``: events/s (0: unpaced); by default the file is paced to take ``minutes``, at most ``max_rate``
+    events/s (0: no limit), so that the worker keeps up and the freshness shown is a live shop's. ``out``: where
+    the report goes (default ``build/demo``). ``live``: the live view (default: when stdout is a terminal; else a
+    line every 10 s)."""
     from fusionrec.consumers.online_eval import OnlineEvaluator
     from fusionrec.consumers.online_eval_service import run_online_eval
     from fusionrec.streams.rebuild import rebuild_state
@@ -124,6 +130,12 @@ def run_demo(
         events = dataset.events
         if rate is None:
             rate = len(events) / (60 * minutes) if events else 0.0
+            if max_rate and rate > max_rate:
+                say(
+                    f"  pacing at {max_rate:,.0f} events/s, what one worker keeps up with on this machine "
+                    f"(--max-rate), not {rate:,.0f}: the replay takes {len(events) / max_rate / 60:.1f} minutes"
+                )
+                rate = max_rate
         step(f"4/7 replaying {path} " + (f"at {rate:,.0f} events/s" if rate else "unpaced"))
         say(
             f"  {len(events):,} events ({dataset.format}), {len(dataset.bad_rows)} unreadable rows, spanning "

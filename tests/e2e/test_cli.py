@@ -162,3 +162,13 @@ def test_version_json_logs_and_a_misspelled_variable(tmp_path):
     assert warning["level"] == "WARNING" and "did you mean FUSIONREC_RANKER_K?" in warning["message"]
     bad_flag = run(["replay", "x", "--rate", "fast"], env, check=False)
     assert bad_flag.returncode == 2 and "Traceback" not in bad_flag.stderr and "--rate" in bad_flag.stderr
+
+
+def test_demo_paces_no_faster_than_one_worker_keeps_up_with():
+    """The CLI's --max-rate default is the demo's own (a literal there: the CLI does not import the demo to start)."""
+    import inspect
+
+    from fusionrec.apps.cli.worker import demo
+    from fusionrec.apps.demo import DEMO_MAX_RATE
+
+    assert inspect.signature(demo).parameters["max_rate"].default.default == DEMO_MAX_RATE

@@ -127,6 +127,9 @@ def test_prepare_and_fuse_match_the_reference(seed, normalise):
     assert_same_lists(new.fuse(mine, weights), old.fuse(theirs, weights))
     # each fuse reads only the candidates: the reference's fuse of the batched candidates agrees too
     assert_same_lists(new.fuse(mine, weights), old.fuse(mine, weights))
+    # what is published: the batch's rounded columns are the reference items' rounding, exactly
+    for columns, items in zip(new.fuse(mine, weights), old.fuse(theirs, weights), strict=True):
+        assert columns.rounded_columns() == items.rounded_columns()
 
 
 def test_no_candidates_at_all():

@@ -88,6 +88,12 @@ def demo(
         1.0, min=0.05, help="Pace the replay so that it takes this long (events stamped as sent, as a live shop's)."
     ),
     rate: float | None = typer.Option(None, min=0, help="Replay at this many events/s instead (0: unpaced)."),
+    max_rate: float = typer.Option(
+        1000.0,
+        min=0,
+        help="Pace --minutes at most this fast (0: no limit): faster than one worker keeps up with, the demo shows a "
+        "backlog instead of a live shop's freshness.",
+    ),
     limit: int | None = typer.Option(None, min=1, help="Replay only the first N events."),
     out: Path = typer.Option(Path("build/demo"), help="Where the report (JSON, PNG plots) goes."),
     live: bool | None = typer.Option(
@@ -109,6 +115,7 @@ def demo(
             path,
             rate=rate,
             minutes=minutes,
+            max_rate=max_rate,
             limit=limit,
             out=out,
             live=live,
