@@ -27,6 +27,7 @@ snapshotter (:mod:`~fusionrec.streams.snapshots`) share it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -82,6 +83,10 @@ def source_params(settings: Settings, name: str, partition: int) -> dict[str, ob
     """The constructor arguments the settings give source ``name`` (seeded by partition where it draws)."""
     model = settings.model
     params: dict[str, object] = {"max_idle_ms": model.max_idle_s * 1000}
+    accepted = inspect.signature(SOURCES[name]).parameters
+    params |= {
+        cap: value for cap, value in (("max_users", model.max_users), ("max_items", model.max_items)) if cap in accepted
+    }
     if name == "cf":
         params["seed"] = 1000 + partition
     elif name == "sknn":
@@ -198,6 +203,7 @@ def build_fusion(settings: Settings, partition: int, ranker: FusionRanker | None
         holdout=settings.fusion.holdout,
         new_user_events=settings.fusion.new_user_events,
         max_idle_ms=settings.model.max_idle_s * 1000,
+        max_users=settings.model.max_users,
         learned=learned,
     )
 

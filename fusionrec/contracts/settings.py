@@ -322,6 +322,19 @@ class ModelSettings(_Section):
     max_idle_s: int = Field(
         7 * 24 * 3600, ge=60, description="Models evict users and items idle longer than this (event time)."
     )
+    max_users: int = Field(
+        500_000,
+        ge=16,
+        description="Users each model of a partition keeps (every source's user side and the fused recommender's "
+        "bandit state): a new user past it first drops the least recently active 1/16. With max_items, this bounds "
+        'a worker\'s memory by setting, whatever the traffic (BENCHMARKS.md, "Memory at 1M users").',
+    )
+    max_items: int = Field(
+        500_000,
+        ge=16,
+        description="Items each source keeps, the shared item side included: a new item past it first drops the "
+        "least recently active 1/16.",
+    )
     item_sync_ms: int = Field(
         1000,
         ge=0,

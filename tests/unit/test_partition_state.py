@@ -75,3 +75,22 @@ def test_offset_only_moves_forward(offsets):
     state = PartitionState(0, build_models(load_settings(), 0), offset=10)
     state.learn([], offsets[-1])
     assert state.offset == 10 and not state.dirty
+
+
+def test_the_memory_caps_are_settings_every_model_keeps_to():
+    """FUSIONREC_MODEL_MAX_USERS / _MAX_ITEMS reach every source and the fused recommender: past them, the least
+    recently active users and items go, so the state of 5,000 users over 5,000 items stays within 64 of each."""
+    from fusionrec.streams.state import build_fusion
+
+    settings = load_settings(model_max_users=64, model_max_items=64)
+    models = build_models(settings, 0)
+    fusion = build_fusion(settings, 0)
+    t0 = 1_700_000_000_000
+    events = [Event(f"e{n}", f"u{n}", f"i{n}", "view", t0 + n, category_id=f"c{n % 7}") for n in range(5000)]
+    for model in models.values():
+        model.learn_many(events)
+    fusion.learn_many(events)
+    for name, model in models.items():
+        assert model.n_users <= 64, name
+        assert model.n_items <= 64, name
+    assert fusion.n_users <= 64
