@@ -198,6 +198,7 @@ def main() -> None:
         "undelivered": result.undelivered,
         "producer_resets": result.resets,
         "resent": result.resent,
+        "resent_unplaced": producer.unplaced,
         "down_s": round(report.get("down_s", 0.0), 1),
         "old_topic_records_processed": processed_old if args.storage == "memory" else None,
         "applied_at_kill": int(report.get("applied_at_kill", 0)),
@@ -234,7 +235,8 @@ def main() -> None:
         f"'s): {len(not_on_topic):,}{' e.g. ' + ', '.join(not_on_topic[:5]) if not_on_topic else ''}"
     )
     print(
-        f"acknowledged without an offset (a duplicate-sequence answer taken for success): {len(no_offset):,}, "
+        f"acknowledged without an offset (a duplicate-sequence answer) and sent again by the producer: "
+        f"{producer.unplaced:,}; reported to the replay without an offset: {len(no_offset):,}, "
         f"{figures['not_on_topic_without_offset']:,} of them not on the topic"
     )
     print(f"lost (acknowledged, not gone with the broker, not applied): {lost:,}; doubled: {doubled:,}")
