@@ -41,14 +41,18 @@ log = logging.getLogger("fusionrec.kafka")
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 #: Delivery errors that a fresh producer cures: the broker lost our producer id or sequence (a restart without its
-#: state). A record that timed out (``message.timeout.ms``) has failed as configured and is reported, not re-sent;
-#: a broker that comes back empty while librdkafka keeps retrying is caught by ``stall_reset_s`` instead.
+#: state), or gave our producer id to another producer (Tansu restarted empty hands ids out from 1 again, and a
+#: record of ours then meets another producer's epoch: ``PRODUCER_FENCED``, which killed a worker's item-side link
+#: in a restart test before it was listed here). A record that timed out (``message.timeout.ms``) has failed as
+#: configured and is reported, not re-sent; a broker that comes back empty while librdkafka keeps retrying is caught
+#: by ``stall_reset_s`` instead.
 RESET_CODES = frozenset(
     {
         KafkaError.UNKNOWN_PRODUCER_ID,
         KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
         KafkaError.INVALID_PRODUCER_EPOCH,
         KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.PRODUCER_FENCED,
         KafkaError._FATAL,
     }
 )
@@ -237,11 +241,25 @@ class ResilientProducer:
         error = KafkaError(KafkaError._FATAL, f"{self.name}: producer reset, record dropped", fatal=False)
         callback(error, _Lost(topic, key))
 
+    def _serve(self, call: Callable[[float], int], timeout: float) -> int | None:
+        """``poll`` or ``flush`` of the librdkafka producer; None when it broke (the producer is then reset).
+
+        confluent-kafka raised ``SystemError("... returned NULL without setting an exception")`` from ``flush`` once
+        in a worker, right after a fatal "Unknown Producer Id" on a broker restart, and the worker died of it in a
+        hand-over snapshot. Records whose reports were lost with it are still kept, and the reset re-sends them.
+        """
+        try:
+            return call(timeout)
+        except SystemError as exc:
+            log.error("%s: librdkafka's %s failed: %s; the producer will be recreated", self.name, call.__name__, exc)
+            self._broken = self._broken or f"{call.__name__} failed: {exc}"
+            return None
+
     def poll(self, timeout: float = 0) -> int:
         """Serve delivery reports (and reset if one of them, or an error, asked for it)."""
-        served = self._producer.poll(timeout)
+        served = self._serve(self._producer.poll, timeout)
         self._heal()
-        return served
+        return served or 0
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every record is acknowledged (or failed for good) or ``timeout`` passes, resetting as
@@ -249,8 +267,9 @@ class ResilientProducer:
         deadline = self.clock() + timeout
         while True:
             left = deadline - self.clock()
-            remaining = self._producer.flush(max(min(left, 1.0), 0.0))
+            remaining = self._serve(self._producer.flush, max(min(left, 1.0), 0.0))
             self._heal()
+            remaining = len(self._producer) if remaining is None else remaining
             if (not len(self) and not remaining) or self.clock() >= deadline:
                 return len(self)
 

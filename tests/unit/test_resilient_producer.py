@@ -109,3 +109,25 @@ def test_an_acknowledgement_without_an_offset_is_believed_after_max_resends():
         producer._delivered(producer._generation, 0, None, None, _Msg(b"v0", offset=None))
         producer.poll(0)
     assert producer.unplaced == 2 and delivered == [None] and len(producer) == 0
+
+
+def test_a_broken_librdkafka_call_resets_instead_of_raising():
+    """confluent-kafka's flush once raised SystemError after a fatal error on a broker restart, and killed a worker:
+    the producer is recreated instead and what was not acknowledged is sent again."""
+    producer = _producer()
+    producer.produce("t", b"v0")
+    old = producer._producer
+
+    class _Broken:
+        def __init__(self, real):
+            self.real = real
+
+        def flush(self, timeout):
+            raise SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an exception")
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    producer._producer = _Broken(old)
+    assert producer.flush(0.5) == 1  # not acknowledged (no broker), but no exception: reset and re-sent
+    assert producer.resets == 1 and producer.resent == 1 and not isinstance(producer._producer, _Broken)
