@@ -113,6 +113,12 @@ class EventProducer:
             self._on_reset_cb(reason)
 
     @property
+    def unplaced(self) -> int:
+        """Events sent again because a broker acknowledged them without an offset (a "duplicate sequence" answer,
+        which Tansu's s3 storage can give for a batch it never stored: fusionrec.infra.resilient)."""
+        return self._producer.unplaced
+
+    @property
     def stall_s(self) -> float:
         """Seconds since the brokers last acknowledged an event while some wait for it (0 when none waits)."""
         return self._producer.stall_s

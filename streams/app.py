@@ -252,11 +252,14 @@ class Worker:
         if self.watch is None:
             return stored
         self.watch.check({partition: self.next_offset(partition)})
+        if self.watch.lost:  # gone: whatever comes back under this name is a new topic, read from its start
+            return 0
         return max(self.watch.to_topic(partition, stored), 0)
 
-    def verify(self, batch: RecordBatch) -> RecordBatch:
+    def verify(self, batch: RecordBatch) -> RecordBatch | None:
         """A batch that looks like a redelivery (state thread): check the topic is still the one the state was
-        built from (rebasing it if it was recreated), then give the batch state offsets."""
+        built from (rebasing it if it was recreated), then give the batch state offsets (None: not to be applied,
+        see :meth:`TopicWatch.translate`)."""
         assert self.watch is not None
         self.watch.check({batch.partition: self.next_offset(batch.partition)}, max_age_s=RECHECK_S)
         return self.watch.translate(batch)
@@ -301,10 +304,15 @@ class Worker:
                 await self.halt()
             last_on_topic = batch.last_offset  # before any rebase: the lag is in the topic's offsets
             if self.watch is not None:
+                partition = batch.partition
                 if self.suspicious(batch):
                     batch = await self.on_state_thread(self.verify, batch)
                 else:
                     batch = self.watch.translate(batch)
+                if batch is None:  # a recreated topic read from the old offsets: back to where it must go on
+                    # on the consumer's own thread and loop (aiokafka is not thread-safe), Faust's read offset too
+                    await self.app.consumer.seek_wait({TP(self.topic, partition): self.watch.resume_at(partition)})
+                    continue
             outcome = await self.apply_until_done(batch)
             if batch.partition in self.mine:
                 self.applied[batch.partition] = last_on_topic + 1

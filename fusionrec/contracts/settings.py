@@ -138,7 +138,8 @@ class KafkaSettings(_Section):
     idempotence: bool = Field(
         True,
         description="Use the idempotent producer (no duplicates from retries on real Kafka). Consumers dedupe by "
-        "event_id either way, so turning it off trades duplicates for the Tansu crash case in docs/tansu.md.",
+        "event_id either way. On Tansu's s3 storage a crash can make the idempotent producer report a batch as "
+        "delivered that was never stored; fusionrec's producers send such records again (docs/tansu.md).",
     )
     replication_factor: int = Field(1, ge=1, le=16, description="Replication factor for topics we create.")
 

@@ -10,6 +10,14 @@ acknowledged, in the order they were first sent. A record may then reach the top
 acknowledgement was lost); consumers dedupe by ``event_id`` (docs/worker.md). Records the broker refuses for good
 (too large, not authorised) are reported as failed, never re-sent.
 
+An acknowledgement **without an offset** is not taken at its word (when it keeps records): librdkafka reports a
+broker's ``DUPLICATE_SEQUENCE_NUMBER`` answer to a retried batch as a success, the batch's first record at no
+offset and the others numbered on from -1 ("the broker wrote it before"). Kafka stores a batch and its producer
+sequence together, so there that is true; Tansu's ``s3`` storage writes the sequence (``meta.json``) before the
+batch, in separate object-store writes, so a broker killed between the two answers the retry "duplicate" for a
+batch it never stored (docs/tansu.md). Such records are sent again under new sequence numbers; a copy that did
+exist is deduplicated downstream.
+
 Everything runs on the thread that calls :meth:`produce`, :meth:`poll` and :meth:`flush` (librdkafka serves its
 callbacks there): a reset never happens inside a callback.
 """
@@ -33,14 +41,18 @@ log = logging.getLogger("fusionrec.kafka")
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 #: Delivery errors that a fresh producer cures: the broker lost our producer id or sequence (a restart without its
-#: state). A record that timed out (``message.timeout.ms``) has failed as configured and is reported, not re-sent;
-#: a broker that comes back empty while librdkafka keeps retrying is caught by ``stall_reset_s`` instead.
+#: state), or gave our producer id to another producer (Tansu restarted empty hands ids out from 1 again, and a
+#: record of ours then meets another producer's epoch: ``PRODUCER_FENCED``, which killed a worker's item-side link
+#: in a restart test before it was listed here). A record that timed out (``message.timeout.ms``) has failed as
+#: configured and is reported, not re-sent; a broker that comes back empty while librdkafka keeps retrying is caught
+#: by ``stall_reset_s`` instead.
 RESET_CODES = frozenset(
     {
         KafkaError.UNKNOWN_PRODUCER_ID,
         KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
         KafkaError.INVALID_PRODUCER_EPOCH,
         KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.PRODUCER_FENCED,
         KafkaError._FATAL,
     }
 )
@@ -100,6 +112,9 @@ class ResilientProducer:
         self.clock = clock
         self.resets = 0
         self.resent = 0
+        self.unplaced = 0  # records acknowledged without an offset and sent again (see the module's docstring)
+        self._unplaced: list[int] = []  # their sequence numbers, until sent again
+        self._counting: dict[tuple[str, int], int] = {}  # (topic, partition) -> the next offset of such a report
         self._pending: dict[int, _Pending] = {}  # insertion order = first-send order
         self._seq = 0
         self._generation = 0
@@ -147,8 +162,12 @@ class ResilientProducer:
         if generation != self._generation:  # the old producer's purge: already queued again on the new one
             return
         if err is None:
-            entry = self._pending.pop(seq, None)
             self._last_progress = self.clock()
+            entry = self._pending.get(seq)
+            if self._offsetless(msg) and entry is not None and entry.resends < self.max_resends:
+                self._unplaced.append(seq)  # "written before", maybe never written: sent again by _heal
+                return
+            self._pending.pop(seq, None)
             if entry is not None and entry.callback is not None:
                 entry.callback(None, msg)
             return
@@ -161,6 +180,22 @@ class ResilientProducer:
         self._pending.pop(seq, None)
         if entry is not None and entry.callback is not None:
             entry.callback(err, msg)
+
+    def _offsetless(self, msg: Message) -> bool:
+        """Whether an acknowledgement is librdkafka's report of a "duplicate sequence" answer: the batch's first
+        record at no offset (None), the others numbered on from it (0, 1, 2, ...: reports of one batch are served
+        together, in order). A real batch that happens to continue that count is taken for one too: sent again, a
+        duplicate the consumers drop."""
+        where = (msg.topic(), msg.partition())
+        offset = msg.offset()
+        if offset is None or offset < 0:
+            self._counting[where] = 0
+            return True
+        if self._counting.get(where) == offset:
+            self._counting[where] = offset + 1
+            return True
+        self._counting.pop(where, None)
+        return False
 
     # --- sending -------------------------------------------------------------------------------------------------
 
@@ -206,11 +241,25 @@ class ResilientProducer:
         error = KafkaError(KafkaError._FATAL, f"{self.name}: producer reset, record dropped", fatal=False)
         callback(error, _Lost(topic, key))
 
+    def _serve(self, call: Callable[[float], int], timeout: float) -> int | None:
+        """``poll`` or ``flush`` of the librdkafka producer; None when it broke (the producer is then reset).
+
+        confluent-kafka raised ``SystemError("... returned NULL without setting an exception")`` from ``flush`` once
+        in a worker, right after a fatal "Unknown Producer Id" on a broker restart, and the worker died of it in a
+        hand-over snapshot. Records whose reports were lost with it are still kept, and the reset re-sends them.
+        """
+        try:
+            return call(timeout)
+        except SystemError as exc:
+            log.error("%s: librdkafka's %s failed: %s; the producer will be recreated", self.name, call.__name__, exc)
+            self._broken = self._broken or f"{call.__name__} failed: {exc}"
+            return None
+
     def poll(self, timeout: float = 0) -> int:
         """Serve delivery reports (and reset if one of them, or an error, asked for it)."""
-        served = self._producer.poll(timeout)
+        served = self._serve(self._producer.poll, timeout)
         self._heal()
-        return served
+        return served or 0
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every record is acknowledged (or failed for good) or ``timeout`` passes, resetting as
@@ -218,8 +267,9 @@ class ResilientProducer:
         deadline = self.clock() + timeout
         while True:
             left = deadline - self.clock()
-            remaining = self._producer.flush(max(min(left, 1.0), 0.0))
+            remaining = self._serve(self._producer.flush, max(min(left, 1.0), 0.0))
             self._heal()
+            remaining = len(self._producer) if remaining is None else remaining
             if (not len(self) and not remaining) or self.clock() >= deadline:
                 return len(self)
 
@@ -239,11 +289,36 @@ class ResilientProducer:
 
     def _heal(self) -> None:
         self._check_stall()
-        while self._broken:
-            self._reset()
+        while self._broken or self._unplaced:
+            if self._broken:
+                self._reset()  # re-sends every unacknowledged record, the unplaced ones included
+            else:
+                self._place_again()
+
+    def _place_again(self) -> None:
+        """Send again, under new sequence numbers, the records acknowledged without an offset."""
+        seqs, self._unplaced = self._unplaced, []
+        for seq in seqs:
+            entry = self._pending.get(seq)
+            if entry is None:
+                continue
+            if self._broken:  # kept: the reset re-sends it
+                return
+            entry.resends += 1
+            self.resent += 1
+            self.unplaced += 1
+            self._send(seq, entry.topic, entry.value, entry.key, entry.timestamp, entry.callback)
+        log.warning(
+            '%s: %d records acknowledged without an offset (the broker answered a retry "duplicate sequence") '
+            "sent again, in case it never stored them (%d so far)",
+            self.name,
+            len(seqs),
+            self.unplaced,
+        )
 
     def _reset(self) -> None:
         reason, self._broken = self._broken, None
+        self._unplaced = []  # every unacknowledged record is sent again below
         old = self._producer
         self._generation += 1
         try:

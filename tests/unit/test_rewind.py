@@ -57,3 +57,23 @@ def test_a_topic_end_behind_the_state_is_reported_not_rebased():
 def test_a_broker_that_does_not_answer_proves_nothing():
     watch = TopicWatch(_Hashes(), "k", "events", lambda: None)
     assert watch.check({0: 100}) == set() and watch.ready and watch.ids == {}
+
+
+def test_a_rebased_partition_read_from_the_old_offsets_goes_back_to_the_start():
+    """A worker assigned while the topic was gone resumes at its old offsets on the new topic: those batches are
+    dropped and the consumer sent back to offset 0, and a batch fetched from the old offsets that comes after the
+    new topic's first batch is dropped too: nothing below the old offsets is skipped."""
+    ids = iter(["A", MISSING, "B"])
+    watch = TopicWatch(_Hashes(), "k", "events", lambda: next(ids))
+    watch.check({0: 0})
+    watch.check({0: 900})  # gone at the assignment: the consumer resumes at the snapshot, ~900
+    assert watch.check({0: 900}) == {0}  # a batch from offset 900 of the new topic looked like a redelivery
+    assert watch.translate(_batch(0, range(900, 910))) is None and watch.resume_at(0) == 0
+    assert not watch.ready
+    batch = watch.translate(_batch(0, range(0, 5)))  # from the start, after the seek
+    assert [r.offset for r in batch.records] == [900, 901, 902, 903, 904] and watch.ready
+    assert watch.translate(_batch(0, range(910, 920))) is None and watch.resume_at(0) == 5  # fetched before the seek
+    assert [r.offset for r in watch.translate(_batch(0, range(5, 12))).records] == list(range(905, 912))
+    assert [r.offset for r in watch.translate(_batch(0, range(10, 13))).records] == [910, 911, 912]  # overlap: kept
+    watch.forget([0])
+    assert watch.translate(_batch(0, range(50, 51))) is not None  # reassigned later: positioned from its snapshot
