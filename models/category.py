@@ -19,7 +19,7 @@ a new item is a candidate as soon as one event with its category is seen.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
@@ -202,6 +202,50 @@ class CategoryAffinity(UserItemActivity, Recommender):
             self._category_items[category] = dict(
                 heapq.nlargest(self.items_per_category, tally.items(), key=itemgetter(1))
             )
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, origin_half_life = self.item_half_life_ms, min(self.user_half_life_ms, self.item_half_life_ms)
+        cap, prune_at, keep = self.max_items, self._prune_category_at, self.items_per_category
+        item_category, category_items, category_total, item_last = (
+            self._item_category,
+            self._category_items,
+            self._category_total,
+            self._item_last,
+        )
+        clock, t0 = self._clock, self._t0
+        for item, ts, (w, category) in records:
+            if ts > clock:
+                clock = ts
+            known = item_category.get(item)
+            if category is None:
+                if known is None:
+                    continue
+                category = known
+            elif known != category:
+                if known is not None:
+                    category_items.get(known, {}).pop(item, None)
+                item_category[item] = category
+            previous = item_last.get(item)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item, ts, cap, self._drop_item)
+                else:
+                    item_last[item] = ts
+            elif ts > previous:
+                item_last[item] = ts
+            if t0 is None or (ts - t0) / origin_half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, origin_half_life)
+            item_weight = w * 2.0 ** ((ts - t0) / half_life)
+            tally = category_items.get(category)
+            if tally is None:
+                tally = category_items[category] = {}
+                category_total[category] = 0.0
+            tally[item] = tally.get(item, 0.0) + item_weight
+            category_total[category] += item_weight
+            if len(tally) > prune_at:
+                category_items[category] = dict(heapq.nlargest(keep, tally.items(), key=itemgetter(1)))
+        self._clock = clock
 
     def _rebase(self, ts: int) -> None:
         shift = self._t0 - ts  # type: ignore[operator]

@@ -17,7 +17,7 @@ plain sort. A user's candidates are the neighbours of their recent items, the mo
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, seeded_scores, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
@@ -171,6 +171,39 @@ class CoVisitation(UserItemActivity, Recommender):
             mine[other] = mine.get(other, 0.0) + other_w * decay
         if len(mine) > prune_at:
             self._prune(item)
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at = self.half_life_ms, self.max_items, self._prune_at
+        item_last, links, clock, t0 = self._item_last, self._links, self._clock, self._t0
+        for item, ts, (w, partners) in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item, ts, cap, self._drop_item)
+                else:
+                    item_last[item] = ts
+            elif ts > previous:
+                item_last[item] = ts
+            mine = links.get(item)
+            if mine is None:
+                mine = links[item] = {}
+            for other, other_w in partners:
+                theirs = links.get(other)
+                if theirs is None:
+                    continue
+                theirs[item] = theirs.get(item, 0.0) + w * decay
+                if len(theirs) > prune_at:
+                    self._prune(other)
+                mine[other] = mine.get(other, 0.0) + other_w * decay
+            if len(mine) > prune_at:
+                self._prune(item)
+        self._clock = clock
 
     def _prune(self, item: str) -> None:
         links = self._links[item]

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["ItemCF"]
@@ -179,6 +179,40 @@ class ItemCF(UserItemActivity, Recommender):
             mine[other] = mine.get(other, 0.0) + decay
         if len(mine) > prune_at:
             self._prune(item_id)
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at = self.half_life_ms, self.max_items, self._prune_at
+        item_last, count, pairs, clock, t0 = self._item_last, self._count, self._pairs, self._clock, self._t0
+        for item_id, ts, context in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item_id)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item_id, ts, cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            count[item_id] = count.get(item_id, 0.0) + decay
+            mine = pairs.get(item_id)
+            if mine is None:
+                mine = pairs[item_id] = {}
+            for other in context:
+                theirs = pairs.get(other)
+                if theirs is None:
+                    continue
+                theirs[item_id] = theirs.get(item_id, 0.0) + decay
+                if len(theirs) > prune_at:
+                    self._prune(other)
+                mine[other] = mine.get(other, 0.0) + decay
+            if len(mine) > prune_at:
+                self._prune(item_id)
+        self._clock = clock
 
     def _prune(self, item: str) -> None:
         count = self._count

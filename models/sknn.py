@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -192,6 +192,58 @@ class SessionKNN(Recommender):
             index.append(key)
             if len(index) > self._trim_at:
                 del index[: len(index) - self.sample_size]
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Any]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        item_cap, session_cap, max_items, trim_at, sample = (
+            self.max_items,
+            self.max_sessions,
+            self.max_session_items,
+            self._trim_at,
+            self.sample_size,
+        )
+        item_last, session_last, sessions, df, index_of = (
+            self._item_last,
+            self._session_last,
+            self._sessions,
+            self._df,
+            self._index,
+        )
+        clock = self._clock
+        for item_id, ts, key in records:
+            if ts > clock:
+                clock = ts
+            previous = item_last.get(item_id)  # touch(), inline, for the item and the session
+            if previous is None:
+                if len(item_last) >= item_cap:
+                    touch(item_last, item_id, ts, item_cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            previous = session_last.get(key)
+            if previous is None:
+                if len(session_last) >= session_cap:
+                    touch(session_last, key, ts, session_cap, self._drop_session)
+                else:
+                    session_last[key] = ts
+            elif ts > previous:
+                session_last[key] = ts
+            items = sessions.get(key)
+            if items is None:
+                items = sessions[key] = {}
+            if item_id in items or len(items) >= max_items:
+                continue
+            items[item_id] = len(items)
+            df[item_id] = df.get(item_id, 0) + 1
+            index = index_of.get(item_id)
+            if index is None:
+                index_of[item_id] = [key]
+            else:
+                index.append(key)
+                if len(index) > trim_at:
+                    del index[: len(index) - sample]
+        self._clock = clock
 
     # --- inference ---------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ user's last ``steps`` items themselves are not proposed.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, seeded_scores, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["Successors"]
@@ -175,6 +175,35 @@ class Successors(UserItemActivity, Recommender):
             theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
             if len(theirs) > prune_at:
                 links[other] = dict(heapq.nlargest(self.max_successors, theirs.items(), key=itemgetter(1)))
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at, keep = self.half_life_ms, self.max_items, self._prune_at, self.max_successors
+        item_last, links, clock, t0 = self._item_last, self._links, self._clock, self._t0
+        for item_id, ts, (w, predecessors) in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item_id)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item_id, ts, cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            if item_id not in links:
+                links[item_id] = {}
+            for other, gap in predecessors:
+                theirs = links.get(other)
+                if theirs is None:
+                    continue
+                theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
+                if len(theirs) > prune_at:
+                    links[other] = dict(heapq.nlargest(keep, theirs.items(), key=itemgetter(1)))
+        self._clock = clock
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]
