@@ -28,7 +28,7 @@ import numpy as np
 from fusionrec.contracts.events import Event
 
 from ._state import MAX_DECAY_EXPONENT, UserItemActivity, touch
-from .base import Recommender, require_at_least, require_positive
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
 
@@ -158,6 +158,68 @@ class CategoryAffinity(UserItemActivity, Recommender):
         if context[1] is not None:
             self._learn_affinity(event, context)
         return context
+
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, str | None] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, user_half_life = self._weights, self.user_half_life_ms
+        origin_half_life = min(self.user_half_life_ms, self.item_half_life_ms)
+        item_cap, user_cap, keep, prune_at = (
+            self.max_items,
+            self.max_users,
+            self.max_categories_per_user,
+            self._prune_user_at,
+        )
+        item_category, item_last, user_last, affinities = (
+            self._item_category,
+            self._item_last,
+            self._user_last,
+            self._affinity,
+        )
+        clock, t0, out = self._clock, self._t0, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = event_weight(weights, event)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            item, category = event.item_id, event.category_id
+            if category is None:
+                category = item_category.get(item)
+            else:
+                previous = item_last.get(item)  # touch(), inline
+                if previous is None:
+                    if len(item_last) >= item_cap:
+                        touch(item_last, item, ts, item_cap, self._drop_item)
+                    else:
+                        item_last[item] = ts
+                elif ts > previous:
+                    item_last[item] = ts
+                item_category[item] = category
+            out.append((w, category))
+            if category is None:
+                continue
+            user = event.user_id
+            if t0 is None or (ts - t0) / origin_half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, origin_half_life)
+            user_weight = w * 2.0 ** ((ts - t0) / user_half_life)
+            previous = user_last.get(user)
+            if previous is None:
+                if len(user_last) >= user_cap:
+                    touch(user_last, user, ts, user_cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            affinity = affinities.get(user)
+            if affinity is None:
+                affinity = affinities[user] = {}
+            affinity[category] = affinity.get(category, 0.0) + user_weight
+            if len(affinity) > prune_at:
+                affinities[user] = dict(heapq.nlargest(keep, affinity.items(), key=itemgetter(1)))
+        self._clock = clock
+        return out
 
     def _learn_affinity(self, event: Event, context: tuple[float, str]) -> None:
         w, category = context

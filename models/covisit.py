@@ -26,7 +26,7 @@ import numpy as np
 from fusionrec.contracts.events import Event
 
 from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, top_k, touch
-from .base import Recommender, require_at_least, require_positive
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
 
@@ -146,6 +146,54 @@ class CoVisitation(UserItemActivity, Recommender):
         if len(recent) > self.max_recent:
             del recent[0]
         return w, partners
+
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, list[tuple[str, float]]] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, window, keep, cap = self._weights, self.window_ms, self.max_recent, self.max_users
+        user_last, recents, clock, out = self._user_last, self._recent, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = event_weight(weights, event)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            user, item, session = event.user_id, event.item_id, event.session_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = []
+            partners = []
+            seen_at = -1
+            for position, (other, other_ts, other_session, other_w) in enumerate(recent):
+                if other == item:
+                    seen_at = position
+                    continue
+                if session is not None and other_session is not None:
+                    if session != other_session:
+                        continue
+                elif abs(ts - other_ts) > window:
+                    continue
+                partners.append((other, other_w))
+            if seen_at >= 0:
+                entry = recent.pop(seen_at)
+                entry[1], entry[2], entry[3] = max(ts, entry[1]), session, max(w, entry[3])
+            else:
+                entry = [item, ts, session, w]
+            recent.append(entry)
+            if len(recent) > keep:
+                del recent[0]
+            out.append((w, partners))
+        self._clock = clock
+        return out
 
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Strengthen the links between ``item_id`` and each partner, both ways."""

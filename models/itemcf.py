@@ -157,6 +157,47 @@ class ItemCF(UserItemActivity, Recommender):
             del history[0]
         return others
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[list[str] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, max_seen, max_history, cap = self._weights, self.max_seen, self.max_history, self.max_users
+        user_last, histories, seens, clock, out = self._user_last, self._history, self._seen, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            if weights.get(event.type, 0.0) <= 0.0:
+                out.append(None)
+                continue
+            user, item = event.user_id, event.item_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            history = histories.get(user)
+            if history is None:
+                history = histories[user] = []
+                seen = seens[user] = {}
+            else:
+                seen = seens[user]
+            known = item in seen
+            if known:
+                del seen[item]
+            seen[item] = None
+            if len(seen) > max_seen:
+                del seen[next(iter(seen))]
+            if item in history:
+                history.remove(item)
+            out.append(None if known else list(history))
+            history.append(item)
+            if len(history) > max_history:
+                del history[0]
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Count one more user of ``item_id``, and one more co-occurrence with each of ``context``'s items."""
         if ts > self._clock:

@@ -24,7 +24,7 @@ import numpy as np
 from fusionrec.contracts.events import Event
 
 from ._state import MAX_DECAY_EXPONENT, by_score_then_id, evict_idle, touch
-from .base import Recommender, require_at_least, require_positive
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["Popularity", "Trending"]
 
@@ -101,6 +101,17 @@ class Popularity(Recommender):
         """Popularity keeps nothing per user: the item side needs only the event's weight."""
         w = self._weigh(event)
         return w if w > 0.0 else None
+
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[float | None]:
+        """:meth:`learn_user_side` for each event, in one loop."""
+        weights, clock, out = self._weights, self._clock, []
+        for event in events:
+            if event.ts > clock:
+                clock = event.ts
+            w = event_weight(weights, event)
+            out.append(w if w > 0.0 else None)
+        self._clock = clock
+        return out
 
     def learn_item_side(self, item_id: str, ts: int, context: float) -> None:
         if ts > self._clock:

@@ -157,6 +157,52 @@ class Successors(UserItemActivity, Recommender):
             del recent[0]
         return w, predecessors
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, list[tuple[str, int]]] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, gap_ms, steps, keep, cap = self._weights, self.session_gap_ms, self.steps, self._keep, self.max_users
+        user_last, recents, clock, out = self._user_last, self._recent, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = weights.get(event.type, 0.0)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            user, item, session = event.user_id, event.item_id, event.session_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = []
+            elif recent:
+                last = recent[-1]
+                same = session == last[2] if session is not None and last[2] is not None else ts - last[1] <= gap_ms
+                if not same:
+                    recent.clear()
+                elif last[0] == item:
+                    last[1] = max(last[1], ts)
+                    out.append(None)
+                    continue
+            predecessors = []
+            for gap, (other, *_) in enumerate(reversed(recent), start=1):
+                if gap > steps:
+                    break
+                if other != item:
+                    predecessors.append((other, gap))
+            recent.append([item, ts, session])
+            if len(recent) > keep:
+                del recent[0]
+            out.append((w, predecessors))
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Strengthen each predecessor's link to ``item_id`` by the event's weight over the gap."""
         if ts > self._clock:

@@ -225,3 +225,16 @@ def test_the_guard_admits_a_batch_as_it_admits_each_record():
     assert answers == [single.admit(c[USER], item, ts) for _o, item, ts, c in offered]
     assert answers == [reference_admit(reference, c[USER], item, ts) for _o, item, ts, c in offered]
     assert batched.to_state() == single.to_state() == reference.to_state()
+
+
+@pytest.mark.parametrize("name", sorted(sources()))
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_user_side_learns_a_batch_as_it_learns_each_event(name, seed):
+    events = stream(3000, seed)
+    batched, single = sources()[name], sources()[name]
+    contexts = []
+    for start in range(0, len(events), 83):
+        contexts += batched.learn_user_side_many(events[start : start + 83])
+    assert contexts == [single.learn_user_side(event) for event in events]
+    assert batched.snapshot() == single.snapshot()
+    assert state(batched) == state(single)
