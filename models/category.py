@@ -18,7 +18,6 @@ a new item is a candidate as soon as one event with its category is seen.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import MAX_DECAY_EXPONENT, UserItemActivity, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, strongest, touch
 from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
@@ -217,7 +216,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
                 affinity = affinities[user] = {}
             affinity[category] = affinity.get(category, 0.0) + user_weight
             if len(affinity) > prune_at:
-                affinities[user] = dict(heapq.nlargest(keep, affinity.items(), key=itemgetter(1)))
+                affinities[user] = strongest(affinity.items(), keep)
         self._clock = clock
         return out
 
@@ -232,9 +231,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             affinity = self._affinity[user] = {}
         affinity[category] = affinity.get(category, 0.0) + user_weight
         if len(affinity) > self._prune_user_at:
-            self._affinity[user] = dict(
-                heapq.nlargest(self.max_categories_per_user, affinity.items(), key=itemgetter(1))
-            )
+            self._affinity[user] = strongest(affinity.items(), self.max_categories_per_user)
 
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Add the event's weight to the item's share of its category (moving the item if its category changed)."""
@@ -261,9 +258,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
         tally[item] = tally.get(item, 0.0) + item_weight
         self._category_total[category] += item_weight
         if len(tally) > self._prune_category_at:
-            self._category_items[category] = dict(
-                heapq.nlargest(self.items_per_category, tally.items(), key=itemgetter(1))
-            )
+            self._category_items[category] = strongest(tally.items(), self.items_per_category)
 
     def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
         """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
@@ -306,7 +301,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             tally[item] = tally.get(item, 0.0) + item_weight
             category_total[category] += item_weight
             if len(tally) > prune_at:
-                category_items[category] = dict(heapq.nlargest(keep, tally.items(), key=itemgetter(1)))
+                category_items[category] = strongest(tally.items(), keep)
         self._clock = clock
 
     def _rebase(self, ts: int) -> None:

@@ -16,16 +16,14 @@ plain sort. A user's candidates are the neighbours of their recent items, the mo
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, strongest, top_k, touch
 from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
@@ -255,7 +253,7 @@ class CoVisitation(UserItemActivity, Recommender):
 
     def _prune(self, item: str) -> None:
         links = self._links[item]
-        self._links[item] = dict(heapq.nlargest(self.max_neighbours, links.items(), key=itemgetter(1)))
+        self._links[item] = strongest(links.items(), self.max_neighbours)
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]

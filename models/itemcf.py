@@ -22,7 +22,6 @@ months apart, which is what long-lived histories (MovieLens, loyal shoppers) nee
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, strongest, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["ItemCF"]
@@ -258,10 +257,9 @@ class ItemCF(UserItemActivity, Recommender):
     def _prune(self, item: str) -> None:
         count = self._count
         neighbours = self._pairs[item]
-        kept = heapq.nlargest(
-            self.max_neighbours, neighbours.items(), key=lambda pair: pair[1] / math.sqrt(count.get(pair[0], 1.0))
+        self._pairs[item] = strongest(
+            neighbours.items(), self.max_neighbours, key=lambda pair: pair[1] / math.sqrt(count.get(pair[0], 1.0))
         )
-        self._pairs[item] = dict(kept)
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]

@@ -16,16 +16,14 @@ user's last ``steps`` items themselves are not proposed.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, strongest, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["Successors"]
@@ -220,7 +218,7 @@ class Successors(UserItemActivity, Recommender):
                 continue
             theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
             if len(theirs) > prune_at:
-                links[other] = dict(heapq.nlargest(self.max_successors, theirs.items(), key=itemgetter(1)))
+                links[other] = strongest(theirs.items(), self.max_successors)
 
     def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
         """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
@@ -248,7 +246,7 @@ class Successors(UserItemActivity, Recommender):
                     continue
                 theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
                 if len(theirs) > prune_at:
-                    links[other] = dict(heapq.nlargest(keep, theirs.items(), key=itemgetter(1)))
+                    links[other] = strongest(theirs.items(), keep)
         self._clock = clock
 
     def _rebase(self, ts: int) -> None:
