@@ -252,7 +252,8 @@ class Recommender(abc.ABC):
         """:meth:`learn_item_side` for each ``(item_id, ts, context)``, in order: the same state as the loop.
 
         The shared item side learns a whole sync tick at once this way (:meth:`fusionrec.models.item_side.ItemSide
-        .apply`); the default loops, and a source overrides it where one tight loop pays.
+        .apply`); the default loops, and a source overrides it where one tight loop pays. (A subclass of such a
+        source that changes :meth:`learn_item_side` must change this too, and likewise for the user side.)
         """
         learn = self.learn_item_side
         for item_id, ts, context in records:
