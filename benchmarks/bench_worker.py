@@ -136,7 +136,7 @@ def stage_profile(settings, dataset_events) -> tuple[list[tuple[str, float]], fl
             rows.append(("all models' user sides (PartitionState.learn)", cumtime))
         elif func == "apply" and filename.endswith("item_side.py"):
             rows.append(("the shared item side's replica (ItemSide.apply)", cumtime))
-        elif func == "admit" and filename.endswith("guard.py"):
+        elif func in ("admit", "admit_many") and filename.endswith("guard.py"):
             rows.append(("  of which the abuse guard (ItemSideGuard.admit)", cumtime))
     rows += [(f"  learn {name}", seconds) for name, seconds in sorted(per_model.items())]
     for prefix in ("bench-rate:*", "bench-profile:*"):

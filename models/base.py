@@ -239,6 +239,26 @@ class Recommender(abc.ABC):
         returned (possibly on another instance, and after a JSON round trip: tuples may arrive as lists)."""
         raise NotImplementedError(f"{type(self).__name__} does not learn in two halves")
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[Any]:
+        """:meth:`learn_user_side` for each of ``events``, in order: one context (or ``None``) per event.
+
+        The worker learns every batch's user sides this way; the default loops, and a source whose per-event cost
+        is mostly Python's call overhead overrides it with one tight loop that leaves the same state.
+        """
+        learn = self.learn_user_side
+        return [learn(event) for event in events]
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Any]]) -> None:
+        """:meth:`learn_item_side` for each ``(item_id, ts, context)``, in order: the same state as the loop.
+
+        The shared item side learns a whole sync tick at once this way (:meth:`fusionrec.models.item_side.ItemSide
+        .apply`); the default loops, and a source overrides it where one tight loop pays. (A subclass of such a
+        source that changes :meth:`learn_item_side` must change this too, and likewise for the user side.)
+        """
+        learn = self.learn_item_side
+        for item_id, ts, context in records:
+            learn(item_id, ts, context)
+
     def with_item_side(self, items: Self) -> Self:
         """A view for ranking: this instance's user-side state with ``items``' item-side state.
 

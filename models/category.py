@@ -18,8 +18,7 @@ a new item is a candidate as soon as one event with its category is seen.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -27,8 +26,8 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, touch
-from .base import Recommender, require_at_least, require_positive
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, strongest, touch
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CategoryAffinity"]
 
@@ -159,6 +158,68 @@ class CategoryAffinity(UserItemActivity, Recommender):
             self._learn_affinity(event, context)
         return context
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, str | None] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, user_half_life = self._weights, self.user_half_life_ms
+        origin_half_life = min(self.user_half_life_ms, self.item_half_life_ms)
+        item_cap, user_cap, keep, prune_at = (
+            self.max_items,
+            self.max_users,
+            self.max_categories_per_user,
+            self._prune_user_at,
+        )
+        item_category, item_last, user_last, affinities = (
+            self._item_category,
+            self._item_last,
+            self._user_last,
+            self._affinity,
+        )
+        clock, t0, out = self._clock, self._t0, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = event_weight(weights, event)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            item, category = event.item_id, event.category_id
+            if category is None:
+                category = item_category.get(item)
+            else:
+                previous = item_last.get(item)  # touch(), inline
+                if previous is None:
+                    if len(item_last) >= item_cap:
+                        touch(item_last, item, ts, item_cap, self._drop_item)
+                    else:
+                        item_last[item] = ts
+                elif ts > previous:
+                    item_last[item] = ts
+                item_category[item] = category
+            out.append((w, category))
+            if category is None:
+                continue
+            user = event.user_id
+            if t0 is None or (ts - t0) / origin_half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, origin_half_life)
+            user_weight = w * 2.0 ** ((ts - t0) / user_half_life)
+            previous = user_last.get(user)
+            if previous is None:
+                if len(user_last) >= user_cap:
+                    touch(user_last, user, ts, user_cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            affinity = affinities.get(user)
+            if affinity is None:
+                affinity = affinities[user] = {}
+            affinity[category] = affinity.get(category, 0.0) + user_weight
+            if len(affinity) > prune_at:
+                affinities[user] = strongest(affinity.items(), keep)
+        self._clock = clock
+        return out
+
     def _learn_affinity(self, event: Event, context: tuple[float, str]) -> None:
         w, category = context
         ts, user = event.ts, event.user_id
@@ -170,9 +231,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             affinity = self._affinity[user] = {}
         affinity[category] = affinity.get(category, 0.0) + user_weight
         if len(affinity) > self._prune_user_at:
-            self._affinity[user] = dict(
-                heapq.nlargest(self.max_categories_per_user, affinity.items(), key=itemgetter(1))
-            )
+            self._affinity[user] = strongest(affinity.items(), self.max_categories_per_user)
 
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Add the event's weight to the item's share of its category (moving the item if its category changed)."""
@@ -199,9 +258,51 @@ class CategoryAffinity(UserItemActivity, Recommender):
         tally[item] = tally.get(item, 0.0) + item_weight
         self._category_total[category] += item_weight
         if len(tally) > self._prune_category_at:
-            self._category_items[category] = dict(
-                heapq.nlargest(self.items_per_category, tally.items(), key=itemgetter(1))
-            )
+            self._category_items[category] = strongest(tally.items(), self.items_per_category)
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, origin_half_life = self.item_half_life_ms, min(self.user_half_life_ms, self.item_half_life_ms)
+        cap, prune_at, keep = self.max_items, self._prune_category_at, self.items_per_category
+        item_category, category_items, category_total, item_last = (
+            self._item_category,
+            self._category_items,
+            self._category_total,
+            self._item_last,
+        )
+        clock, t0 = self._clock, self._t0
+        for item, ts, (w, category) in records:
+            if ts > clock:
+                clock = ts
+            known = item_category.get(item)
+            if category is None:
+                if known is None:
+                    continue
+                category = known
+            elif known != category:
+                if known is not None:
+                    category_items.get(known, {}).pop(item, None)
+                item_category[item] = category
+            previous = item_last.get(item)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item, ts, cap, self._drop_item)
+                else:
+                    item_last[item] = ts
+            elif ts > previous:
+                item_last[item] = ts
+            if t0 is None or (ts - t0) / origin_half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, origin_half_life)
+            item_weight = w * 2.0 ** ((ts - t0) / half_life)
+            tally = category_items.get(category)
+            if tally is None:
+                tally = category_items[category] = {}
+                category_total[category] = 0.0
+            tally[item] = tally.get(item, 0.0) + item_weight
+            category_total[category] += item_weight
+            if len(tally) > prune_at:
+                category_items[category] = strongest(tally.items(), keep)
+        self._clock = clock
 
     def _rebase(self, ts: int) -> None:
         shift = self._t0 - ts  # type: ignore[operator]

@@ -16,17 +16,15 @@ plain sort. A user's candidates are the neighbours of their recent items, the mo
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, seeded_scores, top_k, touch
-from .base import Recommender, require_at_least, require_positive
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, strongest, top_k, touch
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["CoVisitation"]
 
@@ -147,6 +145,54 @@ class CoVisitation(UserItemActivity, Recommender):
             del recent[0]
         return w, partners
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, list[tuple[str, float]]] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, window, keep, cap = self._weights, self.window_ms, self.max_recent, self.max_users
+        user_last, recents, clock, out = self._user_last, self._recent, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = event_weight(weights, event)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            user, item, session = event.user_id, event.item_id, event.session_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = []
+            partners = []
+            seen_at = -1
+            for position, (other, other_ts, other_session, other_w) in enumerate(recent):
+                if other == item:
+                    seen_at = position
+                    continue
+                if session is not None and other_session is not None:
+                    if session != other_session:
+                        continue
+                elif abs(ts - other_ts) > window:
+                    continue
+                partners.append((other, other_w))
+            if seen_at >= 0:
+                entry = recent.pop(seen_at)
+                entry[1], entry[2], entry[3] = max(ts, entry[1]), session, max(w, entry[3])
+            else:
+                entry = [item, ts, session, w]
+            recent.append(entry)
+            if len(recent) > keep:
+                del recent[0]
+            out.append((w, partners))
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Strengthen the links between ``item_id`` and each partner, both ways."""
         if ts > self._clock:
@@ -172,9 +218,42 @@ class CoVisitation(UserItemActivity, Recommender):
         if len(mine) > prune_at:
             self._prune(item)
 
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at = self.half_life_ms, self.max_items, self._prune_at
+        item_last, links, clock, t0 = self._item_last, self._links, self._clock, self._t0
+        for item, ts, (w, partners) in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item, ts, cap, self._drop_item)
+                else:
+                    item_last[item] = ts
+            elif ts > previous:
+                item_last[item] = ts
+            mine = links.get(item)
+            if mine is None:
+                mine = links[item] = {}
+            for other, other_w in partners:
+                theirs = links.get(other)
+                if theirs is None:
+                    continue
+                theirs[item] = theirs.get(item, 0.0) + w * decay
+                if len(theirs) > prune_at:
+                    self._prune(other)
+                mine[other] = mine.get(other, 0.0) + other_w * decay
+            if len(mine) > prune_at:
+                self._prune(item)
+        self._clock = clock
+
     def _prune(self, item: str) -> None:
         links = self._links[item]
-        self._links[item] = dict(heapq.nlargest(self.max_neighbours, links.items(), key=itemgetter(1)))
+        self._links[item] = strongest(links.items(), self.max_neighbours)
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]

@@ -41,6 +41,7 @@ import base64
 import functools
 import hashlib
 import zlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["GUARDED_SOURCES", "USER", "ItemSideGuard", "user_digest"]
@@ -49,6 +50,9 @@ __all__ = ["GUARDED_SOURCES", "USER", "ItemSideGuard", "user_digest"]
 USER = "u"
 #: The sources an item enters only with enough voters (by default): the item-wide lists a new user is shown.
 GUARDED_SOURCES = frozenset({"popular", "trending", "category"})
+#: The three answers of :meth:`ItemSideGuard.admit`: it teaches everything; only what ``sources`` do not learn;
+#: nothing (capped).
+_BOTH, _UNVOTED, _NEITHER = (True, True), (True, False), (False, False)
 
 
 def user_digest(user_id: str) -> int:
@@ -81,16 +85,26 @@ class _Bits:
         self.data = bytearray(data) if data is not None else bytearray((bits + 7) // 8)
 
     def __contains__(self, value: int | str) -> bool:
-        data = self.data
-        for slot in _slots(value, self.bits, self.hashes):  # noqa: SIM110 - a loop: all() over a generator costs more
-            if not data[slot >> 3] & (1 << (slot & 7)):
+        if isinstance(value, str):
+            value = _digest(value)
+        data, bits = self.data, self.bits
+        slot, step = value & 0xFFFFFFFF, (value >> 24) | 1  # _slots(), inline: this runs for most records
+        for _ in range(self.hashes):
+            position = slot % bits
+            if not data[position >> 3] & (1 << (position & 7)):
                 return False
+            slot += step
         return True
 
     def add(self, value: int | str) -> None:
-        data = self.data
-        for slot in _slots(value, self.bits, self.hashes):
-            data[slot >> 3] |= 1 << (slot & 7)
+        if isinstance(value, str):
+            value = _digest(value)
+        data, bits = self.data, self.bits
+        slot, step = value & 0xFFFFFFFF, (value >> 24) | 1  # _slots(), inline
+        for _ in range(self.hashes):
+            position = slot % bits
+            data[position >> 3] |= 1 << (position & 7)
+            slot += step
 
     def dump(self) -> str:
         return base64.b64encode(zlib.compress(bytes(self.data), 1)).decode()
@@ -190,48 +204,73 @@ class ItemSideGuard:
 
         The first is False when the user reached their cap this window (then the second is False too); the
         second, whether the guarded ``sources`` may learn it, is False while the item lacks ``min_users``
-        returning voters. A record without a user (an older
-        snapshot's) is admitted.
+        returning voters. A record without a user (an older snapshot's) is admitted.
         """
-        self._advance(ts)
-        count = self._item_counts.get(item, 0) + 1
-        self._item_counts[item] = count
-        if count >= self.jump_min and item not in self._flagged_now:
-            previous = self._previous_counts.get(item, 0)
-            if count >= self.jump_factor * (previous + 1):
-                self._flagged_now.add(item)
-                self.jumps += 1
-                self.flagged = [*self.flagged[-19:], (item, count, previous)]
-        if user is None:
-            return True, True
-        known = user in self._known
-        if not known:
-            self._new_users.add(user)
-        if self.user_cap:
-            used = self._user_counts.get(user, 0) + 1
-            self._user_counts[user] = used
-            if used > self.user_cap:
-                self.capped += 1
-                return False, False
-        if self.min_users <= 1 or item in self._qualified:
-            return True, True
-        entry = self._voters.get(item)
-        if entry is None:
-            if len(self._voters) >= self.max_pending:
-                self._voters = {}
-            entry = self._voters[item] = [0, set()]
-        if known:
-            voters = entry[1]
-            voters.add(user)
-            if len(voters) >= self.min_users:
-                self._qualified.add(item)
-                del self._voters[item]
-                return True, True
-        if entry[0] < self.unvoted_cap:
-            entry[0] += 1
-            return True, True
-        self.unvoted += 1
-        return True, False
+        return self.admit_many(((None, item, ts, {USER: user}),))[0]
+
+    def admit_many(self, records: Iterable[Sequence[Any]]) -> list[tuple[bool, bool]]:
+        """:meth:`admit` for each item-side record (``[offset, item_id, ts, contexts]``), in order: one loop, since
+        the replica asks about every record of every partition."""
+        out: list[tuple[bool, bool]] = []
+        append = out.append
+        window_ms, user_cap, min_users, unvoted_cap = self.window_ms, self.user_cap, self.min_users, self.unvoted_cap
+        jump_min, jump_factor, max_pending = self.jump_min, self.jump_factor, self.max_pending
+        known_users, qualified = self._known, self._qualified
+        voters = self._voters
+        current = self._window
+        new_users, user_counts, item_counts = self._new_users, self._user_counts, self._item_counts
+        previous_counts, flagged_now = self._previous_counts, self._flagged_now
+        for _offset, item, ts, contexts in records:
+            if current is None or ts // window_ms > current:
+                self._advance(ts)  # a new window: the per-window tallies start afresh
+                current = self._window
+                new_users, user_counts, item_counts = self._new_users, self._user_counts, self._item_counts
+                previous_counts, flagged_now = self._previous_counts, self._flagged_now
+            count = item_counts.get(item, 0) + 1
+            item_counts[item] = count
+            if count >= jump_min and item not in flagged_now:
+                previous = previous_counts.get(item, 0)
+                if count >= jump_factor * (previous + 1):
+                    flagged_now.add(item)
+                    self.jumps += 1
+                    self.flagged = [*self.flagged[-19:], (item, count, previous)]
+            user = contexts.get(USER)
+            if user is None:
+                append(_BOTH)
+                continue
+            known = user in known_users
+            if not known:
+                new_users.add(user)
+            if user_cap:
+                used = user_counts.get(user, 0) + 1
+                user_counts[user] = used
+                if used > user_cap:
+                    self.capped += 1
+                    append(_NEITHER)
+                    continue
+            if min_users <= 1 or item in qualified:
+                append(_BOTH)
+                continue
+            entry = voters.get(item)
+            if entry is None:
+                if len(voters) >= max_pending:
+                    voters = self._voters = {}
+                entry = voters[item] = [0, set()]
+            if known:
+                users = entry[1]
+                users.add(user)
+                if len(users) >= min_users:
+                    qualified.add(item)
+                    del voters[item]
+                    append(_BOTH)
+                    continue
+            if entry[0] < unvoted_cap:
+                entry[0] += 1
+                append(_BOTH)
+                continue
+            self.unvoted += 1
+            append(_UNVOTED)
+        return out
 
     # --- snapshots ---------------------------------------------------------------------------------------------
 

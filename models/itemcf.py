@@ -22,16 +22,15 @@ months apart, which is what long-lived histories (MovieLens, loyal shoppers) nee
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, strongest, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["ItemCF"]
@@ -157,6 +156,47 @@ class ItemCF(UserItemActivity, Recommender):
             del history[0]
         return others
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[list[str] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, max_seen, max_history, cap = self._weights, self.max_seen, self.max_history, self.max_users
+        user_last, histories, seens, clock, out = self._user_last, self._history, self._seen, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            if weights.get(event.type, 0.0) <= 0.0:
+                out.append(None)
+                continue
+            user, item = event.user_id, event.item_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            history = histories.get(user)
+            if history is None:
+                history = histories[user] = []
+                seen = seens[user] = {}
+            else:
+                seen = seens[user]
+            known = item in seen
+            if known:
+                del seen[item]
+            seen[item] = None
+            if len(seen) > max_seen:
+                del seen[next(iter(seen))]
+            if item in history:
+                history.remove(item)
+            out.append(None if known else list(history))
+            history.append(item)
+            if len(history) > max_history:
+                del history[0]
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Count one more user of ``item_id``, and one more co-occurrence with each of ``context``'s items."""
         if ts > self._clock:
@@ -180,13 +220,46 @@ class ItemCF(UserItemActivity, Recommender):
         if len(mine) > prune_at:
             self._prune(item_id)
 
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at = self.half_life_ms, self.max_items, self._prune_at
+        item_last, count, pairs, clock, t0 = self._item_last, self._count, self._pairs, self._clock, self._t0
+        for item_id, ts, context in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item_id)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item_id, ts, cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            count[item_id] = count.get(item_id, 0.0) + decay
+            mine = pairs.get(item_id)
+            if mine is None:
+                mine = pairs[item_id] = {}
+            for other in context:
+                theirs = pairs.get(other)
+                if theirs is None:
+                    continue
+                theirs[item_id] = theirs.get(item_id, 0.0) + decay
+                if len(theirs) > prune_at:
+                    self._prune(other)
+                mine[other] = mine.get(other, 0.0) + decay
+            if len(mine) > prune_at:
+                self._prune(item_id)
+        self._clock = clock
+
     def _prune(self, item: str) -> None:
         count = self._count
         neighbours = self._pairs[item]
-        kept = heapq.nlargest(
-            self.max_neighbours, neighbours.items(), key=lambda pair: pair[1] / math.sqrt(count.get(pair[0], 1.0))
+        self._pairs[item] = strongest(
+            neighbours.items(), self.max_neighbours, key=lambda pair: pair[1] / math.sqrt(count.get(pair[0], 1.0))
         )
-        self._pairs[item] = dict(kept)
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]

@@ -15,7 +15,7 @@ half-lives to keep the stored numbers finite.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -23,8 +23,8 @@ import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import by_score_then_id, evict_idle, touch
-from .base import Recommender, require_at_least, require_positive
+from ._state import MAX_DECAY_EXPONENT, by_score_then_id, evict_idle, touch
+from .base import Recommender, event_weight, require_at_least, require_positive
 
 __all__ = ["Popularity", "Trending"]
 
@@ -102,6 +102,17 @@ class Popularity(Recommender):
         w = self._weigh(event)
         return w if w > 0.0 else None
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[float | None]:
+        """:meth:`learn_user_side` for each event, in one loop."""
+        weights, clock, out = self._weights, self._clock, []
+        for event in events:
+            if event.ts > clock:
+                clock = event.ts
+            w = event_weight(weights, event)
+            out.append(w if w > 0.0 else None)
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: float) -> None:
         if ts > self._clock:
             self._clock = ts
@@ -113,6 +124,38 @@ class Popularity(Recommender):
         value = self._score.get(item, 0.0) + w * 2.0**exponent
         self._score[item] = value
         self._offer(item, value)
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, float]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop: the shared item side's hot path (most records
+        leave the top as it is, which is seen here without a call)."""
+        half_life, cap, top_n = self.half_life_ms, self.max_items, self.top_n
+        last, clock, t0 = self._last, self._clock, self._t0
+        for item, ts, w in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            exponent = (ts - t0) / half_life
+            previous = last.get(item)  # touch(), inline
+            if previous is None:
+                if len(last) >= cap:
+                    touch(last, item, ts, cap, self._drop)
+                else:
+                    last[item] = ts
+            elif ts > previous:
+                last[item] = ts
+            if self._top_dropped:
+                self._rebuild_top()
+            score = self._score
+            value = score.get(item, 0.0) + w * 2.0**exponent
+            score[item] = value
+            top = self._top
+            if item not in top and len(top) >= top_n:
+                low = self._heap[0]
+                if top.get(low[1]) == low[0] and (value, item) <= low:  # what _offer finds: no change
+                    continue
+            self._offer(item, value)
+        self._clock = clock
 
     def _offer(self, item: str, value: float) -> None:
         """Keep ``_top`` equal to the ``top_n`` best items after ``item``'s score rose to ``value``."""

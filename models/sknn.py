@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -171,6 +171,46 @@ class SessionKNN(Recommender):
             del items[0]
         return current[0]
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[str | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, gap_ms, query_items, cap = self._weights, self.session_gap_ms, self.query_items, self.max_users
+        user_last, currents, clock, out = self._user_last, self._current, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            if weights.get(event.type, 0.0) <= 0.0:
+                out.append(None)
+                continue
+            user, item, session = event.user_id, event.item_id, event.session_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            current = currents.get(user)
+            if current is not None:
+                sid, last = current[1], current[2]
+                same = session == sid if session is not None and sid is not None else ts - last <= gap_ms
+                if not same:
+                    current = None
+            if current is None:
+                key = hashlib.blake2b(f"{user}#{ts}".encode(), digest_size=8).hexdigest()
+                current = currents[user] = [key, session, ts, []]
+            current[2] = max(current[2], ts)
+            items = current[3]
+            if item in items:
+                items.remove(item)
+            items.append(item)
+            if len(items) > query_items:
+                del items[0]
+            out.append(current[0])
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Any) -> None:
         """File ``item_id`` under the session ``context`` names, and the session under the item."""
         if ts > self._clock:
@@ -192,6 +232,58 @@ class SessionKNN(Recommender):
             index.append(key)
             if len(index) > self._trim_at:
                 del index[: len(index) - self.sample_size]
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Any]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        item_cap, session_cap, max_items, trim_at, sample = (
+            self.max_items,
+            self.max_sessions,
+            self.max_session_items,
+            self._trim_at,
+            self.sample_size,
+        )
+        item_last, session_last, sessions, df, index_of = (
+            self._item_last,
+            self._session_last,
+            self._sessions,
+            self._df,
+            self._index,
+        )
+        clock = self._clock
+        for item_id, ts, key in records:
+            if ts > clock:
+                clock = ts
+            previous = item_last.get(item_id)  # touch(), inline, for the item and the session
+            if previous is None:
+                if len(item_last) >= item_cap:
+                    touch(item_last, item_id, ts, item_cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            previous = session_last.get(key)
+            if previous is None:
+                if len(session_last) >= session_cap:
+                    touch(session_last, key, ts, session_cap, self._drop_session)
+                else:
+                    session_last[key] = ts
+            elif ts > previous:
+                session_last[key] = ts
+            items = sessions.get(key)
+            if items is None:
+                items = sessions[key] = {}
+            if item_id in items or len(items) >= max_items:
+                continue
+            items[item_id] = len(items)
+            df[item_id] = df.get(item_id, 0) + 1
+            index = index_of.get(item_id)
+            if index is None:
+                index_of[item_id] = [key]
+            else:
+                index.append(key)
+                if len(index) > trim_at:
+                    del index[: len(index) - sample]
+        self._clock = clock
 
     # --- inference ---------------------------------------------------------------------------------------------
 

@@ -16,16 +16,14 @@ user's last ``steps`` items themselves are not proposed.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fusionrec.contracts.events import Event
 
-from ._state import UserItemActivity, scale_links, seeded_scores, top_k, touch
+from ._state import MAX_DECAY_EXPONENT, UserItemActivity, scale_links, seeded_scores, strongest, top_k, touch
 from .base import Recommender, require_at_least, require_positive
 
 __all__ = ["Successors"]
@@ -157,6 +155,52 @@ class Successors(UserItemActivity, Recommender):
             del recent[0]
         return w, predecessors
 
+    def learn_user_side_many(self, events: Sequence[Event]) -> list[tuple[float, list[tuple[str, int]]] | None]:
+        """:meth:`learn_user_side` for each event, in one loop (the partitions' hot path)."""
+        weights, gap_ms, steps, keep, cap = self._weights, self.session_gap_ms, self.steps, self._keep, self.max_users
+        user_last, recents, clock, out = self._user_last, self._recent, self._clock, []
+        for event in events:
+            ts = event.ts
+            if ts > clock:
+                clock = ts
+            w = weights.get(event.type, 0.0)
+            if w <= 0.0:
+                out.append(None)
+                continue
+            user, item, session = event.user_id, event.item_id, event.session_id
+            previous = user_last.get(user)  # touch(), inline
+            if previous is None:
+                if len(user_last) >= cap:
+                    touch(user_last, user, ts, cap, self._drop_user)
+                else:
+                    user_last[user] = ts
+            elif ts > previous:
+                user_last[user] = ts
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = []
+            elif recent:
+                last = recent[-1]
+                same = session == last[2] if session is not None and last[2] is not None else ts - last[1] <= gap_ms
+                if not same:
+                    recent.clear()
+                elif last[0] == item:
+                    last[1] = max(last[1], ts)
+                    out.append(None)
+                    continue
+            predecessors = []
+            for gap, (other, *_) in enumerate(reversed(recent), start=1):
+                if gap > steps:
+                    break
+                if other != item:
+                    predecessors.append((other, gap))
+            recent.append([item, ts, session])
+            if len(recent) > keep:
+                del recent[0]
+            out.append((w, predecessors))
+        self._clock = clock
+        return out
+
     def learn_item_side(self, item_id: str, ts: int, context: Sequence[Any]) -> None:
         """Strengthen each predecessor's link to ``item_id`` by the event's weight over the gap."""
         if ts > self._clock:
@@ -174,7 +218,36 @@ class Successors(UserItemActivity, Recommender):
                 continue
             theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
             if len(theirs) > prune_at:
-                links[other] = dict(heapq.nlargest(self.max_successors, theirs.items(), key=itemgetter(1)))
+                links[other] = strongest(theirs.items(), self.max_successors)
+
+    def learn_item_side_many(self, records: Iterable[tuple[str, int, Sequence[Any]]]) -> None:
+        """:meth:`learn_item_side` for each record, in one loop (the shared item side's hot path)."""
+        half_life, cap, prune_at, keep = self.half_life_ms, self.max_items, self._prune_at, self.max_successors
+        item_last, links, clock, t0 = self._item_last, self._links, self._clock, self._t0
+        for item_id, ts, (w, predecessors) in records:
+            if ts > clock:
+                clock = ts
+            if t0 is None or (ts - t0) / half_life > MAX_DECAY_EXPONENT:
+                t0 = self._forward_origin(ts, half_life)
+            decay = 2.0 ** ((ts - t0) / half_life)
+            previous = item_last.get(item_id)  # touch(), inline
+            if previous is None:
+                if len(item_last) >= cap:
+                    touch(item_last, item_id, ts, cap, self._drop_item)
+                else:
+                    item_last[item_id] = ts
+            elif ts > previous:
+                item_last[item_id] = ts
+            if item_id not in links:
+                links[item_id] = {}
+            for other, gap in predecessors:
+                theirs = links.get(other)
+                if theirs is None:
+                    continue
+                theirs[item_id] = theirs.get(item_id, 0.0) + w * decay / gap
+                if len(theirs) > prune_at:
+                    links[other] = strongest(theirs.items(), keep)
+        self._clock = clock
 
     def _rebase(self, ts: int) -> None:
         factor = 2.0 ** ((self._t0 - ts) / self.half_life_ms)  # type: ignore[operator]

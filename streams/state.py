@@ -303,15 +303,13 @@ class PartitionState:
             self._feed_user_side(pairs, labels)
 
     def _feed_user_side(self, pairs: list[tuple[Event, int]], labels: list[list] | None = None) -> None:
-        halves = [(name, model.learn_user_side) for name, model in self.models.items() if model.splits()]
+        # source by source (the sources share no state): one call per source and batch, not per event
+        events = [event for event, _ in pairs]
+        halves = [(name, model.learn_user_side_many(events)) for name, model in self.models.items() if model.splits()]
         stamp, out = self.clock.stamp, self.outbox.append  # type: ignore[union-attr]
         for n, (event, offset) in enumerate(pairs):
             tick = stamp(event.ts)
-            contexts = {}
-            for name, learn in halves:
-                context = learn(event)
-                if context is not None:
-                    contexts[name] = context
+            contexts = {name: context for name, learned in halves if (context := learned[n]) is not None}
             if labels is not None and labels[n] and contexts:
                 # only on a record that exists anyway: which events carry labels depends on when lists were made,
                 # and the item side's offsets and counts must not
