@@ -376,6 +376,16 @@ class SnapshotStore:
             self.save(state, client)
         if item_side is not None:
             item_side.save(client)
+        if epoch is not None and client.get(epoch[0]) != epoch[1]:
+            # Redis restarted empty while we wrote (the client reconnected into it): nothing may pin an offset there
+            written = [self.key(state.partition) for state in states]
+            if item_side is not None and getattr(item_side, "key", None):
+                written.append(item_side.key)
+            for key in written:  # one by one: on a Redis Cluster they are in different slots
+                client.delete(key)
+            raise RuntimeError(
+                "Redis lost the worker state (the epoch changed) while the snapshot was written: removed"
+            )
 
     def position(self, partition: int) -> int:
         """Where to resume reading the partition: just after its snapshot, or at the start without one."""

@@ -81,3 +81,33 @@ def test_a_redis_restarted_empty_is_reported_not_absorbed(worker_settings, volat
     assert not list(client.scan_iter(match=keys.snapshots(conf.topic.events)))
     assert not client.exists(keys.item_side(conf.item_side_topic))
     assert not client.exists(keys.epoch)  # and the epoch is not quietly re-established
+
+
+def test_a_snapshot_written_while_redis_restarts_empty_is_removed(worker_settings, monkeypatch):
+    """The race of a background snapshot: it checked the epoch, then Redis restarted empty and the client
+    reconnected into it. The epoch is checked again after the writes, and what was written is removed."""
+    from fusionrec.stores.client import connect
+    from fusionrec.streams.state import PartitionState, SnapshotStore, build_fusion, build_models
+
+    conf = worker_settings
+    client = connect(conf.redis)
+    store = SnapshotStore(client, conf, conf.topic.events)
+    epoch = (conf.redis.keys.epoch, b"token-1")
+    client.set(*epoch)
+    state = PartitionState(0, build_models(conf, 0), build_fusion(conf, 0))
+    save = store.save
+
+    def save_then_lose(one, target=None):  # the restart lands while the snapshot is being written
+        size = save(one, target)
+        client.delete(conf.redis.keys.epoch)
+        return size
+
+    monkeypatch.setattr(store, "save", save_then_lose)
+    with pytest.raises(RuntimeError, match="while the snapshot was written"):
+        store.save_all_fresh_connection([state], None, epoch)
+    assert not client.exists(store.key(0))
+    monkeypatch.setattr(store, "save", save)  # and with the epoch in place, a snapshot is written as before
+    client.set(*epoch)
+    store.save_all_fresh_connection([state], None, epoch)
+    assert client.exists(store.key(0))
+    client.delete(store.key(0), conf.redis.keys.epoch)
