@@ -1,9 +1,10 @@
 """What the worker's two state-thread jobs cost per unit, in process, for this checkout and other revisions side by
 side: applying event batches (µs per event) and refreshing lists (µs per user ranked *and published*).
 
-The data set is cut into ticks of ``--tick`` events with the current time as every event's time, as a live shop's
-are; each tick is placed on the events partitions (murmur2, as the producer does), applied batch by batch with
-:class:`~fusionrec.streams.apply.BatchApplier`, then one :meth:`Refresher.refresh
+The data set is cut into ticks of ``--tick`` events stamped with the time they would arrive at ``--rate`` events/s
+from now on (a tick's events share its time), as a live shop's are, so the shared item side applies its sync ticks
+as in a worker; each tick is placed on the events partitions (murmur2, as the producer does), applied batch by
+batch with :class:`~fusionrec.streams.apply.BatchApplier`, then one :meth:`Refresher.refresh
 <fusionrec.streams.refresh.Refresher.refresh>` ranks and publishes every changed user (Redis on loopback; the
 producer points at no broker, so lists wait in its queue: what it costs to hand them over is in the figure, the
 network is not). No profiler runs: the figures are wall clock and process CPU time. ``--tick 200`` is one 200 ms
@@ -87,7 +88,7 @@ def clean(client, conf) -> None:
         client.delete(*keys[first : first + 1000])
 
 
-def measure(path: Path, limit: int, tick: int) -> str:
+def measure(path: Path, limit: int, tick: int, rate: float = 1000.0) -> str:
     """One run in this process (whatever ``fusionrec`` it imports): the result line."""
     import logging
 
@@ -113,7 +114,7 @@ def measure(path: Path, limit: int, tick: int) -> str:
             refresh_wall += time.perf_counter() - ranked_at
             refresh_cpu += time.process_time() - cpu
             apply_wall += ranked_at - began
-            now += 1
+            now += max(1, round(tick * 1000 / rate))  # the tick's duration at the offered rate
     finally:
         clean(client, conf)
     return (
@@ -129,7 +130,8 @@ def run_tree(tree: str, args: argparse.Namespace) -> str:
     if tree != "here":
         env["PYTHONPATH"] = f"{REPO / 'benchmarks' / 'revision_shim'}{os.pathsep}{tree}"
         env["FR_REVISION_TREE"] = tree
-    command = [sys.executable, __file__, str(args.path), "--limit", str(args.limit), "--tick", str(args.tick), "--one"]
+    command = [sys.executable, __file__, str(args.path), "--limit", str(args.limit), "--tick", str(args.tick)]
+    command += ["--rate", str(args.rate), "--one"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("apply ")]
     return lines[-1] if lines else f"failed: {done.stderr.strip().splitlines()[-1:]}"
@@ -140,13 +142,14 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--limit", type=int, default=30_000, help="events replayed")
     parser.add_argument("--tick", type=int, default=200, help="events per refresh")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s: how fast event time moves")
     parser.add_argument("--tree", action="append", default=[], help="another revision's worktree (repeatable)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: measure, print, exit
     args = parser.parse_args()
     args.path = args.path.resolve()
     if args.one:
-        print(measure(args.path, args.limit, args.tick))
+        print(measure(args.path, args.limit, args.tick, args.rate))
         return
     print(f"{args.path.name}: {args.limit:,} events, refresh after every {args.tick} (6 partitions), in process")
     for round_ in range(1, args.rounds + 1):
