@@ -72,6 +72,7 @@ class Accounting:
     reason_mismatches: int = 0
     digest_mismatches: int = 0
     valid_fuzzed: Counter = field(default_factory=Counter)  # fuzzed records that were valid events, by mutation
+    # (a fuzzed record with the very bytes and key of a valid event, an exact re-send, is counted in ``valid`` only)
     examples: list = field(default_factory=list)  # a few of whatever went wrong
 
     @property
