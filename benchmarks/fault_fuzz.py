@@ -61,6 +61,7 @@ def table(acc: Accounting, sent, metrics: dict) -> str:
         ("dead letters with another digest", acc.digest_mismatches),
         ("dedup windows unlike the reference", acc.dedup_mismatches),
         ("profiles of users never applied", acc.unexpected_users),
+        ("dead letters holding a raw user id (pseudonyms on)", acc.raw_ids_in_dead_letters),
         ("sent, not on the topic / on it twice", f"{acc.topic_missing} / {acc.topic_extra}"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -76,12 +77,16 @@ def main() -> None:
     parser.add_argument("--valid", type=int, default=100_000)
     parser.add_argument("--fuzzed", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument(
+        "--privacy", action="store_true", help="with user pseudonyms on (FUSIONREC_PRIVACY_USER_KEY, a fixed test key)"
+    )
     parser.add_argument("--json", type=Path, help="also write the counts here")
     args = parser.parse_args()
 
     events = read_dataset(args.path, limit=args.valid).events
     tmp = Path(tempfile.mkdtemp(prefix="fault-fuzz-"))
-    settings = private_settings(tmp / "state", topic_events_partitions=3)
+    privacy = {"privacy_user_key": "fault-fuzz-key-0123456789abcdef"} if args.privacy else {}
+    settings = private_settings(tmp / "state", topic_events_partitions=3, **privacy)
     fuzzed = fuzz_messages(events, args.fuzzed, args.seed, max_bytes=settings.event.max_bytes)
     sent = interleave(events, fuzzed, args.seed)
     stack = Stack(settings)
@@ -105,6 +110,7 @@ def main() -> None:
     if args.json:
         figures = {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(acc).items()} | {
             "seed": args.seed,
+            "privacy": args.privacy,
             "sent_valid": args.valid,
             "sent_fuzzed": len(fuzzed),
             "fuzzed_by_mutation": dict(Counter(f.kind for f in fuzzed)),

@@ -17,6 +17,7 @@ event is applied unless its ``event_id`` is among the user's last ``dedup.max_id
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -30,6 +31,7 @@ import redis
 from fusionrec.consumers.reader import read_topic
 from fusionrec.contracts.control import parse_control
 from fusionrec.contracts.events import validate
+from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import Settings
 from fusionrec.producers.producer import EventProducer
 from fusionrec.stores.dedup import SeenIds, digest
@@ -71,6 +73,7 @@ class Accounting:
     wrongly_rejected: int = 0
     reason_mismatches: int = 0
     digest_mismatches: int = 0
+    raw_ids_in_dead_letters: int = 0  # with pseudonyms on: letters that still hold the record's raw user id
     valid_fuzzed: Counter = field(default_factory=Counter)  # fuzzed records that were valid events, by mutation
     # (a fuzzed record with the very bytes and key of a valid event, an exact re-send, is counted in ``valid`` only)
     examples: list = field(default_factory=list)  # a few of whatever went wrong
@@ -162,6 +165,19 @@ def _classify(settings: Settings, key, value):
     return result.event, result.reasons
 
 
+def _raw_ids(key: bytes | None, value: bytes | None) -> set[bytes]:
+    """The record's user ids a pseudonymised dead letter must not keep: its key, and its payload's ``user_id``
+    (ids of three bytes or fewer are left out); a payload holds one as a JSON string, quotes included."""
+    out = {key} if key else set()
+    try:
+        user = orjson.loads(value).get("user_id") if value else None
+    except (orjson.JSONDecodeError, AttributeError):
+        user = None
+    if type(user) is str:
+        out.add(user.encode())
+    return {raw for raw in out if len(raw) > 3}
+
+
 def account(settings: Settings, sent: list[tuple[bytes | None, bytes | None, str]], *, idle_timeout=5.0) -> Accounting:
     """Read the events topic, the dead-letter topic and Redis back and account for every record of ``sent``."""
     acc = Accounting()
@@ -173,23 +189,27 @@ def account(settings: Settings, sent: list[tuple[bytes | None, bytes | None, str
     acc.topic_extra = sum(max(n - sent_count[kv], 0) for kv, n in topic_count.items())
 
     max_ids = settings.dedup.max_ids
+    pseudonyms = Pseudonymiser.from_settings(settings)  # with a key, state is kept under the users' pseudonyms
     windows: dict[str, _Window] = {}
     expected: dict[str, Counter] = {}
     rejected: dict[tuple[int, int], tuple[list[str], bytes | None]] = {}
     accepted: set[tuple[int, int]] = set()
+    keys: dict[tuple[int, int], bytes | None] = {}
     fuzzed_values = {(k, v): kind for k, v, kind in sent if kind != "valid"}
     valid_values = {(k, v) for k, v, kind in sent if kind == "valid"}
     for partition, offset, key, value in records:
         event, reasons = _classify(settings, key, value)
         if event is None:
             rejected[(partition, offset)] = ([r.code for r in reasons], value)
+            keys[(partition, offset)] = key
             acc.rejected_expected[reasons[0].code] += 1
             continue
         acc.valid += 1
         accepted.add((partition, offset))
         if (key, value) not in valid_values and (key, value) in fuzzed_values:
             acc.valid_fuzzed[fuzzed_values[(key, value)]] += 1
-        w = windows.setdefault(event.user_id, _Window())
+        user = pseudonyms.user(event.user_id)
+        w = windows.setdefault(user, _Window())
         if w.partition != partition:
             w.partition, w.skipped = partition, []
         w.offset = offset
@@ -202,7 +222,7 @@ def account(settings: Settings, sent: list[tuple[bytes | None, bytes | None, str
         w.ids.append(event.event_id)
         if len(w.ids) > max_ids:
             w.ids.popleft()
-        expected.setdefault(event.user_id, Counter())[event.type] += 1
+        expected.setdefault(user, Counter())[event.type] += 1
 
     client = redis.Redis.from_url(settings.redis.url)
     try:
@@ -257,7 +277,17 @@ def account(settings: Settings, sent: list[tuple[bytes | None, bytes | None, str
         if not letter["reasons"] or [r["code"] for r in letter["reasons"]] != codes:
             acc.reason_mismatches += 1
             acc.note(f"reasons at {source}: {[r['code'] for r in letter['reasons']]}, expected {codes}")
-        if value is not None and letter.get("original_sha256") != hashlib.sha256(value).hexdigest():
+        if pseudonyms.enabled:  # the letter keeps the pseudonymised payload: its digest is of that
+            raw_ids = _raw_ids(keys[source], value)
+            kept, kept_key = (base64.b64decode(letter[f] or "") for f in ("original_b64", "key_b64"))
+            if any(
+                b'"' + orjson.dumps(raw.decode("utf-8", "replace"))[1:-1] + b'"' in kept or raw == kept_key
+                for raw in raw_ids
+            ):
+                acc.raw_ids_in_dead_letters += 1
+                if acc.raw_ids_in_dead_letters <= 3:
+                    acc.note(f"a raw user id in the dead letter at {source}: {kept[:120]!r}")
+        elif value is not None and letter.get("original_sha256") != hashlib.sha256(value).hexdigest():
             acc.digest_mismatches += 1
             acc.note(f"digest at {source} is not the record's")
     for source in rejected:

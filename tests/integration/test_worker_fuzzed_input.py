@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.integration.fuzz_accounting import account, handle
 from tests.integration.fuzzer import MUTATIONS, fuzz_messages, interleave
 from tests.integration.workers import make_events
@@ -13,7 +15,10 @@ from tests.integration.workers import make_events
 SEED = 12
 
 
-def test_fuzzed_messages_lose_and_double_nothing(worker_settings, tmp_path):
+@pytest.mark.parametrize("pseudonyms", [False, True], ids=["raw-ids", "pseudonyms"])
+def test_fuzzed_messages_lose_and_double_nothing(worker_settings, tmp_path, pseudonyms):
+    if pseudonyms:  # dead letters then keep a rewritten payload (another path: it raised on deep nesting)
+        worker_settings = worker_settings.replace(privacy_user_key="fuzz-test-key-0123456789abcdef")
     events = make_events(5000, seed=SEED, start_ms=int(time.time() * 1000) - 120_000)
     fuzzed = fuzz_messages(events, 1000, SEED, max_bytes=worker_settings.event.max_bytes)
     assert {f.kind for f in fuzzed} == set(MUTATIONS)
@@ -22,11 +27,12 @@ def test_fuzzed_messages_lose_and_double_nothing(worker_settings, tmp_path):
     metrics, _seconds = handle(worker_settings, sent, tmp_path)
     acc = account(worker_settings, sent)
 
-    assert acc.examples == [], acc.examples  # what went wrong, if anything, before the counts
+    assert acc.examples == [], acc.examples  # what went wrong, if anything, before the counts (raw ids included)
     assert acc.on_topic == len(sent) and acc.topic_missing == acc.topic_extra == 0
     assert (acc.lost, acc.doubled, acc.dead_letters_lost, acc.dead_letters_doubled) == (0, 0, 0, 0)
     assert acc.wrongly_rejected == acc.reason_mismatches == acc.digest_mismatches == acc.dedup_mismatches == 0
     assert acc.unexpected_users == 0
+    assert acc.raw_ids_in_dead_letters == 0, acc.examples
     assert acc.applied == acc.applied_expected >= len(events) - 100  # a fuzzed copy may come before its original
     rejected = sum(acc.rejected_expected.values())
     assert acc.valid + rejected == len(sent) and acc.dead_letters == rejected
