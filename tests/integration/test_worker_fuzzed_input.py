@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
+import redis
 
 from tests.integration.fuzz_accounting import account, handle
 from tests.integration.fuzzer import MUTATIONS, fuzz_messages, interleave
@@ -46,3 +48,24 @@ def test_fuzzed_messages_lose_and_double_nothing(worker_settings, tmp_path, pseu
         "wrong_type", "bad_value", "unknown_type", "ts_out_of_range", "key_mismatch", "bad_control",
     }  # fmt: skip
     assert sum(acc.valid_fuzzed.values()) > 100
+
+    if not pseudonyms:  # the accounting sees a fault when there is one: one more view, one dedup window gone
+        client = redis.Redis.from_url(worker_settings.redis.url)
+        user = events[0].user_id
+        counts, *rest = orjson.loads(client.get(worker_settings.redis.keys.profile(user)))
+        code = next(iter(counts))
+        client.set(worker_settings.redis.keys.profile(user), orjson.dumps([counts | {code: counts[code] + 1}, *rest]))
+        client.delete(worker_settings.redis.keys.dedup(events[1].user_id))
+        again = account(worker_settings, sent, idle_timeout=2)
+        assert (again.doubled, again.lost, again.dedup_mismatches) == (1, 0, 1)
+
+
+def test_the_fuzzer_is_seeded_and_sends_no_valid_control_record():
+    from fusionrec.contracts.control import Control, parse_control
+
+    events = make_events(200, seed=SEED, start_ms=1_764_000_000_000)
+    first = fuzz_messages(events, 500, SEED, now_ms=1_764_000_000_000)
+    assert first == fuzz_messages(events, 500, SEED, now_ms=1_764_000_000_000)
+    assert first != fuzz_messages(events, 500, SEED + 1, now_ms=1_764_000_000_000)
+    assert not any(f.value and isinstance(parse_control(f.value, f.key), Control) for f in first)
+    assert interleave(events, first, SEED) == interleave(events, first, SEED)
