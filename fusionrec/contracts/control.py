@@ -75,9 +75,10 @@ def parse_control(raw: bytes, key: bytes | None) -> Control | list[Reason] | Non
         return None
     reasons = []
     kind, user_id = obj.get("control"), obj.get("user_id")
-    if obj.get("v", CONTRACT_VERSION) != CONTRACT_VERSION:
+    version = obj.get("v", CONTRACT_VERSION)
+    if type(version) is not int or version != CONTRACT_VERSION:  # as for events: not true, not 1.0
         reasons.append(Reason("unsupported_version", "v", f"contract version must be {CONTRACT_VERSION}"))
-    if kind not in CONTROL_KINDS:
+    if type(kind) is not str or kind not in CONTROL_KINDS:  # a list or an object is unhashable: test the type first
         reasons.append(Reason("bad_control", "control", f"control must be one of {sorted(CONTROL_KINDS)}"))
     extra = sorted(set(obj) - _FIELDS)
     if extra:

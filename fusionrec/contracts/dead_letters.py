@@ -120,6 +120,7 @@ def pseudonymise_rejected(
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             obj = None
+        cleaned: list[str] = []
         if type(obj) is dict:
             for name, value in obj.items():
                 if type(value) is not str:
@@ -130,8 +131,13 @@ def pseudonymise_rejected(
                     obj[name] = user(value)
                 else:
                     continue
-                done.append(name)
-            raw = orjson.dumps(obj)
+                cleaned.append(name)
+            try:
+                raw = orjson.dumps(obj)
+            except TypeError:  # nested deeper than orjson writes (254 levels; it reads 1,024): cannot be rewritten
+                obj = None
+        if type(obj) is dict:
+            done += cleaned
         else:
             raw = None
             withheld.append("original")

@@ -162,8 +162,8 @@ def _fast_event(obj: dict, now: int, max_future_skew_ms: int) -> Event | None:
         and type(user_id) is str
         and type(item_id) is str
         and type(ts) is int
+        and type(etype) is str  # before the set test: a list or an object is unhashable
         and etype in _FAST_TYPES
-        and type(etype) is str
         and MIN_TS_MS <= ts <= now + max_future_skew_ms
         and 0 < len(event_id) <= MAX_ID_LENGTH
         and 0 < len(user_id) <= MAX_ID_LENGTH

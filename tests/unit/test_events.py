@@ -255,3 +255,11 @@ def test_fast_path_agrees_on_typical_events():
         GOOD | {"ts": NOW + 10**9},
     ):
         assert validate_dict(obj, now_ms=NOW) == _validate_full(obj, now_ms=NOW)
+
+
+@pytest.mark.parametrize("etype", [[], [1, 2], {}, {"a": 1}])
+def test_a_list_or_object_as_type_is_wrong_type_not_an_exception(etype):
+    """Found by the fuzzer (issue 12): the fast path tested ``type in {...}`` before the type's type, raised
+    TypeError (unhashable) out of ``validate``, and the worker retried the record's batch for ever."""
+    result = validate(orjson.dumps(GOOD | {"type": etype}), now_ms=NOW)
+    assert [r.code for r in result.reasons] == ["wrong_type"]

@@ -124,6 +124,12 @@ def test_a_forget_record_parses_and_is_keyed_by_its_user():
         ({"control": FORGET_USER, "user_id": "u", "item_id": "i"}, ["bad_control"]),
         ({"control": FORGET_USER, "user_id": "u", "v": 2}, ["unsupported_version"]),
         ({"control": FORGET_USER, "user_id": "u", "requested_at": "now"}, ["bad_control"]),
+        # found by the fuzzer (issue 12): these raised TypeError, and the worker retried their batch for ever
+        ({"control": [FORGET_USER], "user_id": "u"}, ["bad_control"]),
+        ({"control": {"kind": FORGET_USER}, "user_id": "u"}, ["bad_control"]),
+        # the version is the integer 1, as for events
+        ({"control": FORGET_USER, "user_id": "u", "v": True}, ["unsupported_version"]),
+        ({"control": FORGET_USER, "user_id": "u", "v": 1.0}, ["unsupported_version"]),
     ],
 )
 def test_a_broken_control_record_has_reasons(value, codes):

@@ -137,6 +137,16 @@ def test_a_payload_that_does_not_parse_is_withheld():
     assert key == pseudonym(KEY, RAW).encode()
 
 
+def test_a_payload_nested_too_deep_to_rewrite_is_withheld():
+    """Found by the fuzzer (issue 12): orjson reads 1,024 levels but writes 254, so rewriting such an object with
+    pseudonyms raised TypeError, and the worker would retry the record's batch for ever."""
+    raw = b'{"user_id": "' + RAW.encode() + b'", "a": ' + b'{"a": ' * 300 + b"1" + b"}" * 301
+    key, letter, record = rejected(raw, RAW.encode(), validate(raw).reasons)
+    assert RAW.encode() not in letter
+    assert record["original_b64"] is None and record["withheld"] == ["original"]
+    assert record["pseudonymised"] == ["key"] and key == pseudonym(KEY, RAW).encode()
+
+
 def test_a_key_that_is_not_text_is_withheld():
     raw = orjson.dumps(["a", "list"])
     key, _letter, record = rejected(raw, b"\xff\xfe", validate(raw).reasons)
