@@ -36,7 +36,7 @@ from fusionrec.contracts.dead_letters import (
     pseudonymise_rejected,
     was_truncated,
 )
-from fusionrec.contracts.events import validate
+from fusionrec.contracts.events import Reason, Validation, validate
 from fusionrec.contracts.privacy import Pseudonymiser
 from fusionrec.contracts.settings import EventSettings
 from fusionrec.stores.profiles import NEW, REDELIVERED, REDELIVERED_DUPLICATE, ProfileStore
@@ -92,6 +92,7 @@ class BatchApplier:
         self.forgetter = forgetter  # carries out forget_user control records (none: they are logged and skipped)
         self.pseudonyms = pseudonyms if pseudonyms is not None and pseudonyms.enabled else None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrec-redis-write")
+        self.check_failures = 0  # records the checks raised on (dead-lettered as check_failed)
 
     def apply(self, batch: RecordBatch) -> BatchOutcome:
         started = time.perf_counter()
@@ -110,7 +111,10 @@ class BatchApplier:
                 record.headers is not None and pseudonyms is not None and pseudonyms.tagged(value, record.headers)
             )
             if value is not None and CONTROL_MARKER in value:  # rare: a cheap test first, then a parse
-                control = parse_control(value, record.key)
+                try:
+                    control = parse_control(value, record.key)
+                except Exception as exc:  # noqa: BLE001 - a bug in the checks costs this record, not the partition
+                    control = [self._check_failed(batch, record, exc)]
                 if isinstance(control, list):
                     out.dead_letters.append(self._dead_letter(batch, record, control, pseudonymous))
                     continue
@@ -119,15 +123,18 @@ class BatchApplier:
                     valid = []
                     self._control(state, control, record.offset, out, pseudonymous)
                     continue
-            result = validate(
-                value,
-                now_ms=now_ms,
-                max_bytes=limits.max_bytes,
-                max_future_skew_ms=limits.max_future_skew_ms,
-                max_price=limits.max_price,
-                max_quantity=limits.max_quantity,
-                key=record.key,
-            )
+            try:
+                result = validate(
+                    value,
+                    now_ms=now_ms,
+                    max_bytes=limits.max_bytes,
+                    max_future_skew_ms=limits.max_future_skew_ms,
+                    max_price=limits.max_price,
+                    max_quantity=limits.max_quantity,
+                    key=record.key,
+                )
+            except Exception as exc:  # noqa: BLE001 - a bug in the checks costs this record, not the partition
+                result = Validation(None, [self._check_failed(batch, record, exc)])
             if result.event is None:
                 out.dead_letters.append(self._dead_letter(batch, record, result.reasons, pseudonymous))
             elif hide is None or pseudonymous:
@@ -196,6 +203,22 @@ class BatchApplier:
             return
         if self.forgetter.forget(state, control, user, offset):
             out.forgotten += 1
+
+    def _check_failed(self, batch: RecordBatch, record, exc: Exception) -> Reason:
+        """The reason for a record the checks themselves failed on (a bug in fusionrec, not in the record alone):
+        it goes to the dead letters like any rejected record, instead of failing its batch again and again, which
+        would stop every partition the agent serves; logged with the traceback, so the bug can be found."""
+        self.check_failures += 1
+        if self.check_failures <= 5 or self.check_failures % 1000 == 0:
+            log.error(
+                "the event checks raised on offset %d of partition %d (%d so far); the record goes to the dead "
+                "letters with code check_failed",
+                record.offset,
+                batch.partition,
+                self.check_failures,
+                exc_info=exc,
+            )
+        return Reason("check_failed", "", f"fusionrec's checks raised {type(exc).__name__}: {str(exc)[:200]}")
 
     def _dead_letter(self, batch: RecordBatch, record, reasons, pseudonymous: bool = False) -> DeadLetter:
         """The dead letter of a rejected record, cut to what the dead-letter producer accepts."""

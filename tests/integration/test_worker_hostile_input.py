@@ -96,3 +96,34 @@ def test_resent_file_forged_ids_and_dead_letters_of_any_size(worker_settings, tm
     assert codes["key_mismatch"] == len(strangers) and codes["bad_value"] == len(absurd)
     reasons = {r["reasons"][0]["field"] for r in letters if r["reasons"][0]["code"] == "bad_value"}
     assert reasons == {"quantity", "price"}
+
+
+def test_a_record_the_checks_raise_on_is_dead_lettered_not_retried(worker_settings, monkeypatch):
+    """A bug in the checks (as the fuzzer found: ``validate`` raised TypeError on a list ``type``) must cost the one
+    record, with a reason, not fail its batch again and again and stop every partition the agent serves."""
+    from fusionrec.streams import apply as apply_module
+    from fusionrec.streams.apply import BatchApplier
+    from fusionrec.streams.batching import Record, RecordBatch
+    from fusionrec.streams.state import PartitionRegistry, SnapshotStore
+
+    conf = worker_settings
+    client = redis.Redis.from_url(conf.redis.url)
+    events = make_events(50, seed=31, start_ms=int(time.time() * 1000) - 60_000)
+    records = [Record(n, e.key, e.to_json(), e.ts) for n, e in enumerate(events)]
+    poisoned = records[20].value
+    checks = apply_module.validate
+
+    def buggy(value, **kwargs):
+        if value == poisoned:
+            raise TypeError("unhashable type: 'list'")
+        return checks(value, **kwargs)
+
+    monkeypatch.setattr(apply_module, "validate", buggy)
+    applier = BatchApplier(
+        PartitionRegistry(SnapshotStore(client, conf, "checks")), ProfileStore.from_settings(conf, client), conf.event
+    )
+    out = applier.apply(RecordBatch(conf.topic.events, 0, records))
+    assert out.applied == 49 and len(out.dead_letters) == 1
+    letter = orjson.loads(out.dead_letters[0].value)
+    assert letter["reasons"][0]["code"] == "check_failed" and "TypeError" in letter["reasons"][0]["message"]
+    assert applier.check_failures == 1
