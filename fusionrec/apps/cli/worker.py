@@ -89,7 +89,7 @@ def demo(
     ),
     rate: float | None = typer.Option(None, min=0, help="Replay at this many events/s instead (0: unpaced)."),
     max_rate: float = typer.Option(
-        1000.0,
+        650.0,
         min=0,
         help="Pace --minutes at most this fast (0: no limit): faster than one worker keeps up with, the demo shows a "
         "backlog instead of a live shop's freshness.",
