@@ -121,6 +121,9 @@ class CategoryAffinity(UserItemActivity, Recommender):
         self._category_total: dict[str, float] = {}  # category -> forward-decayed total of every item's events
         self._item_category: dict[str, str] = {}
         self._item_last: dict[str, int] = {}  # item -> latest event ts
+        #: category -> its tally's positive items, best first: sorted once and kept until the category changes
+        #: (many users of a refresh share categories); not state, rebuilt on demand
+        self._category_ranked: dict[str, list[tuple[str, float]]] = {}
 
     # --- learning ----------------------------------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
         elif known != category:
             if known is not None:  # the item moved: it leaves its old category's tally
                 self._category_items.get(known, {}).pop(item, None)
+                self._category_ranked.pop(known, None)
             self._item_category[item] = category
         touch(self._item_last, item, ts, self.max_items, self._drop_item)
         t0 = self._forward_origin(ts, min(self.user_half_life_ms, self.item_half_life_ms))
@@ -257,6 +261,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             self._category_total[category] = 0.0
         tally[item] = tally.get(item, 0.0) + item_weight
         self._category_total[category] += item_weight
+        self._category_ranked.pop(category, None)
         if len(tally) > self._prune_category_at:
             self._category_items[category] = strongest(tally.items(), self.items_per_category)
 
@@ -271,6 +276,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             self._item_last,
         )
         clock, t0 = self._clock, self._t0
+        changed: set[str] = set()
         for item, ts, (w, category) in records:
             if ts > clock:
                 clock = ts
@@ -282,6 +288,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
             elif known != category:
                 if known is not None:
                     category_items.get(known, {}).pop(item, None)
+                    changed.add(known)
                 item_category[item] = category
             previous = item_last.get(item)  # touch(), inline
             if previous is None:
@@ -300,8 +307,12 @@ class CategoryAffinity(UserItemActivity, Recommender):
                 category_total[category] = 0.0
             tally[item] = tally.get(item, 0.0) + item_weight
             category_total[category] += item_weight
+            changed.add(category)
             if len(tally) > prune_at:
                 category_items[category] = strongest(tally.items(), keep)
+        ranked = self._category_ranked
+        for category in changed:
+            ranked.pop(category, None)
         self._clock = clock
 
     def _rebase(self, ts: int) -> None:
@@ -317,6 +328,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
                 tally[item] *= item_factor
         for category in self._category_total:
             self._category_total[category] *= item_factor
+        self._category_ranked.clear()
 
     # --- inference ---------------------------------------------------------------------------------------------
 
@@ -350,12 +362,25 @@ class CategoryAffinity(UserItemActivity, Recommender):
         best = sorted(shares.items(), key=_BY_SCORE_THEN_ID, reverse=True)[: self.top_categories]
         pairs: list[tuple[str, float]] = []
         for category, share in best:
-            tally = self._category_items.get(category)
-            if tally:
+            ranked = self._ranked(category)
+            if ranked:
                 scale = share / self._category_total[category]
-                pairs += [(item, score) for item, value in tally.items() if (score := value * scale) > 0.0]
+                pairs += [(item, score) for item, value in ranked[:k] if (score := value * scale) > 0.0]
         pairs.sort(key=_BY_SCORE_THEN_ID, reverse=True)
         return pairs[:k]
+
+    def _ranked(self, category: str) -> list[tuple[str, float]]:
+        """The category's items with a positive tally, best first (ties: larger id first), cached until it changes:
+        a user's candidates are the best ``k`` of each top category scaled by one factor, so only the first ``k`` of
+        each can make the list (up to ties that the scaling's rounding creates)."""
+        ranked = self._category_ranked.get(category)
+        if ranked is None:
+            tally = self._category_items.get(category)
+            ranked = (
+                sorted((p for p in tally.items() if p[1] > 0.0), key=_BY_SCORE_THEN_ID, reverse=True) if tally else []
+            )
+            self._category_ranked[category] = ranked
+        return ranked
 
     def category_of(self, item_id: str) -> str | None:
         """The item's category as last reported by an event, or ``None`` if unknown (for diversity caps)."""
@@ -371,6 +396,7 @@ class CategoryAffinity(UserItemActivity, Recommender):
         """Forget ``item``; a category whose items are all dropped goes too (evict does not count it)."""
         del self._item_last[item]
         category = self._item_category.pop(item)
+        self._category_ranked.pop(category, None)
         tally = self._category_items.get(category)
         if tally is not None:
             tally.pop(item, None)
@@ -381,4 +407,9 @@ class CategoryAffinity(UserItemActivity, Recommender):
     # --- snapshots ---------------------------------------------------------------------------------------------
 
     _state_fields = ("t0", "affinity", "user_last", "category_items", "category_total", "item_category", "item_last")
-    _item_fields = ("category_items", "category_total", "item_category", "item_last")
+    #: ``category_ranked`` is derived from ``category_items``, so it goes with it into a ranking view
+    _item_fields = ("category_items", "category_total", "item_category", "item_last", "category_ranked")
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        super()._set_state(state)
+        self._category_ranked = {}

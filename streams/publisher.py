@@ -17,14 +17,13 @@ import time
 from collections import Counter
 from typing import Any
 
-import orjson
 import redis
 import redis.cluster
 from confluent_kafka import KafkaError, Message
 
 from fusionrec import __version__
 from fusionrec.contracts.keys import RedisKeys
-from fusionrec.contracts.recommendations import payload
+from fusionrec.contracts.recommendations import encode_message_and_copy, payload
 from fusionrec.contracts.settings import Settings
 from fusionrec.infra.resilient import ResilientProducer
 from fusionrec.models.fused import FusedList
@@ -125,14 +124,14 @@ class RecommendationPublisher:
         keys = self.keys
         topic = self.topic
         produce = self.producer.produce
-        dumps = orjson.dumps
+        encode = encode_message_and_copy
         names: list[str] = []
         values: list[bytes] = []
         for lists, changed, partition, offset in groups:
             model_version = f"fusionrec-{__version__} p{partition}@{offset}"
             for fused in lists:
                 stamps = changed.get(fused.user_id) or [generated_at]
-                value = dumps(
+                message, copy = encode(
                     list_payload(
                         fused,
                         model_version=model_version,
@@ -141,9 +140,9 @@ class RecommendationPublisher:
                         partition=partition,
                     )
                 )
-                produce(topic, value, fused.user_id.encode(), on_delivery=self._delivered)
+                produce(topic, message, fused.user_id.encode(), on_delivery=self._delivered)
                 names.append(keys.recommendation(fused.user_id))
-                values.append(value)
+                values.append(copy)
         if not names:
             return 0
         self._write(names, values)

@@ -26,14 +26,19 @@ The value of each record, keyed by ``user_id`` on a compacted topic, is a JSON o
   ``contributions`` its per-source parts of the score) or ``bandit`` (the weighted sum with ``policy.weights``; also
   what a reader of lists written before the field existed gets).
 
-The same JSON is stored in Redis under ``{prefix}rec:{user_id}`` for serving
-(:meth:`fusionrec.contracts.keys.RedisKeys.recommendation`).
+A compact copy is stored in Redis under ``{prefix}rec:{user_id}`` for serving
+(:meth:`fusionrec.contracts.keys.RedisKeys.recommendation`; :func:`encode_message_and_copy` writes both): the same
+object without ``sources`` (for the topic's readers; serving reads each item's ``contributions``), each item a row
+``["i7", 0.83, "c2", {"covisit": 0.51, "cf": 0.32}]`` (item_id, score, category_id, contributions) instead of an
+object: half the bytes of a list (BENCHMARKS.md). :func:`decode` reads both forms; a list read from
+Redis has empty ``sources``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -45,6 +50,7 @@ __all__ = [
     "RecommendationFormatError",
     "decode",
     "encode",
+    "encode_message_and_copy",
     "payload",
     "rounded_columns",
 ]
@@ -181,6 +187,16 @@ def rounded_columns(
     )
 
 
+def encode_message_and_copy(obj: dict) -> tuple[bytes, bytes]:
+    """``(message, copy)`` of one list's JSON object (:func:`payload`): the topic message, and the compact Redis
+    serving copy (see the module docstring): no ``sources``, each item a row ``[item_id, score, category_id,
+    contributions]``."""
+    rows = [[i["item_id"], i["score"], i["category_id"], i["contributions"]] for i in obj["items"]]
+    copy = {name: value for name, value in obj.items() if name != "sources"}
+    copy["items"] = rows
+    return orjson.dumps(obj), orjson.dumps(copy)
+
+
 def encode(rec: Recommendation) -> bytes:
     """The record value for ``rec`` (compact JSON)."""
     return orjson.dumps(rec.to_dict())
@@ -201,15 +217,7 @@ def decode(value: bytes | str) -> Recommendation:
         policy = data["policy"]
         return Recommendation(
             user_id=str(data["user_id"]),
-            items=tuple(
-                RecommendedItem(
-                    str(i["item_id"]),
-                    float(i["score"]),
-                    {str(k): float(v) for k, v in i.get("contributions", {}).items()},
-                    None if i.get("category_id") is None else str(i["category_id"]),
-                )
-                for i in data["items"]
-            ),
+            items=tuple(map(_item, data["items"])),
             sources={str(k): tuple(str(x) for x in v) for k, v in data.get("sources", {}).items()},
             segment=str(data["segment"]),
             policy=Policy(
@@ -229,3 +237,18 @@ def decode(value: bytes | str) -> Recommendation:
         raise RecommendationFormatError(f"missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise RecommendationFormatError(f"bad field value: {exc}") from None
+
+
+def _item(entry: Any) -> RecommendedItem:
+    """One entry of ``items``: an object (the topic's form) or a row (the Redis copy's)."""
+    if isinstance(entry, list):
+        item_id, score, category_id, contributions = entry
+    else:
+        item_id, score = entry["item_id"], entry["score"]
+        category_id, contributions = entry.get("category_id"), entry.get("contributions", {})
+    return RecommendedItem(
+        str(item_id),
+        float(score),
+        {str(k): float(v) for k, v in contributions.items()},
+        None if category_id is None else str(category_id),
+    )

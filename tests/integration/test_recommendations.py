@@ -98,6 +98,9 @@ def test_event_in_list_out_within_the_interval_and_bought_items_leave(worker_set
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert client.ttl(worker_settings.redis.keys.recommendation("user-7")) > 0
+        # ... and compact: the topic's list without the per-source lists
+        stored = decode(client.get(worker_settings.redis.keys.recommendation("user-7")))
+        assert stored.items == after.items and stored.policy == after.policy and stored.sources == {}
 
         # a brand-new user gets a list at once (cold start: popular, trending, category)
         newcomer = Event("probe-new", "newcomer", "item-9", "view", int(time.time() * 1000), category_id="cat-9")

@@ -19,7 +19,13 @@ from confluent_kafka import Consumer, TopicPartition
 from fusionrec.apps.serve import hash_key
 from fusionrec.apps.serve.child import ServerChild
 from fusionrec.contracts.events import Event
-from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, encode
+from fusionrec.contracts.recommendations import (
+    Policy,
+    Recommendation,
+    RecommendedItem,
+    encode,
+    encode_message_and_copy,
+)
 from fusionrec.infra.admin import ensure_topics
 
 KEY = "shop-frontend-key"
@@ -94,6 +100,19 @@ def wait_until(predicate, timeout: float = 10.0):
 
 
 # --- reads -------------------------------------------------------------------------------------------------------
+
+
+def test_the_workers_compact_copy_serves_like_the_full_list(client, db, api_settings):
+    newest = int(time.time() * 1000) - 1000
+    parts = [("i1", 0.9, {"covisit": 0.6, "cf": 0.3}), ("i2", 0.5, {"cf": 0.5})]
+    db.set(api_settings.redis.keys.recommendation("full-form"), encode(stored_list("full-form", parts, newest)))
+    _, copy = encode_message_and_copy(stored_list("rows-form", parts, newest).to_dict())
+    db.set(api_settings.redis.keys.recommendation("rows-form"), copy)
+
+    full = client.get("/v1/users/full-form/recommendations").json()
+    rows = client.get("/v1/users/rows-form/recommendations").json()
+    assert rows["fallback"] is False and rows["items"] == full["items"] and len(rows["items"]) == 2
+    assert rows["items"][0]["sources"] == ["covisit", "cf"]
 
 
 def test_recommendations_serve_the_stored_list_with_sources_and_freshness(client, db, api_settings):

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import orjson
+import dataclasses
 
-from fusionrec.contracts.recommendations import Policy, Recommendation, RecommendedItem, decode, encode
+import orjson
+import pytest
+
+from fusionrec.contracts.recommendations import (
+    Policy,
+    Recommendation,
+    RecommendationFormatError,
+    RecommendedItem,
+    decode,
+    encode,
+    encode_message_and_copy,
+)
 from fusionrec.models.fused import FusedList
 from fusionrec.models.fusion import Pull
 from fusionrec.models.ranker import RankedItem, RankedList
@@ -46,3 +57,31 @@ def test_the_published_payload_decodes_to_the_list_rounded_to_six_decimals():
         ranker="learned",
     )
     assert encode(rec) == value  # the typed object writes the same bytes
+
+
+def test_the_redis_copy_is_the_message_in_rows_without_the_per_source_lists():
+    obj = list_payload(fused_list(), model_version="m", generated_at=20, newest_event_ts=10, partition=3)
+    whole = orjson.dumps(obj)
+    message, copy = encode_message_and_copy(obj)
+    assert orjson.loads(message) == orjson.loads(whole)  # the same JSON object (sources moved to the end)
+    assert decode(message) == decode(whole)
+    stored, full = orjson.loads(copy), orjson.loads(whole)
+    assert "sources" not in stored and stored["items"] == [
+        [i["item_id"], i["score"], i["category_id"], i["contributions"]] for i in full["items"]
+    ]
+    assert {k: v for k, v in stored.items() if k != "items"} == {
+        k: v for k, v in full.items() if k not in ("items", "sources")
+    }
+    assert decode(copy) == dataclasses.replace(decode(whole), sources={})
+    assert len(copy) < len(message)
+    assert obj == orjson.loads(whole)  # the object is given back as it came
+
+
+def test_a_row_of_the_wrong_length_is_a_format_error():
+    _, copy = encode_message_and_copy(
+        list_payload(fused_list(), model_version="m", generated_at=20, newest_event_ts=10, partition=3)
+    )
+    broken = orjson.loads(copy)
+    broken["items"][0] = broken["items"][0][:3]
+    with pytest.raises(RecommendationFormatError, match="bad field value"):
+        decode(orjson.dumps(broken))

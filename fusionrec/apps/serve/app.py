@@ -202,15 +202,19 @@ class Serving:
         unavailable = self.unavailable
         items = []
         for item in data["items"]:
-            item_id = item["item_id"]
+            if isinstance(item, list):  # the worker's compact copy: [item_id, score, category_id, contributions]
+                item_id, score, category_id, parts = item
+            else:  # the topic's form (lists stored before the compact copy)
+                item_id, score = item["item_id"], item["score"]
+                category_id, parts = item.get("category_id"), item.get("contributions")
             if item_id in unavailable:
                 continue
-            parts = item.get("contributions") or {}
+            parts = parts or {}
             items.append(
                 {
                     "item_id": item_id,
-                    "score": float(item["score"]),
-                    "category_id": item.get("category_id"),
+                    "score": float(score),
+                    "category_id": category_id,
                     "sources": [s for s, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v > 0],
                     "contributions": parts,
                 }
