@@ -15,6 +15,7 @@ import pytest
 from redis.crc import key_slot
 
 from fusionrec.apps.serve.child import ServerChild
+from fusionrec.contracts.recommendations import decode
 from fusionrec.stores.client import connect
 from fusionrec.stores.profiles import ProfileStore
 from fusionrec.streams.rebuild import rebuild_state
@@ -82,10 +83,10 @@ def test_worker_forget_api_and_rebuild_on_a_redis_cluster(worker_settings, clust
         assert metrics.get("fusionrec_worker_batch_failures_total", 0) == 0
 
         with ServerChild(conf, tmp_path / "api.log") as api:
-            stored = orjson.loads(client.get(keys.recommendation(listed)))
+            stored = decode(client.get(keys.recommendation(listed)))
             served = _get_json(f"{api.url}/v1/users/{listed}/recommendations?k=100")
             assert not served["fallback"] and served["items"]
-            assert [i["item_id"] for i in served["items"]] == [i["item_id"] for i in stored["items"]][:100]
+            assert [i["item_id"] for i in served["items"]] == stored.item_ids[:100]
             weights = _get_json(f"{api.url}/v1/weights")
             assert weights["partitions"]  # every partition's weights, one MGET in one slot
             nobody = _get_json(f"{api.url}/v1/users/{gone}/recommendations")
