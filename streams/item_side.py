@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from sys import intern
 
 import orjson
 import redis
@@ -327,11 +326,7 @@ class ItemSideLink:
                 if source >= replica.partitions:
                     log.error("item-side message from partition %d of %d ignored", source, replica.partitions)
                     continue
-                groups = message["t"]
-                for _tick, records in groups:  # one string per item id, shared with this worker's own events
-                    for record in records:
-                        record[1] = intern(record[1])
-                replica.receive(source, groups, message["c"])
+                replica.receive(source, message["t"], message["c"])
         applied = replica.apply()
         if self.metrics:
             self.metrics.item_side_records.inc(applied)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from sys import intern
 from types import EllipsisType
 from typing import Any, NamedTuple
 
@@ -177,15 +176,7 @@ def _fast_event(obj: dict, now: int, max_future_skew_ms: int) -> Event | None:
     for value in (session_id, category_id):
         if value is not None and not (type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()):
             return None
-    return Event(
-        event_id,
-        intern(user_id),
-        intern(item_id),
-        etype,
-        ts,
-        session_id,
-        None if category_id is None else intern(category_id),
-    )
+    return Event(event_id, user_id, item_id, etype, ts, session_id, category_id)
 
 
 def validate_dict(
