@@ -51,6 +51,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_message_and_copy",
+    "item_fields",
     "payload",
     "rounded_columns",
 ]
@@ -239,13 +240,17 @@ def decode(value: bytes | str) -> Recommendation:
         raise RecommendationFormatError(f"bad field value: {exc}") from None
 
 
-def _item(entry: Any) -> RecommendedItem:
-    """One entry of ``items``: an object (the topic's form) or a row (the Redis copy's)."""
+def item_fields(entry: Any) -> tuple[Any, Any, Any, Any]:
+    """``(item_id, score, category_id, contributions)`` of one entry of ``items``, as parsed: an object (the topic's
+    form) or a row (the Redis copy's); ``contributions`` is ``{}`` when an object has none."""
     if isinstance(entry, list):
         item_id, score, category_id, contributions = entry
-    else:
-        item_id, score = entry["item_id"], entry["score"]
-        category_id, contributions = entry.get("category_id"), entry.get("contributions", {})
+        return item_id, score, category_id, contributions
+    return entry["item_id"], entry["score"], entry.get("category_id"), entry.get("contributions", {})
+
+
+def _item(entry: Any) -> RecommendedItem:
+    item_id, score, category_id, contributions = item_fields(entry)
     return RecommendedItem(
         str(item_id),
         float(score),

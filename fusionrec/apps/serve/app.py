@@ -40,7 +40,13 @@ from fusionrec.apps.serve.schemas import (
 )
 from fusionrec.contracts.events import MAX_ID_LENGTH
 from fusionrec.contracts.privacy import Pseudonymiser
-from fusionrec.contracts.recommendations import FORMAT_VERSION, Recommendation, RecommendationFormatError, decode
+from fusionrec.contracts.recommendations import (
+    FORMAT_VERSION,
+    Recommendation,
+    RecommendationFormatError,
+    decode,
+    item_fields,
+)
 from fusionrec.contracts.settings import Settings
 from fusionrec.stores.client import connect_async
 
@@ -202,11 +208,7 @@ class Serving:
         unavailable = self.unavailable
         items = []
         for item in data["items"]:
-            if isinstance(item, list):  # the worker's compact copy: [item_id, score, category_id, contributions]
-                item_id, score, category_id, parts = item
-            else:  # the topic's form (lists stored before the compact copy)
-                item_id, score = item["item_id"], item["score"]
-                category_id, parts = item.get("category_id"), item.get("contributions")
+            item_id, score, category_id, parts = item_fields(item)  # the compact copy's row, or an older object
             if item_id in unavailable:
                 continue
             parts = parts or {}
